@@ -1,0 +1,177 @@
+"""The library API: ``analyze`` turns files or tensors into a :class:`Report`.
+
+The CLI is a thin layer over this module; a notebook user calls the same functions::
+
+    import reprdiag
+    report = reprdiag.analyze("emb.safetensors")
+    report.metrics["vne"], report.to_frame()
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reprdiag import __version__
+from reprdiag.device import describe, resolve_device
+from reprdiag.engine import NAN_POLICIES, Accumulated, Progress, StreamOptions, accumulate
+from reprdiag.errors import UsageError
+from reprdiag.loaders import POOL_METHODS, ArraySource, ConcatSource, TensorSource, open_sources
+from reprdiag.metrics import Statistics, compute, resolve
+from reprdiag.metrics.entropy import ER_COMPAT, ER_ESTIMATORS
+from reprdiag.report.model import InputResult, Report
+from reprdiag.stats import PRECISIONS
+
+Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Options that change metric values; all are written into the report."""
+
+    kappa: float = 10.0
+    er_estimator: str = "plugin"
+    er_compat: str = "exact"
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.kappa) and self.kappa > 0):
+            raise UsageError(f"kappa must be a positive number, got {self.kappa}",
+                             hint="the vMF concentration κ is > 0 (default 10)")
+        if self.er_estimator not in ER_ESTIMATORS:
+            raise UsageError(f"unknown ER estimator {self.er_estimator!r}",
+                             hint=f"use one of {', '.join(ER_ESTIMATORS)}")
+        if self.er_compat not in ER_COMPAT:
+            raise UsageError(f"unknown ER arithmetic {self.er_compat!r}",
+                             hint=f"use one of {', '.join(ER_COMPAT)}")
+
+
+def _validate_stream(opts: StreamOptions) -> None:
+    if opts.sample_size < 2:
+        raise UsageError(f"sample size must be at least 2, got {opts.sample_size}",
+                         hint="pairwise metrics need pairs of rows (default 16384)")
+    if opts.chunk_rows is not None and opts.chunk_rows < 1:
+        raise UsageError(f"chunk size must be at least 1 row, got {opts.chunk_rows}")
+    if opts.precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {opts.precision!r}",
+                         hint=f"use one of {', '.join(PRECISIONS)}")
+    if opts.nan not in NAN_POLICIES:
+        raise UsageError(f"unknown NaN policy {opts.nan!r}",
+                         hint=f"use one of {', '.join(NAN_POLICIES)}")
+
+
+def gather_sources(inputs: Input | Sequence[Input], keys: Sequence[str] | None = None,
+                   pool: str | None = None, concat: bool = False) -> list[ArraySource]:
+    """Open every input and list the 2-D sources to analyze, in order.
+
+    With ``concat`` the files are row shards of one dataset: sources with the same key are
+    joined into one :class:`ConcatSource`.
+    """
+    if pool is not None and pool not in POOL_METHODS:
+        raise UsageError(f"unknown pool method {pool!r}", hint=f"use one of {', '.join(POOL_METHODS)}")
+    if isinstance(inputs, str | os.PathLike | torch.Tensor | np.ndarray):
+        inputs = [inputs]
+    if not inputs:
+        raise UsageError("no input given", hint="pass at least one embedding file or tensor")
+    per_input: list[list[ArraySource]] = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, torch.Tensor | np.ndarray):
+            from reprdiag.loaders import as_rows
+
+            name = "tensor" if len(inputs) == 1 else f"tensor{i}"
+            per_input.append([as_rows(TensorSource(item, name), pool)])
+        else:
+            per_input.append(open_sources(Path(item), keys, pool))
+    if not concat:
+        return [s for group in per_input for s in group]
+    return _join_shards(per_input)
+
+
+def _join_shards(per_input: list[list[ArraySource]]) -> list[ArraySource]:
+    order = [s.key for s in per_input[0]]
+    joined = []
+    for key in order:
+        parts = []
+        for group in per_input:
+            match = [s for s in group if s.key == key]
+            if not match:
+                raise UsageError(f"key {key!r} is missing from a shard", source=str(
+                    group[0].path if group else "?"), hint="--concat needs the same keys in "
+                    "every file")
+            parts.append(match[0])
+        joined.append(ConcatSource(parts))
+    return joined
+
+
+def spectra_lists(stats: Statistics) -> dict[str, list[float]]:
+    """The spectra every report carries (DESIGN.md §3): λ, η and σ, descending."""
+    sp = stats.spectra
+    return {"covariance": sp.covariance.values.tolist(),
+            "autocorrelation": sp.autocorrelation.values.tolist(),
+            "singular_values": sp.singular_values.tolist()}
+
+
+def summarize(source: ArraySource, acc: Accumulated, metric_names: Sequence[str] | None,
+              metric_opts: MetricOptions) -> InputResult:
+    """Metrics and spectra of one accumulated source."""
+    stats = Statistics(acc.moments, acc.reservoir)
+    t0 = time.perf_counter()
+    spectra = spectra_lists(stats)
+    t1 = time.perf_counter()
+    values = compute(stats, resolve(metric_names), asdict(metric_opts))
+    t2 = time.perf_counter()
+    path = str(source.path) if source.path is not None else None
+    return InputResult(
+        name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
+        metrics=values, spectra=spectra, solver=stats.spectra.solvers(), path=path,
+        key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
+        rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
+        timings={"read_and_moments_s": acc.seconds, "spectra_s": t1 - t0,
+                 "metrics_s": t2 - t1})
+
+
+def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = None,
+            metrics: Sequence[str] | None = None, concat: bool = False,
+            pool: str | None = None, device: str | torch.device = "auto",
+            precision: str = "auto", chunk_rows: int | None = None,
+            sample_size: int = 16384, seed: int = 0, kappa: float = 10.0,
+            er_estimator: str = "plugin", er_compat: str = "exact", nan: str = "error",
+            progress: Progress | None = None) -> Report:
+    """Analyze embedding files or tensors and return a :class:`Report`.
+
+    ``inputs`` is a path, a tensor/array, or a list of them; every 2-D array of each file is
+    one input unless ``keys`` picks some (``concat`` joins files as row shards). The other
+    arguments mirror the CLI options of ``reprdiag analyze``.
+
+    >>> import torch, reprdiag
+    >>> rep = reprdiag.analyze(torch.eye(4, dtype=torch.float64), metrics=["vne"], device="cpu")
+    >>> round(rep.metrics["vne"], 6)
+    1.386294
+    """
+    start = time.perf_counter()
+    metric_opts = MetricOptions(kappa, er_estimator, er_compat)
+    metric_opts.validate()
+    resolve(metrics)  # unknown names fail before any reading
+    dev = resolve_device(device)
+    stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
+    _validate_stream(stream)
+    results = []
+    for source in gather_sources(inputs, keys, pool, concat):
+        acc = accumulate(source, stream, progress)
+        results.append(summarize(source, acc, metrics, metric_opts))
+    options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
+                               "precision": precision, "pool": pool, "nan": nan,
+                               "chunk_rows": chunk_rows, "concat": concat,
+                               "metrics": list(metrics) if metrics else None}
+    return Report(inputs=results, options=options, device=describe(dev), version=__version__,
+                  command=list(sys.argv), created=datetime.now(timezone.utc).isoformat(
+                      timespec="seconds"), timings={"total_s": time.perf_counter() - start})

@@ -1,0 +1,12 @@
+"""The ``reprdiag`` command line: a thin typer layer over the library API.
+
+Each command lives in its own module and is registered on :data:`app` here. No metric math
+happens in this package: commands parse options, call the API and render the result.
+"""
+
+from __future__ import annotations
+
+from reprdiag.cli import analyze as _analyze  # noqa: F401  (registers the command)
+from reprdiag.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,114 @@
+"""The typer app, error handling and output helpers shared by every command."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
+
+app = typer.Typer(
+    name="reprdiag",
+    help="Representation-quality diagnostics: did my embeddings collapse?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+stdout = Console(soft_wrap=False)
+if not stdout.is_terminal and "COLUMNS" not in os.environ:
+    stdout.width = 160  # piped output: tables as wide as a log viewer shows comfortably
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+EXIT_INTERNAL = 70
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``reprdiag: error: MESSAGE`` as one line on stderr and return the exit to raise."""
+    sys.stderr.write(f"reprdiag: error: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn every failure of a command into one stderr line and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except ReprdiagError as exc:
+            raise fail(exc.one_line(), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; no report was written", EXIT_INTERRUPTED) from None
+        except MemoryError:
+            raise fail("out of memory; try a smaller --chunk-size or --sample-size",
+                       EXIT_RESOURCE) from None
+        except Exception as exc:  # a bug: still one line, but say how to get the traceback
+            if os.environ.get("REPRDIAG_DEBUG"):
+                raise
+            name = type(exc).__name__
+            if "out of memory" in str(exc).lower():
+                raise fail(f"out of memory ({name}); try --device cpu or a smaller "
+                           "--chunk-size", EXIT_RESOURCE) from None
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise fail(f"internal error ({name}: {first}); set REPRDIAG_DEBUG=1 for the "
+                       "traceback and please report it", EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RichProgress:
+    """The engine's progress sink: a rich bar on stderr, shown only when stderr is a terminal
+    and the pass has taken more than half a second."""
+
+    DELAY_S = 0.5
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and stderr.is_terminal
+        self._bar: Progress | None = None
+        self._label, self._total, self._done, self._t0 = "", 0, 0, 0.0
+
+    def start(self, label: str, total: int) -> None:
+        self._label, self._total, self._done, self._t0 = label, total, 0, time.perf_counter()
+
+    def advance(self, rows: int) -> None:
+        self._done += rows
+        if not self.enabled:
+            return
+        if self._bar is None and time.perf_counter() - self._t0 > self.DELAY_S:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("rows"),
+                                 TimeRemainingColumn(), console=stderr, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=self._total)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self._done)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def emit(text: str) -> None:
+    """Write machine-readable output (json/csv/markdown) to stdout unchanged."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,69 @@
+"""Error types: each carries its exit code and renders as one line.
+
+The CLI prints ``reprdiag: error: SOURCE: what is wrong; what to do`` and exits with
+:attr:`ReprdiagError.exit_code`. Library users catch the exceptions directly.
+
+Exit codes (DESIGN.md §2): 0 ok, 1 gate failed, 2 bad usage or input, 3 resource failure.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_RESOURCE = 3
+EXIT_INTERRUPTED = 130
+
+
+class ReprdiagError(Exception):
+    """Base class of every error reprdiag raises on purpose.
+
+    ``source`` names the file and key (``FILE[KEY]``), ``problem`` says what is wrong and
+    ``hint`` what to do about it.
+
+    >>> str(InputError("contains 3 rows with NaN", source="a.npy", hint="use --nan drop"))
+    'a.npy: contains 3 rows with NaN; use --nan drop'
+    """
+
+    exit_code: int = EXIT_BAD_INPUT
+
+    def __init__(self, problem: str, *, source: str | None = None, hint: str | None = None):
+        self.problem = problem
+        self.source = source
+        self.hint = hint
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = f"{self.source}: {self.problem}" if self.source else self.problem
+        if self.hint:
+            text += f"; {self.hint}"
+        return " ".join(text.split())
+
+
+class InputError(ReprdiagError):
+    """The input file or tensor cannot be analyzed as given (exit 2)."""
+
+
+class UsageError(ReprdiagError):
+    """An option or argument is invalid (exit 2)."""
+
+
+class ConfigError(ReprdiagError):
+    """A gate configuration is malformed (exit 2)."""
+
+
+class ResourceError(ReprdiagError):
+    """Out of memory or another resource failure after every fallback (exit 3)."""
+
+    exit_code = EXIT_RESOURCE
+
+
+def source_label(path: object, key: str | None = None) -> str:
+    """Format ``FILE[KEY]`` the way every message names an input.
+
+    >>> source_label("emb.h5", "layer_6")
+    'emb.h5[layer_6]'
+    >>> source_label("emb.npy")
+    'emb.npy'
+    """
+    return f"{path}[{key}]" if key else str(path)

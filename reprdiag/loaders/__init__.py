@@ -1,0 +1,153 @@
+"""Loaders: one module per file format behind one protocol (:class:`ArraySource`).
+
+:func:`open_sources` sniffs a file's format from its first bytes (the extension is only a
+fallback), lists its arrays, applies ``--key`` selection and pooling, and returns the 2-D
+sources to analyze.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.loaders.base import (
+    POOL_METHODS,
+    ArraySource,
+    ConcatSource,
+    PooledSource,
+    TensorSource,
+    pool_rows,
+)
+from reprdiag.loaders.hdf5_file import open_hdf5
+from reprdiag.loaders.numpy_file import open_npy, open_npz
+from reprdiag.loaders.safetensors_file import open_safetensors
+from reprdiag.loaders.torch_file import open_torch
+
+__all__ = ["FORMATS", "POOL_METHODS", "ArraySource", "ConcatSource", "PooledSource",
+           "TensorSource", "detect_format", "list_arrays", "open_sources", "pool_rows"]
+
+Opener = Callable[[Path], list[ArraySource]]
+
+FORMATS: dict[str, Opener] = {
+    "safetensors": open_safetensors,
+    "hdf5": open_hdf5,
+    "npy": open_npy,
+    "npz": open_npz,
+    "torch": open_torch,
+}
+
+_EXTENSIONS = {".safetensors": "safetensors", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
+               ".npy": "npy", ".npz": "npz", ".pt": "torch", ".pth": "torch", ".bin": "torch"}
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _sniff(head: bytes, path: Path) -> str | None:
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(_HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return None
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        return "npz" if any(n.endswith(".npy") for n in names) else None
+    if head[:1] == b"\x80":  # legacy (non-zip) torch.save pickle stream
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Name of the format of ``path``, read from its magic bytes.
+
+    Raises :class:`InputError` for a missing, unreadable, empty or unrecognised file.
+    """
+    path = Path(path)
+    label = source_label(path)
+    if not path.exists():
+        raise InputError("no such file", source=label, hint="check the path")
+    if path.is_dir():
+        raise InputError("is a directory, not an embedding file", source=label,
+                         hint="pass a file (or a run folder holding report.json to compare/gate)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except PermissionError as exc:
+        raise InputError("permission denied", source=label,
+                         hint="check the file's permissions") from exc
+    except OSError as exc:
+        raise InputError(f"cannot be read ({exc.strerror})", source=label) from exc
+    if not head:
+        raise InputError("is empty (0 bytes)", source=label,
+                         hint="the writer may have failed; regenerate the file")
+    fmt = _sniff(head, path)
+    if fmt is None:
+        by_ext = _EXTENSIONS.get(path.suffix.lower())
+        expected = f" although its extension says {by_ext}" if by_ext else ""
+        raise InputError(f"is not a recognised embedding file{expected}", source=label,
+                         hint="supported: safetensors, HDF5, .npy, .npz, .pt/.pth")
+    return fmt
+
+
+def list_arrays(path: str | os.PathLike[str]) -> list[ArraySource]:
+    """Every array stored in ``path`` (any rank), unfiltered."""
+    path = Path(path)
+    return FORMATS[detect_format(path)](path)
+
+
+def _select(arrays: list[ArraySource], keys: Sequence[str] | None,
+            path: Path) -> list[ArraySource]:
+    if not keys:
+        return [a for a in arrays if len(a.shape) >= 2]
+    by_key = {(a.key or ""): a for a in arrays}
+    chosen = []
+    for key in keys:
+        if key not in by_key:
+            valid = [k for k in by_key if k]
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            shown = ", ".join(valid[:20]) + (" ..." if len(valid) > 20 else "")
+            raise UsageError(f"has no key {key!r}", source=source_label(path),
+                             hint=f"{hint}valid keys: {shown or '(none)'}")
+        chosen.append(by_key[key])
+    return chosen
+
+
+def as_rows(source: ArraySource, pool: str | None) -> ArraySource:
+    """Check a source's rank and pool it to 2-D where needed."""
+    ndim = len(source.shape)
+    if ndim < 2:
+        raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}, not rows × features",
+                         source=source.label, hint="store embeddings as an (N, d) array")
+    if ndim == 2:
+        return source
+    if pool is None and ndim > 3:
+        raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}", source=source.label,
+                         hint=f"pick a reduction with --pool {'|'.join(POOL_METHODS)}")
+    return PooledSource(source, pool or "mean")
+
+
+def open_sources(path: str | os.PathLike[str], keys: Sequence[str] | None = None,
+                 pool: str | None = None) -> list[ArraySource]:
+    """The 2-D sources to analyze in one file.
+
+    Without ``keys`` every array of two or more axes is taken (3-D ones mean-pooled unless
+    ``pool`` says otherwise); with ``keys`` exactly those, in that order.
+    """
+    path = Path(path)
+    chosen = _select(list_arrays(path), keys, path)
+    if not chosen:
+        raise InputError("holds no 2-D array to analyze", source=source_label(path),
+                         hint="store embeddings as an (N, d) array")
+    return [as_rows(s, pool) for s in chosen]

@@ -1,0 +1,52 @@
+"""HDF5 files: every numeric dataset, nested groups walked, read by h5py slicing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from reprdiag.errors import InputError, source_label
+from reprdiag.loaders.base import ArraySource, numpy_to_tensor
+
+
+class HDF5Source(ArraySource):
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str):
+        self.path, self.key = path, key
+        self._shape, self._dtype = shape, dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        try:
+            with h5py.File(self.path, "r") as f:
+                rows = f[self.key][start:stop]
+        except OSError as exc:
+            raise InputError(f"cannot read rows {start}:{stop} ({exc})", source=self.label,
+                             hint="the file may be truncated or corrupt") from exc
+        return numpy_to_tensor(np.asarray(rows), self.label)
+
+
+def open_hdf5(path: Path) -> list[ArraySource]:
+    """Every numeric dataset in the file, in the order h5py visits them (groups walked)."""
+    found: list[ArraySource] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind in "biuf" and obj.ndim >= 1:
+            found.append(HDF5Source(path, name, tuple(obj.shape), str(obj.dtype)))
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as exc:
+        raise InputError(f"is not a readable HDF5 file ({exc})", source=source_label(path),
+                         hint="check that the file was fully written") from exc
+    return found

@@ -1,0 +1,59 @@
+"""safetensors files, read through ``safe_open(...).get_slice`` (memory-mapped, by row range)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from reprdiag.errors import InputError, source_label
+from reprdiag.loaders.base import ArraySource
+
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+           "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64"}
+
+
+class SafetensorsSource(ArraySource):
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str):
+        self.path, self.key = path, key
+        self._shape, self._dtype = shape, dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        with safe_open(str(self.path), framework="pt") as f:
+            rows = f.get_slice(self.key)[start:stop]
+        if rows.dtype == torch.bool:
+            rows = rows.to(torch.uint8)
+        return rows
+
+
+def open_safetensors(path: Path) -> list[ArraySource]:
+    """Every tensor in a safetensors file, with its shape and dtype read from the header."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            sources: list[ArraySource] = []
+            for key in f.keys():
+                piece = f.get_slice(key)
+                dtype = _DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
+                sources.append(SafetensorsSource(path, key, tuple(piece.get_shape()), dtype))
+    except (OSError, RuntimeError, ValueError, Exception) as exc:  # safetensors raises its own
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"is not a readable safetensors file ({_first_line(exc)})",
+                         source=source_label(path),
+                         hint="check that the file was fully written") from exc
+    return sources
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

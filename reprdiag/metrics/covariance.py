@@ -1,0 +1,85 @@
+"""Covariance metrics: the VICReg covariance and variance terms, normalized std."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reprdiag.metrics.inputs import Statistics
+from reprdiag.metrics.registry import metric
+
+VICREG = "Bardes, Ponce, LeCun, ICLR 2022 (official main_vicreg.py, one branch)"
+
+
+def _offdiag_sq(c: torch.Tensor) -> torch.Tensor:
+    return (c**2).sum() - (torch.diagonal(c) ** 2).sum()
+
+
+@metric("cov_offdiag", summary="VICReg covariance term Σ_{i≠j} C_ij² / d", range="[0, ∞)",
+        direction="lower", citation=VICREG, bounds=lambda n, d: (0.0, math.inf))
+def cov_offdiag(stats: Statistics) -> float:
+    """Off-diagonal covariance mass, the VICReg covariance loss of one branch.
+
+    Formula: Σ_{i≠j} C_ij² / d with C the unbiased covariance. Range [0, ∞), 0 for
+    decorrelated features; scale-dependent. Lower is healthier. Complexity: O(d²) on the
+    shared moments. Citation: Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance
+    Regularization for Self-Supervised Learning", ICLR 2022.
+
+    >>> cov_offdiag(torch.cat([torch.eye(3), -torch.eye(3)]))
+    0.0
+    """
+    return float(_offdiag_sq(stats.moments.covariance()) / stats.d)
+
+
+@metric("cov_offdiag_frac", summary="Σ_{i≠j} C_ij² / Σ_{i,j} C_ij², scale-free",
+        range="[0, 1)", direction="lower", citation=VICREG, bounds=lambda n, d: (0.0, 1.0))
+def cov_offdiag_frac(stats: Statistics) -> float:
+    """Share of the squared covariance mass that lies off the diagonal.
+
+    Formula: Σ_{i≠j} C_ij² / Σ_{i,j} C_ij². Range [0, 1): 0 for decorrelated features, near
+    1 − 1/d for a rank-one covariance. Scale-free. Lower is healthier. Complexity: O(d²).
+
+    >>> round(cov_offdiag_frac(torch.tensor([[1., 1.], [-1., -1.], [2., 2.]])), 12)
+    0.5
+    """
+    c = stats.moments.covariance()
+    total = (c**2).sum()
+    return float(_offdiag_sq(c) / total) if total > 0 else 0.0
+
+
+@metric("vicreg_std", summary="VICReg variance hinge mean_k relu(1 − √(C_kk + 1e-4))",
+        range="[0, 1)", direction="lower", citation=VICREG, bounds=lambda n, d: (0.0, 1.0))
+def vicreg_std(stats: Statistics) -> float:
+    """The VICReg variance term of one branch: how many features have std below 1.
+
+    Formula: mean_k max(0, 1 − √(C_kk + 1e-4)). Range [0, 1): 0 when every feature's std
+    is ≥ 1, near 1 at complete collapse. Lower is healthier; scale-dependent.
+    Complexity: O(d) from the shared moments.
+
+    >>> vicreg_std(torch.tensor([[2., 0.], [-2., 0.]]))  # one feature healthy, one dead
+    0.495
+    """
+    var = torch.diagonal(stats.moments.covariance())
+    return float(torch.relu(1.0 - torch.sqrt(var + 1e-4)).mean())
+
+
+@metric("std_normalized", summary="√d · mean_k std_k(z): 0 at complete collapse, ≈1 healthy",
+        range="[0, √d]", direction="higher",
+        citation="Lightly collapse monitor; Chen & He, SimSiam, CVPR 2021",
+        bounds=lambda n, d: (0.0, math.sqrt(d) * math.sqrt(n / max(n - 1, 1)) + 1e-9))
+def std_normalized(stats: Statistics) -> float:
+    """Normalized per-dimension std of the L2-normalized rows.
+
+    Formula: √d · mean_k std_k(z) (unbiased std over rows of z = x/‖x‖). About 1 for
+    isotropic embeddings (each coordinate of a random unit vector has std 1/√d) and 0 when
+    every row points the same way (complete collapse). Higher is healthier (up to ~1).
+    Complexity: O(d) from the shared moments.
+    Citation: Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021
+    (the std of ℓ2-normalized outputs), as monitored by Lightly.
+
+    >>> std_normalized(torch.ones(4, 3))
+    0.0
+    """
+    std = stats.moments.z_variance().sqrt()
+    return float(math.sqrt(stats.d) * std.mean())

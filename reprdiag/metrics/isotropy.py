@@ -1,0 +1,94 @@
+"""Isotropy metrics: IsoScore, partition-function isotropy, average pairwise cosine."""
+
+from __future__ import annotations
+
+import torch
+
+from reprdiag.metrics import pairwise
+from reprdiag.metrics.inputs import Statistics
+from reprdiag.metrics.rank import participation_ratio
+from reprdiag.metrics.registry import metric
+
+
+@metric("isoscore", summary="(PR − 1)/(d − 1), PR the covariance participation ratio",
+        range="[0, 1]", direction="higher",
+        citation="Rudman et al., Findings of ACL 2022 (IsoScore 2.0.1)",
+        bounds=lambda n, d: (0.0, 1.0 + 1e-12))
+def isoscore(stats: Statistics) -> float:
+    """IsoScore: how uniformly the variance spreads over all d dimensions.
+
+    Formula: (PR − 1)/(d − 1) with PR = (Σλ)²/Σλ² the participation ratio of the covariance;
+    this equals, exactly, the algorithm of the IsoScore 2.0.1 package (PCA-rotate, normalize
+    the variance vector to norm √d, then this ratio). Range [0, 1]: 1 isotropic, 0 one
+    direction. Higher is healthier. Complexity: O(d³) eigvalsh on the shared moments.
+    Citation: Rudman, Gillman, Rayne, Eickhoff, "IsoScore: Measuring the Uniformity of
+    Embedding Space Utilization", Findings of ACL 2022.
+
+    >>> round(isoscore(torch.cat([torch.eye(4), -torch.eye(4)])), 9)
+    1.0
+    """
+    if stats.d == 1:
+        return 1.0
+    return (participation_ratio(stats) - 1.0) / (stats.d - 1.0)
+
+
+def _candidate_directions(stats: Statistics) -> torch.Tensor:
+    """Eigenvectors of XᵀX with non-zero eigenvalue, plus one null-space direction if any.
+
+    Every null-space direction c has cᵀx_i = 0, so Z(c) = N for all of them: one represents
+    them all, whichever solver path produced the vectors.
+    """
+    raw = stats.spectra.raw
+    vals, vecs = raw.values, raw.vectors
+    keep = vals > vals[0] * stats.d * torch.finfo(torch.float64).eps * 16
+    vecs = vecs[:, keep]
+    if vecs.shape[1] < stats.d:
+        gen = torch.Generator().manual_seed(0)
+        v = torch.randn(stats.d, 1, dtype=torch.float64, generator=gen)
+        for _ in range(2):  # re-orthogonalize once for accuracy
+            v = v - vecs @ (vecs.T @ v)
+        vecs = torch.cat([vecs, v / torch.linalg.vector_norm(v)], dim=1)
+    return vecs
+
+
+@metric("partition_isotropy", summary="min_c Z(c)/max_c Z(c), Z(c)=Σ exp(cᵀx), c = ±eigvecs of XᵀX",
+        range="(0, 1]", direction="higher", citation="Mu & Viswanath, ICLR 2018",
+        bounds=lambda n, d: (0.0, 1.0 + 1e-12), uses_sample=True)
+def partition_isotropy(stats: Statistics) -> float:
+    """Partition-function isotropy of the raw rows (Arora et al. 2016; Mu & Viswanath).
+
+    Formula: I = min_c Z(c)/max_c Z(c), Z(c) = Σ_i exp(cᵀx_i), c over both signs of each
+    eigenvector of XᵀX; computed as exp(min − max) of logsumexp_i(cᵀx_i) on the row sample.
+    Range (0, 1]; 1 is isotropic. Higher is healthier. Note: not scale-free (it depends on
+    ‖x‖). Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise.
+    Citation: Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word
+    Representations", ICLR 2018.
+
+    >>> round(partition_isotropy(torch.cat([torch.eye(3), -torch.eye(3)])), 9)
+    1.0
+    """
+    return pairwise.partition_isotropy(stats.sample.to(torch.float64),
+                                       _candidate_directions(stats))
+
+
+@metric("avg_cosine", summary="mean cosine similarity over pairs i≠j, exact from streaming sums",
+        range="[−1/(N−1), 1]", direction="lower", citation="Ethayarajh, EMNLP 2019",
+        bounds=lambda n, d: (-1.0 / max(n - 1, 1) - 1e-9, 1.0 + 1e-9))
+def avg_cosine(stats: Statistics) -> float:
+    """Average pairwise cosine similarity (anisotropy).
+
+    Formula: mean over pairs i≠j of z_iᵀz_j = (‖Σz‖² − Σ‖z_i‖²)/(N(N−1)), exact from the
+    streaming sums (Σ‖z_i‖² = N unless rows are zero; zero rows count as cosine 0).
+    Range [−1/(N−1), 1]; near 0 is isotropic, 1 when all rows point the same way. Lower is
+    healthier. Complexity: O(N·d) (from the shared moments).
+    Citation: Ethayarajh, "How Contextual are Contextualized Word Representations?",
+    EMNLP 2019.
+
+    >>> round(avg_cosine(torch.ones(5, 3)), 12)
+    1.0
+    """
+    m = stats.moments
+    if m.n < 2:
+        return 0.0
+    pair_sum = m.sum_z @ m.sum_z - torch.trace(m.sum_zz)
+    return float(pair_sum / (m.n * (m.n - 1)))

@@ -1,0 +1,94 @@
+"""The metric registry: each metric's function plus what the CLI and reports need to know."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from reprdiag.errors import UsageError
+from reprdiag.metrics.inputs import Statistics, TensorLike
+
+Bounds = Callable[[int, int], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A registered metric.
+
+    ``direction`` is ``"higher"`` when larger values are healthier, ``"lower"`` when smaller
+    are, and ``"neutral"`` when neither. ``bounds(N, d)`` gives the documented range for an
+    input of that size (used by tests and by ``--list-metrics``).
+    """
+
+    name: str
+    func: Callable[..., float]
+    summary: str
+    range: str
+    direction: str
+    citation: str
+    bounds: Bounds
+    uses_sample: bool = False
+    discrete: bool = False
+    options: tuple[str, ...] = field(default=())
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+#: The order of DESIGN.md §3, used for tables and ``--list-metrics``.
+DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
+                 "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",
+                 "partition_isotropy", "avg_cosine", "cov_offdiag", "cov_offdiag_frac",
+                 "vicreg_std", "std_normalized", "er_entropy")
+
+
+def metric(name: str, *, summary: str, range: str, direction: str, citation: str,
+           bounds: Bounds, uses_sample: bool = False,
+           discrete: bool = False) -> Callable[[Callable[..., float]], Callable[..., float]]:
+    """Register ``func(stats, **options) -> float`` as metric ``name``.
+
+    The registered function also accepts a tensor or numpy array of rows in place of
+    :class:`Statistics`, so ``reprdiag.metrics.vne(x)`` works on a tensor directly.
+    """
+
+    def register(func: Callable[..., float]) -> Callable[..., float]:
+        params = inspect.signature(func).parameters
+        options = tuple(p for p in params if p != "stats")
+
+        @functools.wraps(func)
+        def wrapper(x: Statistics | TensorLike, **kwargs: object) -> float:
+            stats = x if isinstance(x, Statistics) else Statistics.from_tensor(x)
+            return float(func(stats, **kwargs))
+
+        METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
+                                   uses_sample, discrete, options)
+        return wrapper
+
+    return register
+
+
+def resolve(names: Sequence[str] | None) -> list[MetricInfo]:
+    """The registered metrics named (all of them for ``None``), in registry order."""
+    if not names:
+        rank = {n: i for i, n in enumerate(DISPLAY_ORDER)}
+        return sorted(METRICS.values(), key=lambda m: rank.get(m.name, len(rank)))
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(METRICS), n=1)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(METRICS)
+        raise UsageError(f"unknown metric {unknown[0]!r}", hint=hint)
+    return [METRICS[n] for n in dict.fromkeys(names)]
+
+
+def compute(stats: Statistics, infos: Sequence[MetricInfo],
+            options: dict[str, object] | None = None) -> dict[str, float]:
+    """Evaluate metrics on one input, passing each only the options it accepts."""
+    options = options or {}
+    out = {}
+    for info in infos:
+        kwargs = {k: options[k] for k in info.options if k in options}
+        out[info.name] = info.func(stats, **kwargs)
+    return out

@@ -1,0 +1,157 @@
+"""Writing reports: JSON, CSV, markdown, and the ``--out`` folder (atomically)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reprdiag.errors import ReprdiagError, source_label
+from reprdiag.report.model import SPECTRUM_KINDS, Report
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via ``write(tmp)`` to a temporary name beside ``path``, then rename it into place.
+
+    A reader never sees a half-written file, and an interrupted run leaves nothing behind
+    under the final name.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def spectrum_frame(report: Report) -> pd.DataFrame:
+    """Long table of every spectrum: input, spectrum, k, value, fraction, cumulative."""
+    frames = []
+    for result in report.inputs:
+        for kind in SPECTRUM_KINDS:
+            values = np.asarray(result.spectra.get(kind, []), dtype=np.float64)
+            if values.size == 0:
+                continue
+            total = values.sum()
+            frac = values / total if total > 0 else np.zeros_like(values)
+            frames.append(pd.DataFrame({"input": result.name, "spectrum": kind,
+                                        "k": np.arange(1, values.size + 1), "value": values,
+                                        "fraction": frac, "cumulative": np.cumsum(frac)}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def metrics_frame(report: Report) -> pd.DataFrame:
+    """One row per input: name, path, key, N, d, dtype, then every metric."""
+    rows = [{"input": r.name, "path": r.path, "key": r.key, "n": r.n, "d": r.d,
+             "dtype": r.dtype, **r.metrics} for r in report.inputs]
+    return pd.DataFrame(rows)
+
+
+def format_value(value: float) -> str:
+    """Compact numeric formatting shared by tables and markdown.
+
+    >>> format_value(2.656603471446447), format_value(16.0), format_value(1.2e-7)
+    ('2.6566', '16', '1.2e-07')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.4g}"
+    return f"{value:.5g}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table.
+
+    >>> print(markdown_table(["a", "b"], [["1", "2"]]))
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def metrics_markdown(report: Report) -> str:
+    """Metrics as a markdown table: metrics as rows, one column per input."""
+    names = list(dict.fromkeys(k for r in report.inputs for k in r.metrics))
+    header = ["metric", *[r.name for r in report.inputs]]
+    rows = [[n, *[format_value(r.metrics.get(n, math.nan)) for r in report.inputs]]
+            for n in names]
+    rows.insert(0, ["N × d", *[f"{r.n} × {r.d}" for r in report.inputs]])
+    return markdown_table(header, rows)
+
+
+def render(report: Report, fmt: str) -> str:
+    """The report as ``json``, ``csv`` or ``markdown`` text (tables are rendered by rich)."""
+    if fmt == "json":
+        return report.to_json()
+    if fmt == "csv":
+        buf = io.StringIO()
+        metrics_frame(report).to_csv(buf, index=False)
+        return buf.getvalue()
+    if fmt == "markdown":
+        return metrics_markdown(report)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def summary_markdown(report: Report) -> str:
+    lines = ["# reprdiag report\n", f"- version: {report.version}",
+             f"- device: {report.device}", f"- created: {report.created}",
+             f"- command: `{' '.join(report.command)}`\n", metrics_markdown(report), ""]
+    for r in report.inputs:
+        lines.append(f"- **{r.name}**: N={r.n}, d={r.d}, dtype={r.dtype}, "
+                     f"sample={r.sample_size}, solvers: "
+                     + "; ".join(f"{k}: {v}" for k, v in r.solver.items()))
+    return "\n".join(lines) + "\n"
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of an input name.
+
+    >>> slug("runs/a.h5[hidden_states/layer_3]")
+    'a.h5-hidden_states-layer_3'
+    """
+    base = name.split("[", 1)
+    stem = Path(base[0]).name + ("-" + base[1].rstrip("]") if len(base) > 1 else "")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "input"
+
+
+def save_report(report: Report, out_dir: Path, plots: bool = True,
+                plot_format: str = "png") -> Path:
+    """Write the run folder. ``report.json`` is written last, so its presence marks a run
+    that completed."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReprdiagError(f"cannot create output folder ({exc.strerror})",
+                            source=source_label(out_dir), hint="pick a writable --out") from exc
+    atomic_write(out_dir / "metrics.csv",
+                 lambda p: metrics_frame(report).to_csv(p, index=False))
+    atomic_write(out_dir / "spectrum.csv",
+                 lambda p: spectrum_frame(report).to_csv(p, index=False))
+    write_text(out_dir / "summary.md", summary_markdown(report))
+    if plots:
+        from reprdiag.report.plots import save_plots
+
+        save_plots(report, out_dir, plot_format)
+    write_text(out_dir / "report.json", report.to_json())
+    return out_dir

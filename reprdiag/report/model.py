@@ -1,0 +1,132 @@
+"""The report: what ``analyze`` returns and ``report.json`` holds (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from reprdiag.errors import InputError, source_label
+
+SCHEMA_VERSION = 1
+SPECTRUM_KINDS = ("covariance", "autocorrelation", "singular_values")
+
+
+@dataclass
+class InputResult:
+    """Everything measured on one input (one table row)."""
+
+    name: str
+    n: int
+    d: int
+    dtype: str
+    metrics: dict[str, float]
+    spectra: dict[str, list[float]]
+    solver: dict[str, str]
+    path: str | None = None
+    key: str | None = None
+    file_size: int | None = None
+    sample_size: int = 0
+    rows_dropped: int = 0
+    zero_rows: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["metrics"] = {k: _finite_or_none(v) for k, v in self.metrics.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputResult:
+        data = dict(data)
+        data["metrics"] = {k: (math.nan if v is None else float(v))
+                           for k, v in data["metrics"].items()}
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class Report:
+    """The result of an analysis: one :class:`InputResult` per input, plus provenance.
+
+    ``metrics`` is ``{metric: value}`` for a single input and ``{input: {metric: value}}``
+    for several; :meth:`to_frame` gives one row per input either way.
+    """
+
+    inputs: list[InputResult]
+    options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    version: str = ""
+    command: list[str] = field(default_factory=list)
+    created: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> InputResult:
+        for result in self.inputs:
+            if name in (result.name, result.key):
+                return result
+        raise KeyError(name)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        if len(self.inputs) == 1:
+            return dict(self.inputs[0].metrics)
+        return {r.name: dict(r.metrics) for r in self.inputs}
+
+    @property
+    def spectra(self) -> dict[str, Any]:
+        if len(self.inputs) == 1:
+            return dict(self.inputs[0].spectra)
+        return {r.name: dict(r.spectra) for r in self.inputs}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per input (indexed by name): N, d, then every metric."""
+        rows = [{"input": r.name, "n": r.n, "d": r.d, **r.metrics} for r in self.inputs]
+        return pd.DataFrame(rows).set_index("input")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, "tool": "reprdiag", "version": self.version,
+                "created": self.created, "command": self.command, "device": self.device,
+                "options": self.options, "timings": self.timings,
+                "inputs": [r.to_dict() for r in self.inputs]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(inputs=[InputResult.from_dict(r) for r in data["inputs"]],
+                   options=data.get("options", {}), device=data.get("device", ""),
+                   version=data.get("version", ""), command=data.get("command", []),
+                   created=data.get("created", ""), timings=data.get("timings", {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        """Read a ``report.json`` (or the one inside a run folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "report.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise InputError("no report.json here", source=source_label(path.parent),
+                             hint="pass a run folder written by analyze --out, or a file"
+                             ) from exc
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"is not a valid reprdiag report ({exc})",
+                             source=source_label(path),
+                             hint="re-run reprdiag analyze --out to rewrite it") from exc
+
+    def save(self, out_dir: str | Path, plots: bool = True, plot_format: str = "png") -> Path:
+        """Write report.json, metrics.csv, spectrum.csv, summary.md and plots to ``out_dir``."""
+        from reprdiag.report.export import save_report
+
+        return save_report(self, Path(out_dir), plots=plots, plot_format=plot_format)

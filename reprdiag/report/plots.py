@@ -1,0 +1,112 @@
+"""Plots (matplotlib, headless): the spectrum figure of each input, and a per-input metric plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
+from reprdiag.report.export import atomic_write, slug
+from reprdiag.report.model import InputResult, Report
+
+LAYER_METRICS = ("vne_normalized", "rankme", "effective_rank", "isoscore", "avg_cosine",
+                 "std_normalized")
+
+
+def spectrum_figure(result: InputResult) -> Figure:
+    """Left: normalized covariance eigenvalues λ_k/Σλ on log-log axes with the fitted α-ReQ
+    power law; right: cumulative explained variance."""
+    lam = np.asarray(result.spectra["covariance"], dtype=np.float64)
+    frac = lam / lam.sum() if lam.sum() > 0 else lam
+    k = np.arange(1, lam.size + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    pos = frac > 0
+    ax1.loglog(k[pos], frac[pos], ".-", ms=3, lw=1, label="λ_k / Σλ (covariance)")
+    eta = np.asarray(result.spectra.get("autocorrelation", []), dtype=np.float64)
+    if eta.size and eta.sum() > 0:
+        e = eta / eta.sum()
+        ax1.loglog(np.arange(1, e.size + 1)[e > 0], e[e > 0], "-", lw=1, alpha=0.6,
+                   label="η_k (autocorrelation of x/‖x‖)")
+    ranks = ALPHA_RANKS if int(pos.sum()) >= ALPHA_RANKS[0] + 1 else (1, ALPHA_RANKS[1])
+    alpha, r2 = power_law_fit(torch.from_numpy(lam), ranks)
+    if math.isfinite(alpha):
+        lo, hi = ranks[0], min(ranks[1], int(pos.sum()))
+        ks = np.arange(lo, hi + 1)
+        y = np.log(frac[lo - 1: hi])
+        c = np.average(y + alpha * np.log(ks), weights=1.0 / ks)
+        ax1.loglog(ks, np.exp(c) * ks**-alpha, "r--", lw=1.5,
+                   label=f"power law α = {alpha:.3g} (R² = {r2:.3f}, ranks {lo}–{hi})")
+    ax1.set_xlabel("rank k")
+    ax1.set_ylabel("normalized eigenvalue")
+    ax1.set_title("Eigenvalue spectrum")
+    ax1.legend(fontsize=8, loc="lower left")
+    ax1.grid(True, which="both", alpha=0.3)
+    cum = np.cumsum(frac)
+    ax2.semilogx(k, cum, "-", lw=1.5, label="cumulative explained variance")
+    for level in (0.9, 0.99):
+        idx = int(np.searchsorted(cum, level)) + 1
+        if idx <= lam.size:
+            ax2.axhline(level, color="gray", lw=0.6, ls=":")
+            ax2.plot([idx], [cum[idx - 1]], "o", ms=4,
+                     label=f"{level:.0%} of variance in {idx} of {lam.size} dims")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("number of components k")
+    ax2.set_ylabel("fraction of variance")
+    ax2.set_title("Cumulative explained variance")
+    ax2.legend(fontsize=8, loc="lower right")
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{result.name}  (N = {result.n:,}, d = {result.d})", fontsize=10)
+    return fig
+
+
+def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
+    """One panel per metric: its value across the report's inputs (layers), in order."""
+    names = [m for m in metrics if any(m in r.metrics for r in report.inputs)]
+    cols = min(3, max(1, len(names)))
+    rows = math.ceil(len(names) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
+                             constrained_layout=True)
+    labels = [slug(r.name) for r in report.inputs]
+    x = np.arange(len(report.inputs))
+    for ax, name in zip(axes.flat, names):
+        ax.plot(x, [r.metrics.get(name, math.nan) for r in report.inputs], "o-", label=name)
+        ax.set_title(name)
+        ax.set_xlabel("input (layer)")
+        ax.set_ylabel(name)
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle("Metrics per input", fontsize=10)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    fmt = path.suffix.lstrip(".")
+    atomic_write(path, lambda p: fig.savefig(p, format=fmt, dpi=120))
+    plt.close(fig)
+
+
+def save_plots(report: Report, out_dir: Path, plot_format: str = "png") -> list[Path]:
+    """spectrum.png (one input) or spectrum-<input>.png each, plus layers.png for several."""
+    written = []
+    single = len(report.inputs) == 1
+    for result in report.inputs:
+        name = "spectrum" if single else f"spectrum-{slug(result.name)}"
+        path = out_dir / f"{name}.{plot_format}"
+        save_figure(spectrum_figure(result), path)
+        written.append(path)
+    if not single:
+        path = out_dir / f"layers.{plot_format}"
+        save_figure(layer_figure(report), path)
+        written.append(path)
+    return written

@@ -1,0 +1,86 @@
+"""Rich tables of a report: metrics as rows for one input, as columns for several."""
+
+from __future__ import annotations
+
+import math
+
+from rich.markup import escape
+from rich.table import Table
+
+from reprdiag.metrics import METRICS
+from reprdiag.report.export import format_value
+from reprdiag.report.model import Report
+
+_ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
+
+
+def metric_tables(report: Report, width: int = 10_000) -> list[Table]:
+    """The table(s) ``reprdiag analyze`` prints: one input, metrics as rows; several
+    inputs, metrics as columns (wrapped into several tables to fit ``width``)."""
+    if len(report.inputs) == 1:
+        return [_single(report)]
+    return _several(report, width)
+
+
+def _title(report: Report) -> str:
+    return f"reprdiag · device {report.device}"
+
+
+def _single(report: Report) -> Table:
+    r = report.inputs[0]
+    table = Table(title=escape(f"{r.name}  N={r.n:,}  d={r.d}  {r.dtype}"),
+                  caption=f"{_title(report)} · ↑ higher is healthier, ↓ lower is")
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("range", style="dim")
+    table.add_column("", justify="center")
+    for name, value in r.metrics.items():
+        info = METRICS.get(name)
+        table.add_row(name, format_value(value), info.range if info else "",
+                      _ARROWS.get(info.direction, "") if info else "")
+    return table
+
+
+def _several(report: Report, width: int = 10_000) -> list[Table]:
+    """Inputs as rows, metrics as columns, split into as many tables as ``width`` needs
+    (like pandas wraps a wide frame); each table repeats the input column."""
+    names = list(dict.fromkeys(k for r in report.inputs for k in r.metrics))
+    first = min(max(len(r.name) for r in report.inputs), 48) + 16
+    groups: list[list[str]] = [[]]
+    used = first
+    for name in names:
+        need = max(len(name) + 2, 9) + 3
+        if groups[-1] and used + need > width:
+            groups.append([])
+            used = first
+        groups[-1].append(name)
+        used += need
+    tables = []
+    for i, group in enumerate(groups):
+        part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
+        table = Table(title=f"{len(report.inputs)} inputs{part}", caption=_title(report)
+                      if i == len(groups) - 1 else None)
+        table.add_column("input", style="bold", overflow="fold", max_width=48)
+        table.add_column("N × d", justify="right", no_wrap=True)
+        for name in group:
+            info = METRICS.get(name)
+            arrow = _ARROWS.get(info.direction, "") if info else ""
+            table.add_column(f"{name} {arrow}".strip(), justify="right", no_wrap=True)
+        for r in report.inputs:
+            table.add_row(escape(r.name), f"{r.n:,} × {r.d}",
+                          *[format_value(r.metrics.get(n, math.nan)) for n in group])
+        tables.append(table)
+    return tables
+
+
+def metrics_list_table() -> Table:
+    """``--list-metrics``: each metric with its definition, range, direction and citation."""
+    from reprdiag.metrics.registry import resolve
+
+    table = Table(title="reprdiag metrics", show_lines=True)
+    for col in ("name", "definition", "range", "direction", "citation"):
+        table.add_column(col, overflow="fold")
+    for info in resolve(None):
+        table.add_row(info.name, escape(info.summary), escape(info.range),
+                      f"{_ARROWS[info.direction]} {info.direction}", info.citation)
+    return table

@@ -1,0 +1,135 @@
+"""Spectra: sorted eigenvalues of the moment matrices, and which solver produced them.
+
+Three spectra describe an input (DESIGN.md §3): the covariance eigenvalues λ, the
+autocorrelation eigenvalues η of the normalized rows, and the singular values σ of raw X.
+Each is computed once, in float64, by ``torch.linalg.eigvalsh`` on the d×d moment matrix,
+or, when N < d and every row is at hand, on the N×N Gram matrix, which has the same non-zero
+eigenvalues for O(N²·d + N³) instead of O(d³). Each spectrum keeps min(N, d) values (the
+number of singular values of an N×d matrix), descending, clamped at 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from reprdiag.stats import ZERO_NORM, StreamingMoments
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigenvalues (descending, float64, CPU) plus the solver path that produced them.
+
+    >>> s = eigen_spectrum(torch.diag(torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)))
+    >>> s.values.tolist(), s.solver
+    ([3.0, 2.0, 1.0], 'eigvalsh d×d (3×3, float64, cpu)')
+    """
+
+    values: torch.Tensor
+    solver: str
+    vectors: torch.Tensor | None = None  # columns, matching ``values``; only when asked
+
+
+def _sorted(values: torch.Tensor, vectors: torch.Tensor | None, keep: int | None,
+            solver: str) -> Spectrum:
+    values = values.clamp_min(0)
+    order = torch.argsort(values, descending=True)
+    if keep is not None:
+        order = order[:keep]
+    vecs = None if vectors is None else vectors[:, order].cpu()
+    return Spectrum(values[order].cpu(), solver, vecs)
+
+
+def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
+                   vectors: bool = False) -> Spectrum:
+    """Eigen-decompose a symmetric matrix in float64: ``eigvalsh`` (or ``eigh`` for vectors)."""
+    m = matrix.to(_F64)
+    what = "eigh" if vectors else "eigvalsh"
+    solver = f"{what} d×d ({m.shape[0]}×{m.shape[1]}, float64, {m.device.type})"
+    if vectors:
+        vals, vecs = torch.linalg.eigh(m)
+        return _sorted(vals, vecs, keep, solver)
+    return _sorted(torch.linalg.eigvalsh(m), None, keep, solver)
+
+
+def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:
+    """Eigenvalues of ``rowsᵀ·rows·scale`` from the N×N Gram matrix ``rows·rowsᵀ·scale``.
+
+    With ``vectors`` the d-dimensional eigenvectors are recovered as ``rowsᵀu/‖rowsᵀu‖``.
+    """
+    r = rows.to(_F64)
+    gram = (r @ r.T) * scale
+    solver = f"gram N×N ({r.shape[0]}×{r.shape[0]}, float64, {r.device.type})"
+    if not vectors:
+        return _sorted(torch.linalg.eigvalsh(gram), None, None, solver)
+    vals, u = torch.linalg.eigh(gram)
+    v = r.T @ u
+    v = v / torch.linalg.vector_norm(v, dim=0).clamp_min(1e-300)
+    return _sorted(vals, v, None, solver)
+
+
+class Spectra:
+    """The three spectra of one input, computed lazily from its moments (and rows if N < d).
+
+    ``rows`` is the full data when it is at hand (all rows fit the sample); with N < d the
+    Gram path is then used.
+    """
+
+    def __init__(self, moments: StreamingMoments, rows: torch.Tensor | None = None):
+        self.moments = moments
+        self.n, self.d = moments.n, moments.d
+        self.length = min(self.n, self.d)
+        self._rows = rows if rows is not None and rows.shape[0] == self.n else None
+
+    @property
+    def use_gram(self) -> bool:
+        return self._rows is not None and self.n < self.d
+
+    @cached_property
+    def covariance(self) -> Spectrum:
+        """λ: eigenvalues of the unbiased covariance C."""
+        if self.use_gram:
+            r = self._rows.to(_F64)
+            return gram_spectrum(r - r.mean(dim=0), 1.0 / max(self.n - 1, 1))
+        return eigen_spectrum(self.moments.covariance(), self.length)
+
+    @cached_property
+    def raw(self) -> Spectrum:
+        """Eigen-decomposition of M = XᵀX, with eigenvectors (for partition isotropy)."""
+        if self.use_gram:
+            return gram_spectrum(self._rows, 1.0, vectors=True)
+        return eigen_spectrum(self.moments.second_moment(), self.length, vectors=True)
+
+    @cached_property
+    def raw_eigenvalues(self) -> Spectrum:
+        """Eigenvalues of M = XᵀX only (cheaper than :attr:`raw` when no vectors are needed)."""
+        if "raw" in self.__dict__:
+            return self.raw
+        if self.use_gram:
+            return gram_spectrum(self._rows, 1.0)
+        return eigen_spectrum(self.moments.second_moment(), self.length)
+
+    @property
+    def singular_values(self) -> torch.Tensor:
+        """σ_k = √eig_k(XᵀX), the singular values of raw X."""
+        return self.raw_eigenvalues.values.sqrt()
+
+    @cached_property
+    def autocorrelation(self) -> Spectrum:
+        """η: eigenvalues of ρ = ZᵀZ/N."""
+        if self.use_gram:
+            r = self._rows.to(_F64)
+            z = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(ZERO_NORM)
+            return gram_spectrum(z, 1.0 / self.n)
+        return eigen_spectrum(self.moments.autocorrelation(), self.length)
+
+    def solvers(self) -> dict[str, str]:
+        """Which solver path produced each spectrum computed so far."""
+        names = {"covariance": "covariance", "raw": "second_moment",
+                 "raw_eigenvalues": "second_moment", "autocorrelation": "autocorrelation"}
+        return {names[k]: v.solver for k, v in self.__dict__.items()
+                if isinstance(v, Spectrum)}

@@ -1,0 +1,225 @@
+"""Streaming sufficient statistics: :class:`StreamingMoments` and :class:`Reservoir`.
+
+Both are built in one pass over chunks of rows, in any chunking, and merge exactly, so shards,
+files and processes combine. Every second-order metric is a function of the moments; the
+pairwise ones (ER entropy, partition isotropy) use the reservoir's uniform row sample.
+
+Cost per chunk of n rows of width d: two Gram products, O(n·d²); memory O(d²) for the moments
+and O(M·d) for a sample of M rows, whatever N is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+ZERO_NORM = 1e-12  # rows with ‖x‖ ≤ this normalize to the zero vector (DESIGN.md §3)
+PRECISIONS = ("auto", "float32", "float64")
+
+_F64 = torch.float64
+
+
+def work_dtype(storage_dtype: str | torch.dtype, precision: str = "auto") -> torch.dtype:
+    """The dtype chunks are multiplied in before their products are summed in float64.
+
+    ``auto`` keeps float64 (and integer) data in float64 and multiplies narrower floats in
+    float32 after subtracting a per-run shift; ``float32``/``float64`` force one.
+
+    >>> work_dtype("bfloat16"), work_dtype("float64"), work_dtype("int32")
+    (torch.float32, torch.float64, torch.float64)
+    """
+    if precision == "float64":
+        return _F64
+    if precision == "float32":
+        return torch.float32
+    name = str(storage_dtype).removeprefix("torch.")
+    return torch.float32 if name in ("float32", "float16", "bfloat16") else _F64
+
+
+@dataclass
+class StreamingMoments:
+    """Shifted first and second moments of rows x and of their normalized form z = x/‖x‖.
+
+    Holds n, s (the shift), Σy and Σyyᵀ with y = x − s, Σz and Σzzᵀ, all float64. Updates
+    multiply in ``dtype`` (float32 or float64) and add into the float64 totals; the shift keeps
+    float32 products free of the cancellation a large mean would cause.
+
+    >>> m = StreamingMoments(2)
+    >>> m.update(torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64))
+    >>> m.n, m.mean.tolist(), m.covariance().tolist()
+    (2, [2.0, 3.0], [[2.0, 2.0], [2.0, 2.0]])
+    """
+
+    d: int
+    dtype: torch.dtype = _F64
+    device: torch.device | str = "cpu"
+    n: int = 0
+    n_zero: int = 0
+    shift: torch.Tensor | None = None
+    sum_y: torch.Tensor = field(init=False)
+    sum_yy: torch.Tensor = field(init=False)
+    sum_z: torch.Tensor = field(init=False)
+    sum_zz: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        dev = torch.device(self.device)
+        self.device = dev
+        self.sum_y = torch.zeros(self.d, dtype=_F64, device=dev)
+        self.sum_yy = torch.zeros(self.d, self.d, dtype=_F64, device=dev)
+        self.sum_z = torch.zeros(self.d, dtype=_F64, device=dev)
+        self.sum_zz = torch.zeros(self.d, self.d, dtype=_F64, device=dev)
+
+    # -- building -------------------------------------------------------------------------
+    def update(self, rows: torch.Tensor) -> None:
+        """Add a chunk of rows (n × d, any real dtype, on any device)."""
+        if rows.shape[0] == 0:
+            return
+        x = rows.to(device=self.device, dtype=self.dtype)
+        if self.shift is None:
+            self.shift = x.mean(dim=0, dtype=_F64)
+        y = x - self.shift.to(self.dtype)
+        self.sum_y += y.sum(dim=0, dtype=_F64)
+        self.sum_yy += (y.T @ y).to(_F64)
+        norms = torch.linalg.vector_norm(x, dim=1)
+        self.n_zero += int((norms <= ZERO_NORM).sum())
+        z = x / norms.clamp_min(ZERO_NORM).unsqueeze(1)
+        self.sum_z += z.sum(dim=0, dtype=_F64)
+        self.sum_zz += (z.T @ z).to(_F64)
+        self.n += x.shape[0]
+
+    def rebased(self, shift: torch.Tensor) -> StreamingMoments:
+        """The same moments expressed about another shift (exact up to float64 rounding)."""
+        out = StreamingMoments(self.d, self.dtype, self.device, self.n, self.n_zero,
+                               shift.to(device=self.device, dtype=_F64).clone())
+        out.sum_z, out.sum_zz = self.sum_z.clone(), self.sum_zz.clone()
+        if self.shift is None:
+            return out
+        delta = self.shift - out.shift
+        out.sum_y = self.sum_y + self.n * delta
+        out.sum_yy = (self.sum_yy + torch.outer(self.sum_y, delta)
+                      + torch.outer(delta, self.sum_y) + self.n * torch.outer(delta, delta))
+        return out
+
+    def merge(self, other: StreamingMoments) -> None:
+        """Add ``other``'s rows to these moments (Chan et al.'s exact pairwise merge)."""
+        if other.n == 0:
+            return
+        if self.shift is None:
+            self.shift = other.shift.to(self.device).clone()
+        o = other.rebased(self.shift)
+        self.sum_y += o.sum_y.to(self.device)
+        self.sum_yy += o.sum_yy.to(self.device)
+        self.sum_z += o.sum_z.to(self.device)
+        self.sum_zz += o.sum_zz.to(self.device)
+        self.n += o.n
+        self.n_zero += o.n_zero
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def mean(self) -> torch.Tensor:
+        """μ, the mean row (float64)."""
+        return self.shift + self.sum_y / self.n
+
+    def covariance(self) -> torch.Tensor:
+        """C = (X−μ)ᵀ(X−μ)/(N−1), unbiased (float64, d×d)."""
+        ybar = self.sum_y / self.n
+        centred = self.sum_yy - self.n * torch.outer(ybar, ybar)
+        return (centred + centred.T) / (2 * max(self.n - 1, 1))
+
+    def second_moment(self) -> torch.Tensor:
+        """M = XᵀX, the raw uncentred second moment (float64, d×d)."""
+        s, sy = self.shift, self.sum_y
+        raw = self.sum_yy + torch.outer(s, sy) + torch.outer(sy, s) + self.n * torch.outer(s, s)
+        return (raw + raw.T) / 2
+
+    def autocorrelation(self) -> torch.Tensor:
+        """ρ = ZᵀZ/N of the normalized rows (trace 1 when no row is zero)."""
+        return (self.sum_zz + self.sum_zz.T) / (2 * self.n)
+
+    def z_variance(self) -> torch.Tensor:
+        """Unbiased per-coordinate variance of z (float64, d)."""
+        zbar = self.sum_z / self.n
+        return (torch.diagonal(self.sum_zz) - self.n * zbar**2).clamp_min(0) / max(self.n - 1, 1)
+
+
+def _splitmix64(index: np.ndarray, seed: int) -> np.ndarray:
+    """A 64-bit mix of (seed, row index): the row's sampling priority, chunking-independent."""
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
+                                                 % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.int64)
+
+
+def row_priority(first: int, n: int, seed: int) -> torch.Tensor:
+    """Sampling priorities of rows ``first … first+n−1`` (int64 in [0, 2⁵³))."""
+    return torch.from_numpy(_splitmix64(np.arange(first, first + n, dtype=np.uint64), seed))
+
+
+@dataclass
+class Reservoir:
+    """A uniform sample without replacement of at most ``capacity`` rows ("bottom-k").
+
+    Each row gets a pseudo-random priority from a hash of (seed, global row index); the sample
+    is the ``capacity`` rows of lowest priority. It therefore depends only on the seed and the
+    rows, never on chunk sizes or on how rows were split across files or processes, and two
+    reservoirs merge exactly. Memory O(capacity·d).
+
+    >>> r = Reservoir(capacity=3, seed=0)
+    >>> r.update(0, torch.arange(10.).reshape(5, 2))
+    >>> r.rows.shape, r.seen, r.is_complete
+    (torch.Size([3, 2]), 5, False)
+    """
+
+    capacity: int
+    seed: int = 0
+    rows: torch.Tensor | None = None
+    priority: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+    seen: int = 0
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every row seen is in the sample."""
+        return self.rows is not None and self.rows.shape[0] == self.seen
+
+    def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Offer rows whose global indices are ``first, first+1, …``.
+
+        ``keep`` (a boolean mask) drops rows, e.g. non-finite ones, without changing the
+        indices, and so the priorities, of the others.
+        """
+        n = rows.shape[0]
+        prio = row_priority(first, n, self.seed).to(rows.device)
+        idx = torch.arange(first, first + n, device=rows.device)
+        if keep is not None:
+            rows, prio, idx = rows[keep], prio[keep], idx[keep]
+        self.seen += rows.shape[0]
+        if rows.shape[0] == 0:
+            return
+        if self.rows is not None and self.rows.shape[0] >= self.capacity:
+            keep = prio < self.priority.max()
+            rows, prio, idx = rows[keep], prio[keep], idx[keep]
+        self._absorb(rows, prio, idx)
+
+    def merge(self, other: Reservoir) -> None:
+        """Combine with a reservoir over other rows (same seed, disjoint global indices)."""
+        self.seen += other.seen
+        if other.rows is not None:
+            dev = self.rows.device if self.rows is not None else other.rows.device
+            self._absorb(other.rows.to(dev), other.priority.to(dev), other.index.to(dev))
+
+    def _absorb(self, rows: torch.Tensor, prio: torch.Tensor, idx: torch.Tensor) -> None:
+        if self.rows is not None:
+            rows = torch.cat([self.rows, rows.to(self.rows.dtype)])
+            prio = torch.cat([self.priority, prio])
+            idx = torch.cat([self.index, idx])
+        if rows.shape[0] > self.capacity:
+            keep = torch.topk(prio, self.capacity, largest=False).indices
+            rows, prio, idx = rows[keep], prio[keep], idx[keep]
+        order = torch.argsort(idx)
+        self.rows, self.priority, self.index = rows[order], prio[order], idx[order]
