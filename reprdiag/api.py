@@ -26,7 +26,8 @@ from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
 from reprdiag.engine import NAN_POLICIES, Accumulated, Progress, StreamOptions, accumulate
 from reprdiag.errors import UsageError
-from reprdiag.loaders import POOL_METHODS, ArraySource, ConcatSource, TensorSource, open_sources
+from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
+from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, resolve
 from reprdiag.metrics.entropy import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.report.model import InputResult, Report
@@ -76,8 +77,7 @@ def gather_sources(inputs: Input | Sequence[Input], keys: Sequence[str] | None =
     With ``concat`` the files are row shards of one dataset: sources with the same key are
     joined into one :class:`ConcatSource`.
     """
-    if pool is not None and pool not in POOL_METHODS:
-        raise UsageError(f"unknown pool method {pool!r}", hint=f"use one of {', '.join(POOL_METHODS)}")
+    check_pool(pool)
     if isinstance(inputs, str | os.PathLike | torch.Tensor | np.ndarray):
         inputs = [inputs]
     if not inputs:

@@ -124,8 +124,9 @@ def accumulate(source: ArraySource, opts: StreamOptions,
         if progress:
             progress.finish()
     if bad.count and opts.nan == "error":
-        raise InputError(f"has {bad.count} row(s) containing NaN or Inf (first at row {bad.first})",
-                         source=source.label, hint="clean the data, or pass --nan drop to skip them")
+        raise InputError(f"has {bad.count} row(s) containing NaN or Inf "
+                         f"(first at row {bad.first})", source=source.label,
+                         hint="clean the data, or pass --nan drop to skip them")
     if moments.n < 2:
         raise InputError(f"has {moments.n} finite row(s) left after dropping NaN/Inf rows",
                          source=source.label, hint="at least 2 rows are needed")

@@ -48,27 +48,27 @@ def list_metrics() -> None:
 @app.command("analyze")
 @handle_errors
 def analyze(
-    files: Annotated[list[Path], typer.Argument(help="Embedding files: safetensors, HDF5, "
+    files: Annotated[list[Path] | None, typer.Argument(help="Embedding files: safetensors, HDF5, "
                                                 "npy, npz, pt/pth.", show_default=False)
                      ] = None,
-    key: Annotated[list[str], typer.Option("--key", "-k", help="Tensor/dataset to analyze "
+    key: Annotated[list[str] | None, typer.Option("--key", "-k", help="Tensor/dataset to analyze "
                                            "(repeatable); default: every 2-D array.")] = None,
-    metrics: Annotated[list[str], typer.Option("--metrics", "-m", help="Comma-separated "
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
                                                "metric names; default: all.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Write report.json, CSVs, "
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, CSVs, "
                                       "summary.md and plots to this folder.")] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Form of stdout.")
                    ] = Format.table,
     concat: Annotated[bool, typer.Option("--concat", help="Treat the files as row shards "
                                          "of one dataset.")] = False,
-    pool: Annotated[str, typer.Option("--pool", help="Reduce arrays of >2 axes: mean|first|"
+    pool: Annotated[str | None, typer.Option("--pool", help="Reduce arrays of >2 axes: mean|first|"
                                       "flatten (3-D default: mean).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
                       ] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (fp32 products for "
                                            "fp32/16 data, fp64 for fp64)|float32|float64.")
                          ] = "auto",
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Rows per chunk "
+    chunk_size: Annotated[int | None, typer.Option("--chunk-size", help="Rows per chunk "
                                             "(default: ~64 MiB).")] = None,
     sample_size: Annotated[int, typer.Option("--sample-size", help="Rows sampled for "
                                              "pairwise metrics.")] = 16384,

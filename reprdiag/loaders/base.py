@@ -100,6 +100,13 @@ class TensorSource(ArraySource):
         return self._data[start:stop]
 
 
+def check_pool(method: str | None) -> None:
+    """Refuse a pool method that is not one of :data:`POOL_METHODS`."""
+    if method is not None and method not in POOL_METHODS:
+        raise UsageError(f"unknown pool method {method!r}",
+                         hint=f"use one of {', '.join(POOL_METHODS)}")
+
+
 def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
     """Reduce an ``(n, ..., d)`` block to ``(n, d')``.
 
@@ -122,16 +129,15 @@ def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
         return rows.mean(dim=middle)
     if method == "first":
         return rows[(slice(None), *([0] * len(middle)))]
-    raise UsageError(f"unknown pool method {method!r}", hint=f"use one of {', '.join(POOL_METHODS)}")
+    check_pool(method)
+    raise AssertionError(method)
 
 
 class PooledSource(ArraySource):
     """A source of more than two axes seen through :func:`pool_rows`."""
 
     def __init__(self, inner: ArraySource, method: str):
-        if method not in POOL_METHODS:
-            raise UsageError(f"unknown pool method {method!r}",
-                             hint=f"use one of {', '.join(POOL_METHODS)}")
+        check_pool(method)
         self.inner, self.method = inner, method
         self.path, self.key = inner.path, inner.key
 
@@ -189,7 +195,7 @@ class ConcatSource(ArraySource):
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         pieces = []
-        for part, lo in zip(self.parts, self._offsets[:-1]):
+        for part, lo in zip(self.parts, self._offsets[:-1], strict=False):
             hi = lo + part.shape[0]
             if hi <= start or lo >= stop:
                 continue
@@ -200,7 +206,7 @@ class ConcatSource(ArraySource):
                     stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
         """Chunks never straddle shards, so each file is read sequentially."""
         stop = self.shape[0] if stop is None else stop
-        for part, lo in zip(self.parts, self._offsets[:-1]):
+        for part, lo in zip(self.parts, self._offsets[:-1], strict=False):
             hi = lo + part.shape[0]
             a, b = max(start, lo), min(stop, hi)
             if a < b:

@@ -41,7 +41,7 @@ def open_safetensors(path: Path) -> list[ArraySource]:
     try:
         with safe_open(str(path), framework="pt") as f:
             sources: list[ArraySource] = []
-            for key in f.keys():
+            for key in f:
                 piece = f.get_slice(key)
                 dtype = _DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
                 sources.append(SafetensorsSource(path, key, tuple(piece.get_shape()), dtype))

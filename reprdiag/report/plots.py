@@ -76,7 +76,7 @@ def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Fi
                              constrained_layout=True)
     labels = [slug(r.name) for r in report.inputs]
     x = np.arange(len(report.inputs))
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         ax.plot(x, [r.metrics.get(name, math.nan) for r in report.inputs], "o-", label=name)
         ax.set_title(name)
         ax.set_xlabel("input (layer)")
