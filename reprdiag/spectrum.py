@@ -5,7 +5,9 @@ autocorrelation eigenvalues η of the normalized rows, and the singular values �
 Each is computed once, in float64, by ``torch.linalg.eigvalsh`` on the d×d moment matrix,
 or, when N < d and every row is at hand, on the N×N Gram matrix, which has the same non-zero
 eigenvalues for O(N²·d + N³) instead of O(d³). Each spectrum keeps min(N, d) values (the
-number of singular values of an N×d matrix), descending, clamped at 0.
+number of singular values of an N×d matrix), descending. Eigenvalues below the solver's own
+error bound, size·eps(float64)·λ_max, are set to 0: they are rounding, and left in they would
+turn into spurious √λ ~ 1e-8·σ_max singular values (effective rank, RankMe).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class Spectrum:
 
 def _sorted(values: torch.Tensor, vectors: torch.Tensor | None, keep: int | None,
             solver: str) -> Spectrum:
-    values = values.clamp_min(0)
+    floor = values.abs().max() * values.numel() * torch.finfo(_F64).eps
+    values = torch.where(values > floor, values, torch.zeros_like(values))
     order = torch.argsort(values, descending=True)
     if keep is not None:
         order = order[:keep]
