@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import reprdiag.metrics as M
-from reprdiag.loaders import TensorSource
 from reprdiag.engine import StreamOptions, accumulate
+from reprdiag.loaders import TensorSource
 from reprdiag.metrics import METRICS, Statistics
 from reprdiag.stats import Reservoir, StreamingMoments
 

@@ -32,7 +32,7 @@ def numpy_to_tensor(array: np.ndarray, label: str) -> torch.Tensor:
                          hint="store embeddings as float or integer arrays")
     if array.dtype in _NUMPY_WIDEN:
         array = array.astype(_NUMPY_WIDEN[array.dtype])
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.array(array, order="C", copy=True))  # mmap pages are read-only
 
 
 class ArraySource(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from reprdiag.errors import InputError, source_label
 from reprdiag.loaders.base import ArraySource
@@ -41,13 +41,11 @@ def open_safetensors(path: Path) -> list[ArraySource]:
     try:
         with safe_open(str(path), framework="pt") as f:
             sources: list[ArraySource] = []
-            for key in f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 piece = f.get_slice(key)
                 dtype = _DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
                 sources.append(SafetensorsSource(path, key, tuple(piece.get_shape()), dtype))
-    except (OSError, RuntimeError, ValueError, Exception) as exc:  # safetensors raises its own
-        if isinstance(exc, InputError):
-            raise
+    except (OSError, SafetensorError) as exc:
         raise InputError(f"is not a readable safetensors file ({_first_line(exc)})",
                          source=source_label(path),
                          hint="check that the file was fully written") from exc
