@@ -29,7 +29,7 @@ from reprdiag.errors import UsageError
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, resolve
-from reprdiag.metrics.entropy import ER_COMPAT, ER_ESTIMATORS
+from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.report.model import InputResult, Report
 from reprdiag.stats import PRECISIONS
 

@@ -95,39 +95,70 @@ class _NonFinite:
         return ok
 
 
+class Accumulator:
+    """The streaming state of one input: feed it chunks with :meth:`add`, then :meth:`finish`.
+
+    Chunks may come from a file (:func:`accumulate`), a model's forward hooks, or another
+    process; ``first`` is the global index of a chunk's first row (it fixes which rows the
+    seeded sample keeps, so the result does not depend on chunking).
+    """
+
+    def __init__(self, d: int, storage_dtype: str | torch.dtype, opts: StreamOptions,
+                 label: str = "<input>"):
+        self.label, self.opts = label, opts
+        self.dtype = work_dtype(storage_dtype, opts.precision)
+        self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
+        self.moments = StreamingMoments(d, self.dtype, self.device)
+        self.reservoir = Reservoir(opts.sample_size, opts.seed)
+        self.bad = _NonFinite()
+        self.rows_read = 0
+        self.seconds = 0.0
+
+    def add(self, first: int, rows: torch.Tensor) -> None:
+        """Fold rows ``first … first+len(rows)−1`` into the moments and the sample."""
+        t0 = time.perf_counter()
+        x = rows.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        keep = self.bad.scan(first, x)
+        if keep is None and self.bad.count == 0:
+            self.moments.update(x)
+            self.reservoir.update(first, x)
+        elif self.opts.nan == "drop":
+            kept = keep if keep is not None else torch.ones(len(x), dtype=torch.bool,
+                                                            device=x.device)
+            self.moments.update(x[kept])
+            self.reservoir.update(first, x, kept)
+        self.rows_read += rows.shape[0]
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self) -> Accumulated:
+        """Check what was read (NaN/Inf policy, enough rows) and return the statistics."""
+        if self.bad.count and self.opts.nan == "error":
+            raise InputError(f"has {self.bad.count} row(s) containing NaN or Inf "
+                             f"(first at row {self.bad.first})", source=self.label,
+                             hint="clean the data, or pass --nan drop to skip them")
+        if self.moments.n < 2:
+            raise InputError(f"has {self.moments.n} usable row(s); at least 2 are needed",
+                             source=self.label, hint="check the data or the NaN policy")
+        return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
+                           self.seconds)
+
+
 def accumulate(source: ArraySource, opts: StreamOptions,
                progress: Progress | None = None) -> Accumulated:
     """Stream ``source`` once into moments and a row sample."""
     n, d = check_shape(source)
-    dtype = work_dtype(source.dtype, opts.precision)
-    stats_device = torch.device("cpu") if opts.device.type == "mps" else opts.device
-    moments = StreamingMoments(d, dtype, stats_device)
-    reservoir = Reservoir(opts.sample_size, opts.seed)
-    bad = _NonFinite()
+    acc = Accumulator(d, source.dtype, opts, source.label)
     t0 = time.perf_counter()
     if progress:
         progress.start(source.label, n)
     try:
         for first, rows in source.iter_chunks(chunk_rows_for(d, opts)):
-            x = rows.to(device=stats_device, dtype=dtype, non_blocking=True)
-            keep = bad.scan(first, x)
-            if keep is None and bad.count == 0:
-                moments.update(x)
-                reservoir.update(first, x)
-            elif opts.nan == "drop":
-                kept = keep if keep is not None else torch.ones(len(x), dtype=torch.bool)
-                moments.update(x[kept.to(x.device)])
-                reservoir.update(first, x, kept.to(x.device))
+            acc.add(first, rows)
             if progress:
                 progress.advance(rows.shape[0])
     finally:
         if progress:
             progress.finish()
-    if bad.count and opts.nan == "error":
-        raise InputError(f"has {bad.count} row(s) containing NaN or Inf "
-                         f"(first at row {bad.first})", source=source.label,
-                         hint="clean the data, or pass --nan drop to skip them")
-    if moments.n < 2:
-        raise InputError(f"has {moments.n} finite row(s) left after dropping NaN/Inf rows",
-                         source=source.label, hint="at least 2 rows are needed")
-    return Accumulated(moments, reservoir, n, bad.count, time.perf_counter() - t0)
+    result = acc.finish()
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -114,9 +114,8 @@ def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
     middle axis (the CLS token of a ``batch × tokens × d`` array); ``flatten`` keeps every value,
     ``(n, prod(rest))``.
 
-    >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "mean")
-    tensor([[ 2.,  3.],
-            [ 8.,  9.]])
+    >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "mean").tolist()
+    [[2.0, 3.0], [8.0, 9.0]]
     >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "first").tolist()
     [[0.0, 1.0], [6.0, 7.0]]
     """
