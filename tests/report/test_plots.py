@@ -1,0 +1,57 @@
+"""The figures carry the data they claim to: check the artists, not only the files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import reprdiag
+from reprdiag.report.plots import layer_figure, save_plots, spectrum_figure
+
+
+@pytest.fixture(scope="module")
+def report() -> reprdiag.Report:
+    g = torch.Generator().manual_seed(0)
+    decay = torch.arange(1, 41, dtype=torch.float64) ** -0.6
+    a = torch.randn(3000, 40, dtype=torch.float64, generator=g) * decay
+    b = torch.randn(3000, 40, dtype=torch.float64, generator=g) * decay**2
+    return reprdiag.analyze([a, b], device="cpu", sample_size=256)
+
+
+def test_spectrum_figure_content(report: reprdiag.Report) -> None:
+    result = report.inputs[0]
+    fig = spectrum_figure(result)
+    ax1, ax2 = fig.axes
+    assert ax1.get_xscale() == "log" and ax1.get_yscale() == "log"
+    lam = np.asarray(result.spectra["covariance"])
+    first = ax1.get_lines()[0]
+    np.testing.assert_allclose(first.get_ydata(), lam / lam.sum())
+    labels = [t.get_text() for t in ax1.get_legend().get_texts()]
+    assert any(lbl.startswith("power law α") for lbl in labels)
+    fit = next(line for line in ax1.get_lines() if line.get_label().startswith("power law"))
+    x, y = np.asarray(fit.get_xdata(), float), np.asarray(fit.get_ydata(), float)
+    slope = np.polyfit(np.log(x), np.log(y), 1)[0]
+    assert -slope == pytest.approx(result.metrics["alpha_req"], rel=1e-9)
+    cum = ax2.get_lines()[0].get_ydata()
+    assert cum[-1] == pytest.approx(1.0) and np.all(np.diff(cum) >= 0)
+    assert ax1.get_xlabel() and ax1.get_ylabel() and ax2.get_xlabel() and ax2.get_ylabel()
+    assert "N = 3,000" in fig._suptitle.get_text()
+
+
+def test_layer_figure_has_one_point_per_input(report: reprdiag.Report) -> None:
+    fig = layer_figure(report)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert {ax.get_title() for ax in visible} >= {"rankme", "vne_normalized"}
+    ax = next(a for a in visible if a.get_title() == "rankme")
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(),
+                               [r.metrics["rankme"] for r in report.inputs])
+
+
+def test_save_plots_names(report: reprdiag.Report, tmp_path: Path) -> None:
+    written = save_plots(report, tmp_path)
+    assert sorted(p.name for p in written) == ["layers.png", "spectrum-tensor0.png",
+                                               "spectrum-tensor1.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
