@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -67,6 +68,19 @@ def spectrum_figure(result: InputResult) -> Figure:
     return fig
 
 
+def short_names(names: list[str]) -> list[str]:
+    """Input names without their common prefix (cut at a separator), for axis labels.
+
+    >>> short_names(["a.h5[hidden/layer_0]", "a.h5[hidden/layer_1]"])
+    ['layer_0', 'layer_1']
+    """
+    if len(names) < 2:
+        return [slug(n) for n in names]
+    prefix = os.path.commonprefix(names)
+    cut = max(prefix.rfind(sep) for sep in "/[") + 1 if prefix else 0
+    return [n[cut:].rstrip("]") or n for n in names]
+
+
 def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
     """One panel per metric: its value across the report's inputs (layers), in order."""
     names = [m for m in metrics if any(m in r.metrics for r in report.inputs)]
@@ -74,7 +88,7 @@ def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Fi
     rows = math.ceil(len(names) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
                              constrained_layout=True)
-    labels = [slug(r.name) for r in report.inputs]
+    labels = short_names([r.name for r in report.inputs])
     x = np.arange(len(report.inputs))
     for ax, name in zip(axes.flat, names, strict=False):
         ax.plot(x, [r.metrics.get(name, math.nan) for r in report.inputs], "o-", label=name)
