@@ -25,7 +25,7 @@ import torch
 from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
 from reprdiag.engine import NAN_POLICIES, Accumulated, Progress, StreamOptions, accumulate
-from reprdiag.errors import UsageError
+from reprdiag.errors import UsageError, check_choice
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, resolve
@@ -48,12 +48,8 @@ class MetricOptions:
         if not (math.isfinite(self.kappa) and self.kappa > 0):
             raise UsageError(f"kappa must be a positive number, got {self.kappa}",
                              hint="the vMF concentration κ is > 0 (default 10)")
-        if self.er_estimator not in ER_ESTIMATORS:
-            raise UsageError(f"unknown ER estimator {self.er_estimator!r}",
-                             hint=f"use one of {', '.join(ER_ESTIMATORS)}")
-        if self.er_compat not in ER_COMPAT:
-            raise UsageError(f"unknown ER arithmetic {self.er_compat!r}",
-                             hint=f"use one of {', '.join(ER_COMPAT)}")
+        check_choice(self.er_estimator, ER_ESTIMATORS, "ER estimator")
+        check_choice(self.er_compat, ER_COMPAT, "ER arithmetic")
 
 
 def _validate_stream(opts: StreamOptions) -> None:
@@ -62,12 +58,8 @@ def _validate_stream(opts: StreamOptions) -> None:
                          hint="pairwise metrics need pairs of rows (default 16384)")
     if opts.chunk_rows is not None and opts.chunk_rows < 1:
         raise UsageError(f"chunk size must be at least 1 row, got {opts.chunk_rows}")
-    if opts.precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {opts.precision!r}",
-                         hint=f"use one of {', '.join(PRECISIONS)}")
-    if opts.nan not in NAN_POLICIES:
-        raise UsageError(f"unknown NaN policy {opts.nan!r}",
-                         hint=f"use one of {', '.join(NAN_POLICIES)}")
+    check_choice(opts.precision, PRECISIONS, "precision")
+    check_choice(opts.nan, NAN_POLICIES, "NaN policy")
 
 
 def gather_sources(inputs: Input | Sequence[Input], keys: Sequence[str] | None = None,

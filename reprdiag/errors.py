@@ -67,3 +67,16 @@ def source_label(path: object, key: str | None = None) -> str:
     'emb.npy'
     """
     return f"{path}[{key}]" if key else str(path)
+
+
+def check_choice(value: object, choices: tuple[str, ...], what: str) -> None:
+    """Raise :class:`UsageError` unless ``value`` is one of ``choices``.
+
+    >>> check_choice("drop", ("error", "drop"), "NaN policy")
+    >>> check_choice("zap", ("error", "drop"), "NaN policy")
+    Traceback (most recent call last):
+    ...
+    reprdiag.errors.UsageError: unknown NaN policy 'zap'; use one of error, drop
+    """
+    if value not in choices:
+        raise UsageError(f"unknown {what} {value!r}", hint=f"use one of {', '.join(choices)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.errors import InputError, UsageError, check_choice, source_label
 
 POOL_METHODS = ("mean", "first", "flatten")
 
@@ -75,6 +75,22 @@ class ArraySource(ABC):
             yield lo, self.read(lo, hi)
 
 
+class FileArraySource(ArraySource):
+    """A named array inside a file whose shape and dtype were read from its header."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str):
+        self.path, self.key = path, key
+        self._shape, self._dtype = shape, dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> str:
+        return self._dtype
+
+
 class TensorSource(ArraySource):
     """An in-memory tensor or numpy array (what ``reprdiag.analyze(tensor)`` reads)."""
 
@@ -102,9 +118,8 @@ class TensorSource(ArraySource):
 
 def check_pool(method: str | None) -> None:
     """Refuse a pool method that is not one of :data:`POOL_METHODS`."""
-    if method is not None and method not in POOL_METHODS:
-        raise UsageError(f"unknown pool method {method!r}",
-                         hint=f"use one of {', '.join(POOL_METHODS)}")
+    if method is not None:
+        check_choice(method, POOL_METHODS, "pool method")
 
 
 def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:

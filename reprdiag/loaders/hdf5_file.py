@@ -9,22 +9,10 @@ import numpy as np
 import torch
 
 from reprdiag.errors import InputError, source_label
-from reprdiag.loaders.base import ArraySource, numpy_to_tensor
+from reprdiag.loaders.base import ArraySource, FileArraySource, numpy_to_tensor
 
 
-class HDF5Source(ArraySource):
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str):
-        self.path, self.key = path, key
-        self._shape, self._dtype = shape, dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def dtype(self) -> str:
-        return self._dtype
-
+class HDF5Source(FileArraySource):
     def read(self, start: int, stop: int) -> torch.Tensor:
         try:
             with h5py.File(self.path, "r") as f:

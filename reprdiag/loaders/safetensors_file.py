@@ -8,26 +8,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from reprdiag.errors import InputError, source_label
-from reprdiag.loaders.base import ArraySource
+from reprdiag.loaders.base import ArraySource, FileArraySource
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
            "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64"}
 
 
-class SafetensorsSource(ArraySource):
-    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: str):
-        self.path, self.key = path, key
-        self._shape, self._dtype = shape, dtype
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def dtype(self) -> str:
-        return self._dtype
-
+class SafetensorsSource(FileArraySource):
     def read(self, start: int, stop: int) -> torch.Tensor:
         with safe_open(str(self.path), framework="pt") as f:
             rows = f.get_slice(self.key)[start:stop]

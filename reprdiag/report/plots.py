@@ -76,7 +76,7 @@ def short_names(names: list[str]) -> list[str]:
     """
     if len(names) < 2:
         return [slug(n) for n in names]
-    prefix = os.path.commonprefix(names)
+    prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
     cut = max(prefix.rfind(sep) for sep in "/[") + 1 if prefix else 0
     return [n[cut:].rstrip("]") or n for n in names]
 
