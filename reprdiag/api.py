@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +24,15 @@ import torch
 
 from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
-from reprdiag.engine import NAN_POLICIES, Accumulated, Progress, StreamOptions, accumulate
+from reprdiag.distributed import DistributedContext, session
+from reprdiag.engine import (
+    NAN_POLICIES,
+    Accumulated,
+    Progress,
+    StreamOptions,
+    accumulate,
+    check_shape,
+)
 from reprdiag.errors import UsageError, check_choice
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
@@ -137,12 +145,15 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
             precision: str = "auto", chunk_rows: int | None = None,
             sample_size: int = 16384, seed: int = 0, kappa: float = 10.0,
             er_estimator: str = "plugin", er_compat: str = "exact", nan: str = "error",
-            progress: Progress | None = None) -> Report:
+            progress: Progress | None = None, backend: str = "auto",
+            distributed: bool | DistributedContext | None = None) -> Report:
     """Analyze embedding files or tensors and return a :class:`Report`.
 
     ``inputs`` is a path, a tensor/array, or a list of them; every 2-D array of each file is
     one input unless ``keys`` picks some (``concat`` joins files as row shards). The other
-    arguments mirror the CLI options of ``reprdiag analyze``.
+    arguments mirror the CLI options of ``reprdiag analyze``. Under ``torchrun`` the rows are
+    split over the ranks and merged (``distributed``, ``backend``: see
+    :func:`reprdiag.distributed.session`); every rank returns the same report.
 
     >>> import torch, reprdiag
     >>> rep = reprdiag.analyze(torch.eye(4, dtype=torch.float64), metrics=["vne"], device="cpu")
@@ -156,14 +167,22 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     _validate_stream(stream)
-    results = []
-    for source in gather_sources(inputs, keys, pool, concat):
-        acc = accumulate(source, stream, progress)
-        results.append(summarize(source, acc, metrics, metric_opts))
+    with session(dev, backend, distributed) as ctx:
+        if ctx is None:
+            pairs: Iterator[tuple[ArraySource, Accumulated]] = (
+                (s, accumulate(s, stream, progress))
+                for s in gather_sources(inputs, keys, pool, concat))
+        else:
+            stream.device = dev = ctx.device
+            pairs = ctx.accumulate_each(lambda: gather_sources(inputs, keys, pool, concat),
+                                        stream, progress, check=check_shape)
+        results = [summarize(source, acc, metrics, metric_opts) for source, acc in pairs]
+        world_size = ctx.world_size if ctx else 1
     options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                                "precision": precision, "pool": pool, "nan": nan,
                                "chunk_rows": chunk_rows, "concat": concat,
                                "metrics": list(metrics) if metrics else None}
     return Report(inputs=results, options=options, device=describe(dev), version=__version__,
-                  command=list(sys.argv), created=datetime.now(timezone.utc).isoformat(
-                      timespec="seconds"), timings={"total_s": time.perf_counter() - start})
+                  command=list(sys.argv), world_size=world_size,
+                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  timings={"total_s": time.perf_counter() - start})

@@ -10,6 +10,7 @@ import typer
 
 from reprdiag.api import analyze as run_analysis
 from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stdout
+from reprdiag.distributed import is_main_process
 from reprdiag.report.export import render
 from reprdiag.report.model import Report
 from reprdiag.report.table import metric_tables, metrics_list_table
@@ -84,6 +85,9 @@ def analyze(
     plot_format: Annotated[str, typer.Option("--plot-format", help="png|svg|pdf.")] = "png",
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")
                         ] = False,
+    backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
+                                         "every rank has a GPU, else gloo)|nccl|gloo.")
+                       ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     list_metrics_flag: Annotated[bool, typer.Option("--list-metrics", help="List the "
                                                     "metrics and exit.")] = False,
@@ -100,7 +104,9 @@ def analyze(
         files, keys=key or None, metrics=split_csv(metrics), concat=concat, pool=pool,
         device=device, precision=precision, chunk_rows=chunk_size, sample_size=sample_size,
         seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
-        progress=RichProgress(enabled=not quiet))
+        progress=RichProgress(enabled=not quiet), backend=backend)
+    if not is_main_process():  # under torchrun, rank 0 alone prints and writes
+        return
     if out is not None:
         report.save(out, plots=not no_plots, plot_format=plot_format)
     show(report, fmt)

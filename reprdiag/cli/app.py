@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from reprdiag.distributed import printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
 
 app = typer.Typer(
@@ -33,10 +34,12 @@ EXIT_INTERNAL = 70
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def fail(message: str, code: int) -> typer.Exit:
-    """Print ``reprdiag: error: MESSAGE`` as one line on stderr and return the exit to raise."""
-    sys.stderr.write(f"reprdiag: error: {' '.join(message.split())}\n")
-    sys.stderr.flush()
+def fail(message: str, code: int, quiet: bool = False) -> typer.Exit:
+    """Print ``reprdiag: error: MESSAGE`` as one line on stderr (unless ``quiet``) and
+    return the exit to raise."""
+    if not quiet:
+        sys.stderr.write(f"reprdiag: error: {' '.join(message.split())}\n")
+        sys.stderr.flush()
     return typer.Exit(code)
 
 
@@ -49,8 +52,8 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except ReprdiagError as exc:
-            raise fail(exc.one_line(), exc.exit_code) from None
+        except ReprdiagError as exc:  # torchrun: rank 0 prints shared errors
+            raise fail(exc.one_line(), exc.exit_code, quiet=printed_by_rank0(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted; no report was written", EXIT_INTERRUPTED) from None
         except MemoryError:

@@ -68,6 +68,7 @@ class Report:
     command: list[str] = field(default_factory=list)
     created: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1  # processes the analysis ran on (torchrun ranks)
 
     def __getitem__(self, name: str) -> InputResult:
         for result in self.inputs:
@@ -96,6 +97,7 @@ class Report:
         return {"schema": SCHEMA_VERSION, "tool": "reprdiag", "version": self.version,
                 "created": self.created, "command": self.command, "device": self.device,
                 "options": self.options, "timings": self.timings,
+                "world_size": self.world_size,
                 "inputs": [r.to_dict() for r in self.inputs]}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -106,7 +108,8 @@ class Report:
         return cls(inputs=[InputResult.from_dict(r) for r in data["inputs"]],
                    options=data.get("options", {}), device=data.get("device", ""),
                    version=data.get("version", ""), command=data.get("command", []),
-                   created=data.get("created", ""), timings=data.get("timings", {}))
+                   created=data.get("created", ""), timings=data.get("timings", {}),
+                   world_size=int(data.get("world_size", 1)))
 
     @classmethod
     def load(cls, path: str | Path) -> Report:

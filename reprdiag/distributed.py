@@ -1,0 +1,506 @@
+"""Many processes, one analysis: split the rows over ``torchrun`` ranks and merge exactly.
+
+Under ``torchrun`` every rank opens the same inputs, reads only its share of the rows
+(:meth:`DistributedContext.split`: whole shards when there are at least as many shards as
+ranks, else a slice of every shard), streams them into its own :class:`Accumulator`, and
+:meth:`DistributedContext.merge` combines the ranks:
+
+* moments: each rank re-expresses its float64 sums about one common shift (the first rank
+  with rows, i.e. rank 0's first-chunk mean) and the sums are added with ``all_reduce``;
+* row sample: the bottom-k sample keyed by hash(seed, global row index) is the bottom-k of
+  the union of the ranks' bottom-k samples, so the ranks first agree on the k-th smallest
+  priority (an ``all_gather`` of k integers each) and then gather only the rows below it.
+
+Both give the single-process result: the sample exactly, the moments up to float64
+rounding. Before any collective the ranks agree on errors (:meth:`DistributedContext.agree`):
+a rank that hits bad input makes every rank raise the same error instead of hanging.
+Cost: one pass over N/W rows per rank, then O(d²) all_reduce traffic and O(W·k + k·d) gather.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from reprdiag import errors
+from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, chunk_rows_for
+from reprdiag.errors import InputError, ReprdiagError, ResourceError, UsageError
+from reprdiag.loaders import ArraySource, ConcatSource
+from reprdiag.stats import Reservoir, StreamingMoments
+
+BACKENDS = ("auto", "nccl", "gloo")
+TIMEOUT_ENV = "REPRDIAG_DIST_TIMEOUT"  # seconds a rank waits for the others (default 1800)
+DEFAULT_TIMEOUT_S = 1800.0
+
+T = TypeVar("T")
+Ranges = list[tuple[int, int]]
+
+
+# -- splitting (pure functions) -------------------------------------------------------------
+def even_slices(n: int, parts: int) -> Ranges:
+    """``parts`` contiguous ranges covering ``[0, n)`` whose lengths differ by at most one.
+
+    >>> even_slices(10, 3)
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def group_shards(sizes: Sequence[int], groups: int) -> list[range]:
+    """Cut shards (in order) into ``groups`` non-empty contiguous groups, minimising the
+    largest group's row count. Needs ``len(sizes) >= groups``; O(S log N).
+
+    >>> group_shards([5, 1, 1, 1, 4], 3)
+    [range(0, 1), range(1, 4), range(4, 5)]
+    """
+    if not 1 <= groups <= len(sizes):
+        raise ValueError(f"cannot cut {len(sizes)} shards into {groups} non-empty groups")
+    lo, hi = max(sizes), sum(sizes)
+    while lo < hi:  # smallest cap for which a greedy cut needs at most `groups` groups
+        mid = (lo + hi) // 2
+        if len(_greedy_cut(sizes, mid, groups, force=False)) <= groups:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _greedy_cut(sizes, lo, groups, force=True)
+
+
+def _greedy_cut(sizes: Sequence[int], cap: int, groups: int, force: bool) -> list[range]:
+    """Open a new group when the cap would be exceeded or (``force``) when exactly one shard
+    is left for each group still to open."""
+    starts, total = [0], 0
+    for i, size in enumerate(sizes):
+        to_open = groups - len(starts)
+        if i > starts[-1] and (total + size > cap or (force and len(sizes) - i == to_open)):
+            starts.append(i)
+            total = 0
+        total += size
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
+
+
+def split_source(source: ArraySource, rank: int, world_size: int) -> Ranges:
+    """The global row ranges rank ``rank`` of ``world_size`` reads from ``source``.
+
+    Shards of a :class:`ConcatSource` go whole to ranks when there are at least as many as
+    ranks (contiguous groups, balanced by rows); otherwise each shard (a plain source is one
+    shard) is sliced into ``world_size`` near-equal row ranges and a rank reads one of each.
+
+    >>> import torch
+    >>> from reprdiag.loaders import TensorSource
+    >>> split_source(TensorSource(torch.zeros(10, 2)), 1, 3)
+    [(3, 6)]
+    """
+    sizes = ([p.shape[0] for p in source.parts] if isinstance(source, ConcatSource)
+             else [source.shape[0]])
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    if len(sizes) >= world_size:
+        mine = group_shards(sizes, world_size)[rank]
+        return [(offsets[mine.start], offsets[mine.stop])]
+    ranges = []
+    for i, size in enumerate(sizes):
+        a, b = even_slices(size, world_size)[rank]
+        if a < b:
+            ranges.append((offsets[i] + a, offsets[i] + b))
+    return ranges
+
+
+# -- what ranks exchange -------------------------------------------------------------------
+@dataclass
+class _Failure:
+    """An exception in a form every rank can rebuild (exception objects may not pickle)."""
+
+    rank: int
+    kind: str
+    message: str
+    problem: str | None = None
+    source: str | None = None
+    hint: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException, rank: int) -> _Failure:
+        if isinstance(exc, ReprdiagError):
+            return cls(rank, type(exc).__name__, exc.one_line(), exc.problem, exc.source,
+                       exc.hint)
+        return cls(rank, type(exc).__name__, str(exc))
+
+    def rebuild(self) -> BaseException:
+        """The same error on another rank: the same class and message for reprdiag's own
+        errors, so every rank exits with the same code."""
+        if self.problem is not None:
+            cls = getattr(errors, self.kind, ReprdiagError)
+            if not (isinstance(cls, type) and issubclass(cls, ReprdiagError)):
+                cls = ReprdiagError
+            return cls(self.problem, source=self.source, hint=self.hint)
+        if self.kind == "MemoryError":
+            return MemoryError(self.message)
+        return RuntimeError(f"rank {self.rank} failed with {self.kind}: {self.message}")
+
+
+@dataclass
+class _Share:
+    """One rank's summary of its accumulator, gathered by every rank before the merge."""
+
+    label: str
+    d: int
+    n: int
+    n_zero: int
+    shift: torch.Tensor | None
+    priorities: torch.Tensor | None
+    seen: int
+    bad_count: int
+    bad_first: int | None
+    rows_read: int
+    seconds: float
+
+    @classmethod
+    def of(cls, acc: Accumulator) -> _Share:
+        m, r = acc.moments, acc.reservoir
+        return cls(acc.label, m.d, m.n, m.n_zero,
+                   None if m.shift is None else m.shift.detach().cpu(),
+                   None if r.priority is None else r.priority.cpu(), r.seen, acc.bad.count,
+                   acc.bad.first, acc.rows_read, acc.seconds)
+
+
+def sample_threshold(priorities: Sequence[torch.Tensor | None], capacity: int) -> int | None:
+    """The largest priority the merged bottom-k sample keeps (``None``: keep every row).
+
+    >>> sample_threshold([torch.tensor([5, 9]), None, torch.tensor([1, 7])], 3)
+    7
+    """
+    present = [p for p in priorities if p is not None and p.numel()]
+    if not present:
+        return None
+    allp = torch.cat(present)
+    if allp.numel() <= capacity:
+        return None
+    return int(torch.kthvalue(allp, capacity).values)
+
+
+def common_shift(shares: Sequence[_Share], d: int) -> torch.Tensor:
+    """The shift every rank's moments are re-expressed about: that of the first rank with
+    rows (rank 0's first-chunk mean, the single process's shift), else zero."""
+    for share in shares:
+        if share.n > 0 and share.shift is not None:
+            return share.shift.to(torch.float64)
+    return torch.zeros(d, dtype=torch.float64)
+
+
+# -- the context -----------------------------------------------------------------------------
+def check_backend(backend: str) -> None:
+    """Refuse a backend name that is not one of :data:`BACKENDS`."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}", hint=f"use one of "
+                         f"{', '.join(BACKENDS)}")
+
+
+def timeout_seconds() -> float:
+    """How long a rank waits for the others at a collective (``$REPRDIAG_DIST_TIMEOUT``)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError as exc:
+        raise UsageError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from exc
+    if value <= 0:
+        raise UsageError(f"{TIMEOUT_ENV} must be positive, got {raw}")
+    return value
+
+
+def on_all_ranks(exc: BaseException) -> BaseException:
+    """Mark an error every rank raises alike, so ranks > 0 need not print it too."""
+    exc.all_ranks = True  # type: ignore[attr-defined]
+    return exc
+
+
+def printed_by_rank0(exc: BaseException) -> bool:
+    """True on a rank > 0 for an error rank 0 raises (and prints) as well."""
+    return bool(getattr(exc, "all_ranks", False)) and not is_main_process()
+
+
+def is_main_process() -> bool:
+    """True unless this is a ``torchrun`` worker of rank > 0 (which stays quiet)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return not launched() or os.environ.get("RANK", "0") == "0"
+
+
+def launched() -> bool:
+    """True in a process started by ``torchrun`` (``torch.distributed.run``)."""
+    return dist.is_available() and dist.is_torchelastic_launched()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """A rank's compute device: a bare ``cuda`` becomes ``cuda:LOCAL_RANK`` (modulo the GPUs
+    visible), so the ranks of one node use different GPUs."""
+    if device.type == "cuda" and device.index is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+class DistributedContext:
+    """One analysis spread over the ranks of a process group.
+
+    Producers of chunks (files, a model run over a dataset) use it in three steps::
+
+        with ctx.agree():                        # every rank raises the first rank's error
+            acc = ctx.accumulate(source, opts)   # or: Accumulator + acc.add(global_first, rows)
+        result = ctx.merge(acc)                  # the whole-dataset Accumulated, on every rank
+
+    ``split``/``split_rows`` say which rows a rank reads; ``merge`` is a collective, so every
+    rank must call it the same number of times in the same order.
+    """
+
+    def __init__(self, device: torch.device, group: Any = None, owns_group: bool = False):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        self.device = device
+        self.owns_group = owns_group
+        self.backend = str(dist.get_backend(group))
+        kinds = self.all_gather(device.type)
+        self.reduce_device = (device if "nccl" in self.backend and set(kinds) == {"cuda"}
+                              else torch.device("cpu"))
+
+    # ---- creation ----
+    @classmethod
+    def from_env(cls, device: torch.device, backend: str = "auto") -> DistributedContext:
+        """Join the process group ``torchrun`` describes in the environment (NCCL for CUDA
+        tensors when this rank computes on a GPU, gloo for everything else)."""
+        check_backend(backend)
+        device = local_device(device)
+        use_nccl = device.type == "cuda" and dist.is_nccl_available() and backend != "gloo"
+        if backend == "nccl" and not use_nccl:
+            raise UsageError("--backend nccl needs a CUDA GPU and a torch built with NCCL on "
+                             "every rank", hint="use --backend gloo or auto")
+        spec = "cpu:gloo,cuda:nccl" if use_nccl else "gloo"
+        try:
+            dist.init_process_group(spec, timeout=timedelta(seconds=timeout_seconds()))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ResourceError(f"cannot join the process group ({_first_line(exc)})",
+                                hint="check torchrun's --rdzv-endpoint/--master-addr and "
+                                "that every node can reach it") from exc
+        ctx = cls(device, owns_group=True)
+        if backend == "nccl" and ctx.reduce_device.type != "cuda":
+            ctx.close()
+            raise UsageError("--backend nccl needs a CUDA GPU on every rank",
+                             hint="use --backend gloo or auto")
+        return ctx
+
+    def close(self) -> None:
+        """Leave the process group if this context created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    # ---- splitting ----
+    def split(self, source: ArraySource) -> Ranges:
+        """This rank's global row ranges of ``source`` (see :func:`split_source`)."""
+        return split_source(source, self.rank, self.world_size)
+
+    def split_rows(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous share ``[start, stop)`` of ``n`` rows (e.g. of a dataset)."""
+        return even_slices(n, self.world_size)[self.rank]
+
+    # ---- collectives ----
+    def all_gather(self, obj: T) -> list[T]:
+        """Every rank's ``obj`` (picklable; tensors must be on the CPU), in rank order."""
+        out: list[Any] = [None] * self.world_size
+        with self._collective("exchange"):
+            dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    @contextmanager
+    def _collective(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (RuntimeError, dist.DistError) as exc:
+            raise ResourceError(f"rank {self.rank}: {what} with the other ranks failed "
+                                f"({_first_line(exc)})", hint=f"a rank died or took longer "
+                                f"than ${TIMEOUT_ENV} seconds; see the other ranks' logs"
+                                ) from exc
+
+    @staticmethod
+    @contextmanager
+    def _everywhere() -> Iterator[None]:
+        """Errors raised inside are computed from gathered data, hence alike on all ranks."""
+        try:
+            yield
+        except ReprdiagError as exc:
+            raise on_all_ranks(exc) from None
+
+    @contextmanager
+    def agree(self) -> Iterator[None]:
+        """Run a rank's local work; if any rank raised, every rank raises the first error.
+
+        This is itself a collective: every rank must enter and leave it.
+        """
+        mine: BaseException | None = None
+        try:
+            yield
+        except Exception as exc:
+            mine = exc
+        failures = self.all_gather(None if mine is None else _Failure.of(mine, self.rank))
+        first = next((f for f in failures if f is not None), None)
+        if first is None:
+            return
+        if mine is not None and first.rank == self.rank:
+            raise on_all_ranks(mine)
+        raise on_all_ranks(first.rebuild())
+
+    # ---- accumulating ----
+    def accumulate(self, source: ArraySource, opts: StreamOptions,
+                   progress: Progress | None = None) -> Accumulator:
+        """Stream this rank's rows of ``source`` into a fresh :class:`Accumulator`, keeping
+        global row indices. No checks: :meth:`merge` runs them on the whole."""
+        d = source.shape[1]
+        acc = Accumulator(d, source.dtype, opts, source.label)
+        ranges = self.split(source)
+        if progress:
+            progress.start(source.label, sum(b - a for a, b in ranges))
+        try:
+            for a, b in ranges:
+                for first, rows in source.iter_chunks(chunk_rows_for(d, opts), a, b):
+                    acc.add(first, rows)
+                    if progress:
+                        progress.advance(rows.shape[0])
+        finally:
+            if progress:
+                progress.finish()
+        return acc
+
+    def merge(self, acc: Accumulator) -> Accumulated:
+        """Combine every rank's accumulator of one input; each rank gets the whole result.
+
+        Raises on every rank what :meth:`Accumulator.finish` raises for the whole input
+        (NaN rows under ``--nan error``, fewer than 2 rows).
+        """
+        shares = self.all_gather(_Share.of(acc))
+        with self._everywhere():
+            _check_same_input(shares)
+        moments = self._reduce_moments(acc.moments, shares)
+        reservoir = self._gather_sample(acc.reservoir, shares, acc.device)
+        acc.moments, acc.reservoir = moments, reservoir
+        acc.rows_read = sum(s.rows_read for s in shares)
+        acc.bad.count = sum(s.bad_count for s in shares)
+        firsts = [s.bad_first for s in shares if s.bad_first is not None]
+        acc.bad.first = min(firsts) if firsts else None
+        with self._everywhere():
+            result = acc.finish()
+        result.seconds = max(s.seconds for s in shares)
+        return result
+
+    def _reduce_moments(self, local: StreamingMoments, shares: list[_Share]
+                        ) -> StreamingMoments:
+        shift = common_shift(shares, local.d)
+        moved = local.rebased(shift.to(local.device))
+        out = StreamingMoments(local.d, local.dtype, local.device,
+                               n=sum(s.n for s in shares),
+                               n_zero=sum(s.n_zero for s in shares),
+                               shift=moved.shift if any(s.n for s in shares) else None)
+        for name in ("sum_y", "sum_yy", "sum_z", "sum_zz"):
+            total = getattr(moved, name).to(self.reduce_device)
+            with self._collective("summing the moments"):
+                dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group)
+            setattr(out, name, total.to(local.device))
+        return out
+
+    def _gather_sample(self, local: Reservoir, shares: list[_Share],
+                       device: torch.device) -> Reservoir:
+        limit = sample_threshold([s.priorities for s in shares], local.capacity)
+        part = Reservoir(local.capacity, local.seed, seen=local.seen)
+        if local.rows is not None:
+            keep = (torch.ones_like(local.priority, dtype=torch.bool) if limit is None
+                    else local.priority <= limit)
+            part.rows, part.priority, part.index = (local.rows[keep].cpu(),
+                                                    local.priority[keep].cpu(),
+                                                    local.index[keep].cpu())
+        merged = Reservoir(local.capacity, local.seed)
+        for other in self.all_gather(part):
+            merged.merge(other)
+        if merged.rows is not None:
+            merged.rows, merged.priority, merged.index = (merged.rows.to(device),
+                                                          merged.priority.to(device),
+                                                          merged.index.to(device))
+        return merged
+
+    # ---- the whole local phase of analyze ----
+    def accumulate_each(self, open_inputs: Callable[[], list[ArraySource]],
+                        opts: StreamOptions, progress: Progress | None = None,
+                        check: Callable[[ArraySource], object] | None = None
+                        ) -> Iterator[tuple[ArraySource, Accumulated]]:
+        """Open the inputs, then for each: stream this rank's rows, agree on errors, merge.
+
+        Yields ``(source, whole-input Accumulated)`` one input at a time, so only one
+        input's statistics are held. ``check`` runs on each source before any reading
+        (e.g. a shape check) and must fail the same way on every rank.
+        """
+        with self.agree():
+            sources = open_inputs()
+            for source in sources:
+                if check:
+                    check(source)
+        counts = self.all_gather(len(sources))
+        if len(set(counts)) > 1:
+            raise on_all_ranks(InputError(f"the ranks found different numbers of inputs: "
+                                          f"{counts}", hint="every rank must see the same "
+                                          "files and keys"))
+        for source in sources:
+            with self.agree():
+                acc = self.accumulate(source, opts, progress if self.rank == 0 else None)
+            yield source, self.merge(acc)
+
+
+def _check_same_input(shares: list[_Share]) -> None:
+    seen = {(s.label, s.d) for s in shares}
+    if len(seen) > 1:
+        detail = ", ".join(f"rank {i}: {s.label} (d={s.d})" for i, s in enumerate(shares))
+        raise InputError(f"the ranks disagree about the input: {detail}",
+                         hint="every rank must see the same files and keys")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+@contextmanager
+def session(device: torch.device, backend: str = "auto",
+            distributed: bool | DistributedContext | None = None
+            ) -> Iterator[DistributedContext | None]:
+    """The context an analysis runs in, or ``None`` for a single process.
+
+    ``distributed=None`` (default) joins the group ``torchrun`` describes when this process
+    was launched by it and no process group exists yet (the CLI's case); ``True`` requires a
+    group (an existing one is used as is); ``False`` never distributes; a
+    :class:`DistributedContext` is used as given. ``backend`` is checked in every case.
+    """
+    check_backend(backend)
+    if isinstance(distributed, DistributedContext):
+        yield distributed
+        return
+    if distributed is False or not dist.is_available():
+        yield None
+        return
+    if dist.is_initialized():
+        yield DistributedContext(local_device(device)) if distributed else None
+        return
+    if not launched():
+        if distributed:
+            raise UsageError("distributed=True but this process was not started by torchrun",
+                             hint="launch with torchrun, or pass distributed=False")
+        yield None
+        return
+    ctx = DistributedContext.from_env(device, backend)
+    try:
+        yield ctx
+    finally:
+        ctx.close()

@@ -1,0 +1,96 @@
+"""One rank of the multi-process scenarios in tests/test_distributed.py (not a test module).
+
+Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` with torchrun's environment
+variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Joins a gloo group of every rank
+plus a sub-group of ranks 0–1, runs each scenario of SPEC through ``reprdiag.analyze`` on
+the group its ``world`` names, and writes what this rank saw to ``OUT_DIR/rank{R}.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import reprdiag
+from reprdiag.api import gather_sources
+from reprdiag.distributed import DistributedContext
+from reprdiag.engine import StreamOptions, check_shape
+from reprdiag.errors import InputError
+from reprdiag.loaders import TensorSource
+
+
+class Faulty(TensorSource):
+    """n random rows of which those from ``bad_from`` on fail to read (one rank's share)."""
+
+    def __init__(self, n: int, bad_from: int, kind: str):
+        super().__init__(torch.randn(n, 4, dtype=torch.float64), "faulty")
+        self.bad_from, self.kind = bad_from, kind
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        if stop > self.bad_from:
+            if self.kind == "input":
+                raise InputError(f"row {self.bad_from} is unreadable", source="faulty.bin",
+                                 hint="re-copy the shard")
+            raise ValueError(f"boom at row {self.bad_from}")
+        return super().read(start, stop)
+
+
+def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """The report (as a dict) or the error one scenario gives on this rank."""
+    try:
+        if "faulty" in scenario:
+            spec = scenario["faulty"]
+            source = Faulty(spec["n"], spec["bad_from"], spec["kind"])
+            list(ctx.accumulate_each(lambda: [source], StreamOptions(chunk_rows=10),
+                                     check=check_shape))
+            return {"ok": True}
+        report = reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu",
+                                  **scenario.get("options", {}))
+        out = report.to_dict()
+        if scenario.get("index"):
+            out["sample_index"] = _sample_index(scenario, ctx)
+        return out
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc),
+                "all_ranks": bool(getattr(exc, "all_ranks", False))}
+
+
+def _sample_index(scenario: dict[str, Any], ctx: Any) -> list[list[int]]:
+    """Global row indices of each input's merged sample."""
+    opts = scenario.get("options", {})
+    stream = StreamOptions(precision=opts.get("precision", "auto"),
+                           sample_size=opts.get("sample_size", 16384),
+                           seed=opts.get("seed", 0), nan=opts.get("nan", "error"),
+                           chunk_rows=opts.get("chunk_rows"))
+    pairs = ctx.accumulate_each(lambda: gather_sources(scenario["files"],
+                                                       concat=opts.get("concat", False)),
+                                stream)
+    return [acc.reservoir.index.tolist() for _, acc in pairs]
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out_dir = Path(sys.argv[2])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    pair = dist.new_group([0, 1])
+    contexts = {world: DistributedContext(torch.device("cpu"))}
+    if rank < 2:
+        contexts[2] = DistributedContext(torch.device("cpu"), group=pair)
+    results = {}
+    for name, scenario in spec.items():
+        ctx = contexts.get(scenario["world"])
+        if ctx is not None:
+            results[name] = run_scenario(scenario, ctx)
+    (out_dir / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

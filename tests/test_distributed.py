@@ -1,0 +1,322 @@
+"""Many processes, one analysis: the split, the exact merge, and error agreement.
+
+The multi-process tests start real gloo ranks on loopback (plain subprocesses given
+torchrun's environment, and once torchrun itself) and compare with the single-process run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import reprdiag
+from reprdiag.api import gather_sources
+from reprdiag.distributed import (
+    _Failure,
+    even_slices,
+    group_shards,
+    sample_threshold,
+    split_source,
+)
+from reprdiag.engine import StreamOptions, accumulate
+from reprdiag.errors import ResourceError
+from reprdiag.loaders import ConcatSource, TensorSource
+from tests.conftest import SAMPLE, run_cli_env
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+SHARD_ROWS = [400, 1, 37, 250, 12, 300]  # whole shards over 3 ranks: [400] [1 37 250 12] [300]
+MINILM = str(SAMPLE / "minilm.safetensors")
+
+
+# -- the split (pure) -----------------------------------------------------------------------
+def _best_max(sizes: list[int], k: int) -> int:
+    """Brute force: the smallest possible largest group over all contiguous k-cuts."""
+    best = math.inf
+    for cuts in itertools.combinations(range(1, len(sizes)), k - 1):
+        bounds = [0, *cuts, len(sizes)]
+        best = min(best, max(sum(sizes[a:b]) for a, b in itertools.pairwise(bounds)))
+    return int(best)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_group_shards_is_an_optimal_contiguous_cut(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 50, size=int(rng.integers(1, 9))).tolist()
+    k = int(rng.integers(1, len(sizes) + 1))
+    groups = group_shards(sizes, k)
+    assert len(groups) == k and all(len(g) > 0 for g in groups)
+    assert [i for g in groups for i in g] == list(range(len(sizes)))
+    assert max(sum(sizes[i] for i in g) for g in groups) == _best_max(sizes, k)
+
+
+def test_group_shards_refuses_too_few_shards() -> None:
+    with pytest.raises(ValueError):
+        group_shards([3, 4], 3)
+
+
+@pytest.mark.parametrize(("sizes", "world"), [([10], 3), ([1], 4), (SHARD_ROWS, 3),
+                                                (SHARD_ROWS, 2), ([5, 7], 3), ([3, 3, 3], 3)])
+def test_split_covers_every_row_once(sizes: list[int], world: int) -> None:
+    parts = [TensorSource(torch.zeros(n, 2)) for n in sizes]
+    source = ConcatSource(parts) if len(parts) > 1 else parts[0]
+    ranges = [split_source(source, r, world) for r in range(world)]
+    rows = sorted(i for mine in ranges for a, b in mine for i in range(a, b))
+    assert rows == list(range(sum(sizes)))
+    if len(sizes) >= world:  # whole shards: a rank's one range starts and ends on boundaries
+        bounds = set(np.cumsum([0, *sizes]).tolist())
+        assert all(len(m) == 1 and {m[0][0], m[0][1]} <= bounds for m in ranges)
+
+
+def test_even_slices_differ_by_at_most_one_row() -> None:
+    lengths = [b - a for a, b in even_slices(17, 5)]
+    assert sum(lengths) == 17 and max(lengths) - min(lengths) <= 1
+
+
+def test_sample_threshold_is_the_kth_smallest_priority() -> None:
+    gen = torch.Generator().manual_seed(3)
+    parts = [torch.randperm(1000, generator=gen)[:50] + 1000 * i for i in range(3)]
+    everything = torch.cat(parts).sort().values
+    assert sample_threshold(parts, 20) == int(everything[19])
+    assert sample_threshold(parts, 150) is None and sample_threshold([None], 5) is None
+
+
+def test_failures_rebuild_with_the_same_class_message_and_exit_code() -> None:
+    original = ResourceError("out of GPU memory", source="a.h5[x]", hint="use --device cpu")
+    rebuilt = _Failure.of(original, 2).rebuild()
+    assert type(rebuilt) is ResourceError and str(rebuilt) == str(original)
+    assert rebuilt.exit_code == 3
+    other = _Failure.of(KeyError("k"), 1).rebuild()
+    assert isinstance(other, RuntimeError) and "rank 1" in str(other)
+
+
+def test_single_process_report_records_world_size_one() -> None:
+    report = reprdiag.analyze(torch.randn(20, 3, dtype=torch.float64), metrics=["vne"],
+                              device="cpu")
+    assert report.world_size == 1
+    assert reprdiag.Report.from_dict(report.to_dict()).world_size == 1
+
+
+# -- real ranks ------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """What torchrun sets for a worker, on one node."""
+    env = run_cli_env()
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+               LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               TORCHELASTIC_RUN_ID="reprdiag-test", OMP_NUM_THREADS="1",
+               REPRDIAG_DIST_TIMEOUT="90")
+    return env
+
+
+def _run_ranks(args: list[str], world: int) -> list[subprocess.CompletedProcess[str]]:
+    """Start ``world`` ranks of ``python ARGS`` and wait for all of them."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *args], env=_rank_env(r, world, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(world)]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=150)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def _write_shards(folder: Path, sizes: list[int], nan_rows: dict[int, list[int]] | None = None,
+                  seed: int = 0) -> list[str]:
+    """Row shards of one synthetic dataset with two keys: ``a`` (24 wide, mean 30, scales
+    spread over 100×) and ``b`` (8 wide, fp64)."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    a = (rng.standard_normal((n, 24)) * np.geomspace(10, 0.1, 24) + 30).astype(np.float32)
+    b = rng.standard_normal((n, 8)) @ rng.standard_normal((8, 8))
+    paths, lo = [], 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(sizes):
+        part_a = a[lo:lo + size].copy()
+        for row in (nan_rows or {}).get(i, []):
+            part_a[row] = np.nan
+        path = folder / f"shard-{i}.safetensors"
+        save_file({"a": torch.from_numpy(part_a), "b": torch.from_numpy(b[lo:lo + size].copy())},
+                  str(path))
+        paths.append(str(path))
+        lo += size
+    return paths
+
+
+@pytest.fixture(scope="module")
+def scenario_results(tmp_path_factory: pytest.TempPathFactory
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run every scenario once on 3 gloo ranks (and on a 2-rank sub-group)."""
+    tmp = tmp_path_factory.mktemp("dist")
+    uneven = _write_shards(tmp / "uneven", SHARD_ROWS)
+    three = _write_shards(tmp / "three", [120, 80, 100], seed=1)
+    two = _write_shards(tmp / "two", [150, 61], seed=2)
+    nan = _write_shards(tmp / "nan", SHARD_ROWS, nan_rows={5: [7, 30]}, seed=3)  # rank 2's
+    f64 = {"precision": "float64", "sample_size": 256, "chunk_rows": 64}
+    shards = {"concat": True, **f64}
+    spec: dict[str, Any] = {
+        "minilm_w3": {"world": 3, "files": [MINILM],
+                      "options": {**f64, "sample_size": 500, "chunk_rows": None}},
+        "uneven_w3": {"world": 3, "files": uneven, "options": shards, "index": True},
+        "uneven_w2": {"world": 2, "files": uneven, "options": shards},
+        "uneven_auto_w3": {"world": 3, "files": uneven,
+                           "options": {**shards, "precision": "auto"}},
+        "one_per_rank": {"world": 3, "files": three, "options": shards},
+        "more_ranks_than_shards": {"world": 3, "files": two, "options": shards,
+                                   "index": True},
+        "nan_drop": {"world": 3, "files": nan, "options": {**shards, "nan": "drop"}},
+        "nan_error": {"world": 3, "files": nan, "options": shards},
+        "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
+        "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
+    }
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    out = tmp / "out"
+    out.mkdir()
+    runs = _run_ranks([str(WORKER), str(tmp / "spec.json"), str(out)], 3)
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr[-2000:] for r in runs]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(3)]
+    return spec, ranks
+
+
+def _single(scenario: dict[str, Any]) -> reprdiag.Report:
+    """The single-process report of a scenario."""
+    return reprdiag.analyze(scenario["files"], distributed=False, device="cpu",
+                            **scenario["options"])
+
+
+def _single_sample_index(scenario: dict[str, Any]) -> list[list[int]]:
+    """Global row indices of each input's single-process sample."""
+    opts = scenario["options"]
+    stream = StreamOptions(precision=opts["precision"], sample_size=opts["sample_size"],
+                           chunk_rows=opts["chunk_rows"], nan=opts.get("nan", "error"))
+    return [accumulate(s, stream).reservoir.index.tolist()
+            for s in gather_sources(scenario["files"], concat=opts.get("concat", False))]
+
+
+def _assert_same(single: reprdiag.Report, multi: dict[str, Any], rtol: float) -> None:
+    assert len(single.inputs) == len(multi["inputs"])
+    for one, many in zip(single.inputs, multi["inputs"], strict=True):
+        assert (one.n, one.d, one.sample_size, one.rows_dropped, one.zero_rows) == (
+            many["n"], many["d"], many["sample_size"], many["rows_dropped"], many["zero_rows"])
+        for name, value in one.metrics.items():
+            got = many["metrics"][name]
+            assert got is not None, name
+            assert got == pytest.approx(value, rel=rtol, abs=1e-300), name
+        for kind, values in one.spectra.items():
+            np.testing.assert_allclose(many["spectra"][kind], values, rtol=rtol,
+                                       atol=rtol * max(values))
+
+
+EXACT = ["minilm_w3", "uneven_w3", "uneven_w2", "one_per_rank",
+         "more_ranks_than_shards", "nan_drop"]
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_ranks_equal_single_process_in_float64(name: str, scenario_results: Any) -> None:
+    spec, ranks = scenario_results
+    single = _single(spec[name])
+    multi = ranks[0][name]
+    assert "error" not in multi, multi
+    assert multi["world_size"] == spec[name]["world"]
+    _assert_same(single, multi, rtol=1e-10)
+    if spec[name].get("index"):  # the same sampled rows, whatever the split
+        assert multi["sample_index"] == _single_sample_index(spec[name])
+    er = [r.metrics["er_entropy"] for r in single.inputs]
+    assert [m["metrics"]["er_entropy"] for m in multi["inputs"]] == er  # bit for bit
+    for other in ranks[1:spec[name]["world"]]:  # every rank returns the same values
+        assert [r["metrics"] for r in other[name]["inputs"]] == [
+            r["metrics"] for r in multi["inputs"]]
+
+
+def test_default_precision_agrees_to_float32_accuracy(scenario_results: Any) -> None:
+    spec, ranks = scenario_results
+    scenario = spec["uneven_auto_w3"]
+    single = _single(scenario)
+    _assert_same(single, ranks[0]["uneven_auto_w3"], rtol=1e-5)
+
+
+def test_nan_rows_on_one_rank_fail_every_rank_alike(scenario_results: Any) -> None:
+    _, ranks = scenario_results
+    outcomes = [r["nan_error"] for r in ranks]
+    assert all(o["error"] == "InputError" and o["all_ranks"] for o in outcomes)
+    assert len({o["message"] for o in outcomes}) == 1
+    assert "first at row 707" in outcomes[0]["message"]  # global index: 700 + 7
+
+
+def test_read_error_on_one_rank_is_raised_by_every_rank(scenario_results: Any) -> None:
+    _, ranks = scenario_results
+    outcomes = [r["faulty_input"] for r in ranks]
+    assert {o["error"] for o in outcomes} == {"InputError"}
+    assert {o["message"] for o in outcomes} == {
+        "faulty.bin: row 60 is unreadable; re-copy the shard"}
+    bug = [r["faulty_bug"] for r in ranks]
+    assert bug[2]["error"] == "ValueError"  # the failing rank keeps its own exception
+    assert [b["error"] for b in bug[:2]] == ["RuntimeError", "RuntimeError"]
+    assert all("boom at row 60" in b["message"] for b in bug)
+
+
+def _cli(*args: str) -> list[str]:
+    return ["-m", "reprdiag", "analyze", *args]
+
+
+def test_torchrun_cli_writes_one_report_equal_to_single_process(tmp_path: Path) -> None:
+    shards = _write_shards(tmp_path / "s", [300, 5, 250], seed=4)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(_free_port()), *_cli("--concat", *shards, "--precision",
+                                                      "float64", "--out", str(out),
+                                                      "--no-plots", "-f", "json", "-q")]
+    env = run_cli_env()
+    env.update(OMP_NUM_THREADS="1", REPRDIAG_DIST_TIMEOUT="90")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout)  # rank 0 alone prints: one JSON document
+    saved = json.loads((out / "report.json").read_text())
+    assert printed["world_size"] == saved["world_size"] == 2
+    single = reprdiag.analyze(shards, concat=True, precision="float64", device="cpu",
+                              distributed=False)
+    _assert_same(single, saved, rtol=1e-10)
+
+
+def test_bad_shard_on_one_rank_exits_every_rank_with_code_2(tmp_path: Path) -> None:
+    shards = _write_shards(tmp_path / "s", [40, 40], nan_rows={1: [3]}, seed=5)
+    runs = _run_ranks(_cli("--concat", *shards, "-q", "-f", "json"), 2)
+    assert [r.returncode for r in runs] == [2, 2]
+    assert all(r.stdout == "" for r in runs)
+    lines = [line for r in runs for line in r.stderr.splitlines() if "reprdiag" in line]
+    assert lines == [f"reprdiag: error: {shards[0]}[a] (+1 shards): has 1 row(s) containing "
+                     "NaN or Inf (first at row 43); clean the data, or pass --nan drop to "
+                     "skip them"]
+    assert "Traceback" not in runs[0].stderr
+
+
+def test_unknown_backend_is_a_usage_error() -> None:
+    done = subprocess.run([sys.executable, *_cli(MINILM, "--backend", "mpi", "-q")],
+                          env=run_cli_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("reprdiag: error: unknown backend 'mpi'; use one of auto, nccl, "
+                           "gloo\n")
+
+
+def test_library_refuses_distributed_true_outside_torchrun() -> None:
+    from reprdiag.errors import UsageError
+
+    with pytest.raises(UsageError, match="torchrun"):
+        reprdiag.analyze(torch.randn(5, 2), device="cpu", distributed=True)
+
