@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from reprdiag import errors
-from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, chunk_rows_for
+from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, feed
 from reprdiag.errors import InputError, ReprdiagError, ResourceError, UsageError
 from reprdiag.loaders import ArraySource, ConcatSource
 from reprdiag.stats import Reservoir, StreamingMoments
@@ -361,20 +361,8 @@ class DistributedContext:
                    progress: Progress | None = None) -> Accumulator:
         """Stream this rank's rows of ``source`` into a fresh :class:`Accumulator`, keeping
         global row indices. No checks: :meth:`merge` runs them on the whole."""
-        d = source.shape[1]
-        acc = Accumulator(d, source.dtype, opts, source.label)
-        ranges = self.split(source)
-        if progress:
-            progress.start(source.label, sum(b - a for a, b in ranges))
-        try:
-            for a, b in ranges:
-                for first, rows in source.iter_chunks(chunk_rows_for(d, opts), a, b):
-                    acc.add(first, rows)
-                    if progress:
-                        progress.advance(rows.shape[0])
-        finally:
-            if progress:
-                progress.finish()
+        acc = Accumulator(source.shape[1], source.dtype, opts, source.label)
+        feed(acc, source, opts, progress, self.split(source))
         return acc
 
     def merge(self, acc: Accumulator) -> Accumulated:

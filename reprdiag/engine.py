@@ -8,6 +8,7 @@ O(d² + chunk·d + M·d) whatever N is.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -143,22 +144,33 @@ class Accumulator:
                            self.seconds)
 
 
-def accumulate(source: ArraySource, opts: StreamOptions,
-               progress: Progress | None = None) -> Accumulated:
-    """Stream ``source`` once into moments and a row sample."""
-    n, d = check_shape(source)
-    acc = Accumulator(d, source.dtype, opts, source.label)
-    t0 = time.perf_counter()
+def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
+         progress: Progress | None = None,
+         ranges: Sequence[tuple[int, int]] | None = None) -> None:
+    """Stream rows of ``source`` into ``acc``: all of them, or the global row ``ranges``
+    (one process's share under ``torchrun``). Row indices stay global."""
+    ranges = [(0, source.shape[0])] if ranges is None else ranges
     if progress:
-        progress.start(source.label, n)
+        progress.start(source.label, sum(b - a for a, b in ranges))
     try:
-        for first, rows in source.iter_chunks(chunk_rows_for(d, opts)):
-            acc.add(first, rows)
-            if progress:
-                progress.advance(rows.shape[0])
+        for start, stop in ranges:
+            for first, rows in source.iter_chunks(chunk_rows_for(acc.moments.d, opts), start,
+                                                  stop):
+                acc.add(first, rows)
+                if progress:
+                    progress.advance(rows.shape[0])
     finally:
         if progress:
             progress.finish()
+
+
+def accumulate(source: ArraySource, opts: StreamOptions,
+               progress: Progress | None = None) -> Accumulated:
+    """Stream ``source`` once into moments and a row sample."""
+    _, d = check_shape(source)
+    acc = Accumulator(d, source.dtype, opts, source.label)
+    t0 = time.perf_counter()
+    feed(acc, source, opts, progress)
     result = acc.finish()
     result.seconds = time.perf_counter() - t0
     return result
