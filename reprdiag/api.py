@@ -24,7 +24,7 @@ import torch
 
 from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
-from reprdiag.distributed import DistributedContext, session
+from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
     NAN_POLICIES,
     Accumulated,
@@ -173,6 +173,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                 (s, accumulate(s, stream, progress))
                 for s in gather_sources(inputs, keys, pool, concat))
         else:
+            refuse_in_memory(inputs)
             stream.device = dev = ctx.device
             pairs = ctx.accumulate_each(lambda: gather_sources(inputs, keys, pool, concat),
                                         stream, progress, check=check_shape)

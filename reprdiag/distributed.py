@@ -322,7 +322,7 @@ class DistributedContext:
     def _collective(self, what: str) -> Iterator[None]:
         try:
             yield
-        except (RuntimeError, dist.DistError) as exc:
+        except RuntimeError as exc:  # dist.DistError and gloo/NCCL timeouts included
             raise ResourceError(f"rank {self.rank}: {what} with the other ranks failed "
                                 f"({_first_line(exc)})", hint=f"a rank died or took longer "
                                 f"than ${TIMEOUT_ENV} seconds; see the other ranks' logs"
@@ -445,6 +445,15 @@ class DistributedContext:
             with self.agree():
                 acc = self.accumulate(source, opts, progress if self.rank == 0 else None)
             yield source, self.merge(acc)
+
+
+def refuse_in_memory(inputs: object) -> None:
+    """Tensors in memory differ per process, so ranks cannot split them: files only."""
+    items = inputs if isinstance(inputs, list | tuple) else [inputs]
+    if any(hasattr(item, "shape") for item in items):
+        raise on_all_ranks(UsageError(
+            "in-memory tensors cannot be split across torchrun ranks",
+            hint="pass embedding files, or distributed=False to analyze on each rank alone"))
 
 
 def _check_same_input(shares: list[_Share]) -> None:

@@ -184,6 +184,7 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "nan_error": {"world": 3, "files": nan, "options": shards},
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
+        "tensor": {"world": 2, "tensor": True},
     }
     (tmp / "spec.json").write_text(json.dumps(spec))
     out = tmp / "out"
@@ -269,6 +270,13 @@ def test_read_error_on_one_rank_is_raised_by_every_rank(scenario_results: Any) -
     assert bug[2]["error"] == "ValueError"  # the failing rank keeps its own exception
     assert [b["error"] for b in bug[:2]] == ["RuntimeError", "RuntimeError"]
     assert all("boom at row 60" in b["message"] for b in bug)
+
+
+def test_in_memory_tensors_are_refused_on_every_rank(scenario_results: Any) -> None:
+    _, ranks = scenario_results
+    outcomes = [r["tensor"] for r in ranks[:2]]
+    assert all(o["error"] == "UsageError" and o["all_ranks"] for o in outcomes)
+    assert "tensor" not in ranks[2]  # rank 2 is not in the 2-rank group
 
 
 def _cli(*args: str) -> list[str]:
