@@ -31,7 +31,13 @@ import torch.distributed as dist
 
 from reprdiag import errors
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, feed
-from reprdiag.errors import InputError, ReprdiagError, ResourceError, UsageError
+from reprdiag.errors import (
+    InputError,
+    ReprdiagError,
+    ResourceError,
+    UsageError,
+    check_choice,
+)
 from reprdiag.loaders import ArraySource, ConcatSource
 from reprdiag.stats import Reservoir, StreamingMoments
 
@@ -195,9 +201,7 @@ def common_shift(shares: Sequence[_Share], d: int) -> torch.Tensor:
 # -- the context -----------------------------------------------------------------------------
 def check_backend(backend: str) -> None:
     """Refuse a backend name that is not one of :data:`BACKENDS`."""
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}", hint=f"use one of "
-                         f"{', '.join(BACKENDS)}")
+    check_choice(backend, BACKENDS, "backend")
 
 
 def timeout_seconds() -> float:
