@@ -9,10 +9,12 @@ is imported and called only because ``--model`` names it: that trusts the named 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import re
+import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,15 @@ def spec_kind(spec: str) -> str:
                      "package.module:factory --weights FILE")
 
 
+@contextlib.contextmanager
+def quiet_warnings() -> Iterator[None]:
+    """Silence torch's deprecation notices while loading (stderr carries only our errors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def _no_extras(model: ModelSpec, kind: str) -> None:
     if model.weights is not None or model.args:
         raise UsageError(f"--weights and --model-arg apply to package.module:factory, not to a "
@@ -136,18 +147,21 @@ def load_export(model: ModelSpec) -> Probe:
     """A ``torch.export`` program, unflattened into its module tree so hooks fire."""
     _no_extras(model, "torch.export")
     try:
-        program = torch.export.load(model.spec)
+        with quiet_warnings():
+            program = torch.export.load(model.spec)
     except Exception as exc:
         raise InputError(f"cannot load the torch.export program ({_first_line(exc)})",
                          source=model.spec, hint="save it with torch.export.save") from exc
-    return HookProbe(torch.export.unflatten(program), model.spec)
+    with quiet_warnings():
+        return HookProbe(torch.export.unflatten(program), model.spec)
 
 
 def load_torchscript(model: ModelSpec) -> Probe:
     """A TorchScript file (``torch.jit.save`` of a scripted or traced module)."""
     _no_extras(model, "TorchScript")
     try:
-        module = torch.jit.load(model.spec, map_location="cpu")
+        with quiet_warnings():
+            module = torch.jit.load(model.spec, map_location="cpu")
     except Exception as exc:
         raise InputError(f"cannot load the TorchScript file ({_first_line(exc)})",
                          source=model.spec, hint="save it with torch.jit.save") from exc
