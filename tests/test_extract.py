@@ -286,7 +286,7 @@ def test_spool_round_trip_keeps_dtypes(tmp_path: Path) -> None:
 def test_spec_kind_refuses_other_files(tmp_path: Path) -> None:
     path = tmp_path / "x.safetensors"
     save_file({"a": torch.zeros(2)}, str(path))
-    with pytest.raises(InputError, match="neither a torch.export program nor a TorchScript"):
+    with pytest.raises(InputError, match=r"neither a torch\.export program nor a TorchScript"):
         spec_kind(str(path))
     with pytest.raises(InputError, match="no such model file"):
         spec_kind(str(tmp_path / "missing.pt2"))
@@ -314,5 +314,5 @@ def test_hugging_face_hidden_states(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 torch.testing.assert_close(got[f"hidden.{n}"][i],
                                            hidden.hidden_states[n][0].mean(0),
                                            rtol=1e-4, atol=1e-5)
-    with pytest.raises(UsageError, match="did you mean 'hidden.6'"):
+    with pytest.raises(UsageError, match=r"did you mean 'hidden\.6'"):
         analyze_model(_run(f"hf:{folder}", tmp_path / "t.txt", layers=["hidden6"]))
