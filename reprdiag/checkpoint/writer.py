@@ -49,8 +49,8 @@ class SafetensorsSpool:
     >>> w = SafetensorsSpool(out)
     >>> w.add("b", torch.ones(2, 3)); w.add("a", torch.zeros(1, 2)); w.add("b", torch.ones(1, 3))
     >>> w.close()
-    >>> {k: tuple(v.shape) for k, v in load_file(out).items()}
-    {'a': (1, 2), 'b': (3, 3)}
+    >>> sorted((k, tuple(v.shape)) for k, v in load_file(out).items())
+    [('a', (1, 2)), ('b', (3, 3))]
     """
 
     def __init__(self, path: Path, metadata: dict[str, str] | None = None):
