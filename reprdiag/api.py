@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -120,7 +120,27 @@ def spectra_lists(stats: Statistics) -> dict[str, list[float]]:
             "singular_values": sp.singular_values.tolist()}
 
 
-def summarize(source: ArraySource, acc: Accumulated, metric_names: Sequence[str] | None,
+class Described(Protocol):
+    """What a report row says about where its rows came from (an :class:`ArraySource`, or a
+    model layer)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def path(self) -> Any: ...
+
+    @property
+    def key(self) -> str | None: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def file_size(self) -> int | None: ...
+
+
+def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
               metric_opts: MetricOptions) -> InputResult:
     """Metrics and spectra of one accumulated source."""
     stats = Statistics(acc.moments, acc.reservoir)
@@ -183,7 +203,13 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                                "precision": precision, "pool": pool, "nan": nan,
                                "chunk_rows": chunk_rows, "concat": concat,
                                "metrics": list(metrics) if metrics else None}
-    return Report(inputs=results, options=options, device=describe(dev), version=__version__,
+    return make_report(results, options, dev, start, world_size)
+
+
+def make_report(results: list[InputResult], options: dict[str, Any], device: torch.device,
+                start: float, world_size: int = 1) -> Report:
+    """Wrap per-input results with provenance: version, command line, device, timings."""
+    return Report(inputs=results, options=options, device=describe(device), version=__version__,
                   command=list(sys.argv), world_size=world_size,
                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   timings={"total_s": time.perf_counter() - start})

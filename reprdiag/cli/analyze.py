@@ -10,7 +10,23 @@ import typer
 
 from reprdiag.api import analyze as run_analysis
 from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stdout
+from reprdiag.cli.extract import (
+    POOL_HELP,
+    BatchSizeOpt,
+    DataKeyOpt,
+    DataOpt,
+    LayerOpt,
+    LimitOpt,
+    ListLayersOpt,
+    ModelArgOpt,
+    ModelOpt,
+    WeightsOpt,
+    model_run,
+    print_layers,
+)
 from reprdiag.distributed import is_main_process
+from reprdiag.errors import UsageError
+from reprdiag.extract import analyze_model
 from reprdiag.report.export import render
 from reprdiag.report.model import Report
 from reprdiag.report.table import metric_tables, metrics_list_table
@@ -62,8 +78,7 @@ def analyze(
                    ] = Format.table,
     concat: Annotated[bool, typer.Option("--concat", help="Treat the files as row shards "
                                          "of one dataset.")] = False,
-    pool: Annotated[str | None, typer.Option("--pool", help="Reduce arrays of >2 axes: mean|first|"
-                                      "flatten (3-D default: mean).")] = None,
+    pool: Annotated[str | None, typer.Option("--pool", help=POOL_HELP)] = None,
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
                       ] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="auto (fp32 products for "
@@ -91,20 +106,36 @@ def analyze(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     list_metrics_flag: Annotated[bool, typer.Option("--list-metrics", help="List the "
                                                     "metrics and exit.")] = False,
+    model: ModelOpt = None, weights: WeightsOpt = None, model_arg: ModelArgOpt = None,
+    data: DataOpt = None, data_key: DataKeyOpt = None, layer: LayerOpt = None,
+    list_layers_flag: ListLayersOpt = False, batch_size: BatchSizeOpt = 64,
+    limit: LimitOpt = None,
 ) -> None:
-    """Compute every diagnostic of each 2-D array in FILES (one table row each)."""
+    """Compute every diagnostic of each 2-D array in FILES (one table row each), or of each
+    --layer of a --model run over --data."""
     if list_metrics_flag:
         stdout.print(metrics_list_table())
         return
-    if not files:
-        from reprdiag.errors import UsageError
-
+    if model is not None or data is not None:
+        if files:
+            raise UsageError("pass embedding FILES or --model/--data, not both")
+        run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit,
+                        pool, device)
+        if list_layers_flag:
+            print_layers(run)
+            return
+        report = analyze_model(
+            run, metrics=split_csv(metrics), precision=precision, sample_size=sample_size,
+            seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
+            progress=RichProgress(enabled=not quiet, unit="batches"))
+    elif not files:
         raise UsageError("no input file given", hint="reprdiag analyze FILE [FILE ...]")
-    report = run_analysis(
-        files, keys=key or None, metrics=split_csv(metrics), concat=concat, pool=pool,
-        device=device, precision=precision, chunk_rows=chunk_size, sample_size=sample_size,
-        seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
-        progress=RichProgress(enabled=not quiet), backend=backend)
+    else:
+        report = run_analysis(
+            files, keys=key or None, metrics=split_csv(metrics), concat=concat, pool=pool,
+            device=device, precision=precision, chunk_rows=chunk_size, sample_size=sample_size,
+            seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
+            progress=RichProgress(enabled=not quiet), backend=backend)
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes
         return
     if out is not None:

@@ -11,7 +11,16 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from reprdiag.distributed import printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
@@ -73,14 +82,28 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class RateColumn(ProgressColumn):
+    """Throughput of a task: ``12.3 batches/s``."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else "", style="cyan")
+
+
 class RichProgress:
     """The engine's progress sink: a rich bar on stderr, shown only when stderr is a terminal
-    and the pass has taken more than half a second."""
+    and the pass has taken more than half a second. ``unit`` names what ``advance`` counts
+    (rows of a file, batches of a model run); a total of 0 means unknown."""
 
     DELAY_S = 0.5
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, unit: str = "rows"):
         self.enabled = enabled and stderr.is_terminal
+        self.unit = unit
         self._bar: Progress | None = None
         self._label, self._total, self._done, self._t0 = "", 0, 0, 0.0
 
@@ -93,10 +116,11 @@ class RichProgress:
             return
         if self._bar is None and time.perf_counter() - self._t0 > self.DELAY_S:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("rows"),
-                                 TimeRemainingColumn(), console=stderr, transient=True)
+                                 MofNCompleteColumn(), TextColumn(self.unit),
+                                 RateColumn(self.unit), TimeRemainingColumn(), console=stderr,
+                                 transient=True)
             self._bar.start()
-            self._task = self._bar.add_task(self._label, total=self._total)
+            self._task = self._bar.add_task(self._label, total=self._total or None)
         if self._bar is not None:
             self._bar.update(self._task, completed=self._done)
 

@@ -27,7 +27,8 @@ from reprdiag.loaders.safetensors_file import open_safetensors
 from reprdiag.loaders.torch_file import open_torch
 
 __all__ = ["FORMATS", "POOL_METHODS", "ArraySource", "ConcatSource", "PooledSource",
-           "TensorSource", "detect_format", "list_arrays", "open_sources", "pool_rows"]
+           "TensorSource", "detect_format", "list_arrays", "open_sources", "pool_rows",
+           "select_arrays"]
 
 Opener = Callable[[Path], list[ArraySource]]
 
@@ -106,8 +107,10 @@ def list_arrays(path: str | os.PathLike[str]) -> list[ArraySource]:
     return FORMATS[detect_format(path)](path)
 
 
-def _select(arrays: list[ArraySource], keys: Sequence[str] | None,
-            path: Path) -> list[ArraySource]:
+def select_arrays(arrays: list[ArraySource], keys: Sequence[str] | None,
+                  path: Path) -> list[ArraySource]:
+    """``keys`` of ``arrays`` in that order (an unknown key names the closest valid one);
+    without keys every array of two or more axes."""
     if not keys:
         return [a for a in arrays if len(a.shape) >= 2]
     by_key = {(a.key or ""): a for a in arrays}
@@ -146,7 +149,7 @@ def open_sources(path: str | os.PathLike[str], keys: Sequence[str] | None = None
     ``pool`` says otherwise); with ``keys`` exactly those, in that order.
     """
     path = Path(path)
-    chosen = _select(list_arrays(path), keys, path)
+    chosen = select_arrays(list_arrays(path), keys, path)
     if not chosen:
         raise InputError("holds no 2-D array to analyze", source=source_label(path),
                          hint="store embeddings as an (N, d) array")

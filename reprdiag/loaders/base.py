@@ -15,7 +15,7 @@ import torch
 
 from reprdiag.errors import InputError, UsageError, check_choice, source_label
 
-POOL_METHODS = ("mean", "first", "flatten")
+POOL_METHODS = ("mean", "first", "flatten", "spatial")
 
 _NUMPY_WIDEN = {np.dtype("uint16"): np.int32, np.dtype("uint32"): np.int64,
                 np.dtype("uint64"): np.float64, np.dtype("bool"): np.uint8}
@@ -127,20 +127,23 @@ def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
 
     ``mean`` averages over every axis but the first and last; ``first`` takes index 0 of each
     middle axis (the CLS token of a ``batch × tokens × d`` array); ``flatten`` keeps every value,
-    ``(n, prod(rest))``.
+    ``(n, prod(rest))``; ``spatial`` averages every axis after the second, ``(n, C, H, W)`` →
+    ``(n, C)`` (global average pooling of a convolutional feature map).
 
     >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "mean").tolist()
     [[2.0, 3.0], [8.0, 9.0]]
     >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "first").tolist()
     [[0.0, 1.0], [6.0, 7.0]]
+    >>> pool_rows(torch.arange(12.).reshape(2, 3, 2), "spatial").tolist()
+    [[0.5, 2.5, 4.5], [6.5, 8.5, 10.5]]
     """
     if method == "flatten":
         return rows.reshape(rows.shape[0], -1)
     middle = tuple(range(1, rows.ndim - 1))
-    if method == "mean":
+    if method in ("mean", "spatial"):
         if not rows.is_floating_point():
             rows = rows.to(torch.float64)
-        return rows.mean(dim=middle)
+        return rows.mean(dim=middle if method == "mean" else tuple(range(2, rows.ndim)))
     if method == "first":
         return rows[(slice(None), *([0] * len(middle)))]
     check_pool(method)
@@ -162,7 +165,7 @@ class PooledSource(ArraySource):
     @property
     def shape(self) -> tuple[int, ...]:
         n, *rest = self.inner.shape
-        width = int(np.prod(rest[:-1])) * rest[-1] if self.method == "flatten" else rest[-1]
+        width = {"flatten": int(np.prod(rest)), "spatial": rest[0]}.get(self.method, rest[-1])
         return (n, width)
 
     @property

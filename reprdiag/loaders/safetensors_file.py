@@ -29,7 +29,9 @@ def open_safetensors(path: Path) -> list[ArraySource]:
     try:
         with safe_open(str(path), framework="pt") as f:
             sources: list[ArraySource] = []
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            # file (offset) order, which is layer order in files `reprdiag extract` writes
+            keys = f.offset_keys() if hasattr(f, "offset_keys") else f.keys()
+            for key in keys:
                 piece = f.get_slice(key)
                 dtype = _DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
                 sources.append(SafetensorsSource(path, key, tuple(piece.get_shape()), dtype))

@@ -1,0 +1,102 @@
+"""``reprdiag extract`` and the ``--model/--data/--layer`` options that ``analyze`` shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from reprdiag.checkpoint.load import parse_model_args
+from reprdiag.cli.app import RichProgress, app, handle_errors, stdout
+from reprdiag.errors import UsageError
+from reprdiag.extract import ModelRun, extract, list_layers
+
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
+    "(imports and trusts that module) or hf:FOLDER.", show_default=False)]
+WeightsOpt = Annotated[str | None, typer.Option(
+    "--weights", help="Weights for a factory: safetensors or a .pt state dict "
+    "(weights_only).", show_default=False)]
+ModelArgOpt = Annotated[list[str] | None, typer.Option(
+    "--model-arg", help="key=value passed to the factory (repeatable).", show_default=False)]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Inputs: a tensor file, a folder of them, package.module:function, or a "
+    "text file (hf:).", show_default=False)]
+DataKeyOpt = Annotated[str | None, typer.Option(
+    "--data-key", help="Array of the data file holding the inputs.", show_default=False)]
+LayerOpt = Annotated[list[str] | None, typer.Option(
+    "--layer", "-l", help="Module name as named_modules() spells it (repeatable); default: the "
+    "model output (hf: every hidden.N).", show_default=False)]
+ListLayersOpt = Annotated[bool, typer.Option(
+    "--list-layers", help="Print the model's layers with output shapes on one batch.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
+LimitOpt = Annotated[int | None, typer.Option(
+    "--limit", help="Use only the first N examples.", show_default=False)]
+POOL_HELP = ("Reduce outputs of >2 axes: mean|first|flatten|spatial (3-D default: mean; "
+             "spatial: N×C×H×W → N×C).")
+
+
+def model_run(model: str | None, data: str | None, weights: str | None,
+              model_arg: list[str] | None, data_key: str | None, layer: list[str] | None,
+              batch_size: int, limit: int | None, pool: str | None, device: str) -> ModelRun:
+    """The library's :class:`ModelRun` from command-line options (both --model and --data)."""
+    if model is None or data is None:
+        raise UsageError(f"{'--model' if model else '--data'} needs "
+                         f"{'--data' if model else '--model'}",
+                         hint="pass --model SPEC --data DATA")
+    return ModelRun(model, data, weights, parse_model_args(model_arg), data_key,
+                    tuple(layer or ()), batch_size, limit, pool, device)
+
+
+def print_layers(run: ModelRun) -> None:
+    """``--list-layers``: each layer with its module type and output shape on one batch."""
+    table = Table(title=escape(f"layers of {run.model}"),
+                  caption="output shapes from the first batch; — : did not produce one tensor")
+    for col in ("layer", "type", "output shape"):
+        table.add_column(col)
+    for name, kind, shape in list_layers(run):
+        table.add_row(escape(name), escape(kind), "—" if shape is None else
+                      " × ".join(str(s) for s in shape))
+    stdout.print(table)
+
+
+@app.command("extract")
+@handle_errors
+def extract_command(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output file: .safetensors or .h5 (one N×d tensor per layer).",
+        show_default=False)] = None,
+    layer: LayerOpt = None,
+    weights: WeightsOpt = None,
+    model_arg: ModelArgOpt = None,
+    data_key: DataKeyOpt = None,
+    batch_size: BatchSizeOpt = 64,
+    limit: LimitOpt = None,
+    pool: Annotated[str | None, typer.Option("--pool", help=POOL_HELP)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
+                      ] = "auto",
+    list_layers_flag: ListLayersOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+                     ] = False,
+) -> None:
+    """Run a model over a dataset and save the rows of each named layer to one file."""
+    run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit, pool,
+                    device)
+    if list_layers_flag:
+        print_layers(run)
+        return
+    if out is None:
+        raise UsageError("no output file given", hint="pass -o emb.safetensors (or .h5)")
+    shapes = extract(run, out, progress=RichProgress(enabled=not quiet, unit="batches"))
+    if not quiet:
+        table = Table(title=escape(f"wrote {out}"))
+        for col in ("layer", "N × d", "dtype"):
+            table.add_column(col)
+        for name, (n, d, dtype) in shapes.items():
+            table.add_row(escape(name), f"{n:,} × {d}", dtype)
+        stdout.print(table)

@@ -1,0 +1,1 @@
+"""Small example models for ``reprdiag analyze --model package.module:factory``."""

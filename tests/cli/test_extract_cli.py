@@ -1,0 +1,121 @@
+"""``reprdiag analyze --model`` and ``reprdiag extract`` through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reprdiag.examples.digits import build, random_inputs
+from tests.conftest import PYTHON, SAMPLE, run_cli_env
+
+FACTORY = "reprdiag.examples.digits:build"
+WEIGHTS = str(SAMPLE / "digits-mlp.safetensors")
+DATA = str(SAMPLE / "digits.safetensors")
+LAYERS = ["fc1", "relu1", "fc2", "relu2", "fc3", "relu3", "head"]
+
+
+def cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = run_cli_env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = f"{pythonpath}:{env['PYTHONPATH']}"
+    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _layer_args(layers: list[str]) -> list[str]:
+    return [a for name in layers for a in ("--layer", name)]
+
+
+def _metrics(stdout: str) -> list[tuple[int, int, dict[str, float]]]:
+    return [(r["n"], r["d"], r["metrics"]) for r in json.loads(stdout)["inputs"]]
+
+
+def test_extract_then_analyze_equals_analyze_model(tmp_path: Path) -> None:
+    layers = ["fc1", "relu2", "fc3", "head"]
+    common = ["--model", FACTORY, "--weights", WEIGHTS, "--data", DATA, *_layer_args(layers),
+              "--batch-size", "100", "--limit", "900"]
+    out = tmp_path / "emb.safetensors"
+    wrote = cli("extract", *common, "-o", str(out))
+    assert wrote.returncode == 0, wrote.stderr
+    assert "fc1" in wrote.stdout and "900 × 128" in wrote.stdout
+    stats = ["--precision", "float64", "--format", "json", "--metrics",
+             "vne,effective_rank,rankme,isoscore,avg_cosine,cov_offdiag,er_entropy"]
+    from_file = cli("analyze", str(out), *stats)
+    direct = cli("analyze", *common, *stats, "--out", str(tmp_path / "run"))
+    assert from_file.returncode == direct.returncode == 0, from_file.stderr + direct.stderr
+    assert [r["key"] for r in json.loads(direct.stdout)["inputs"]] == layers  # depth order
+    assert [r["key"] for r in json.loads(from_file.stdout)["inputs"]] == layers
+    a, b = _metrics(from_file.stdout), _metrics(direct.stdout)
+    assert [x[:2] for x in a] == [x[:2] for x in b] == [(900, 128), (900, 64), (900, 32),
+                                                         (900, 10)]
+    for (_, _, ma), (_, _, mb) in zip(a, b, strict=True):
+        assert ma.keys() == mb.keys()
+        for name in ma:
+            assert math.isclose(ma[name], mb[name], rel_tol=1e-10, abs_tol=1e-12), name
+    assert (tmp_path / "run" / "layers.png").stat().st_size > 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["options"]["weights"] == WEIGHTS and report["options"]["layers"] == layers
+
+
+def test_exported_and_torchscript_programs(tmp_path: Path) -> None:
+    model = build(hidden=32).eval()
+    x = random_inputs(8)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    torch.jit.trace(model, x).save(str(tmp_path / "m.ts"))
+    for spec in ("m.pt2", "m.ts"):
+        out = tmp_path / f"{spec}.h5"
+        done = cli("extract", "--model", str(tmp_path / spec), "--data", DATA, "--layer",
+                   "relu2", "--limit", "300", "-o", str(out), "-q")
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        import h5py
+
+        with h5py.File(out) as f:
+            got = torch.from_numpy(f["relu2"][:])
+        with torch.no_grad():
+            want = torch.relu(model.fc2(torch.relu(model.fc1(load_file(DATA)["inputs"][:300]))))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_list_layers() -> None:
+    done = cli("analyze", "--model", FACTORY, "--data", DATA, "--list-layers")
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stdout.splitlines() if "Linear" in ln or "ReLU" in ln]
+    assert [ln.split()[1] for ln in lines] == LAYERS
+    assert "64 × 128" in done.stdout  # fc1's output on the first batch of 64
+
+
+def test_wrong_layer_exits_2_with_close_matches() -> None:
+    done = cli("analyze", "--model", FACTORY, "--data", DATA, "--layer", "relu_2")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("reprdiag: error: reprdiag.examples.digits:build: has no "
+                                  "layer 'relu_2'; did you mean 'relu2'")
+
+
+def test_factory_that_raises_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "boom.py").write_text("def build(size=3):\n    raise RuntimeError('bad size')\n")
+    done = cli("analyze", "--model", "boom:build", "--model-arg", "size=5", "--data", DATA,
+               pythonpath=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == ("reprdiag: error: boom:build: model factory raised RuntimeError: "
+                           "bad size; fix the model factory or its arguments\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", FACTORY], "--model needs --data"),
+    (["--model", FACTORY, "--data", DATA, "--weights", str(SAMPLE / "missing.pt")],
+     "missing.pt: no such file"),
+    (["--model", "nosuchpkg.mod:build", "--data", DATA], "cannot import module 'nosuchpkg.mod'"),
+    (["--model", FACTORY, "--data", DATA, "--batch-size", "0"], "--batch-size must be at least"),
+])
+def test_bad_model_options_exit_2(args: list[str], message: str) -> None:
+    done = cli("analyze", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1
