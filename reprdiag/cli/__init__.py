@@ -7,6 +7,7 @@ happens in this package: commands parse options, call the API and render the res
 from __future__ import annotations
 
 from reprdiag.cli import analyze as _analyze  # noqa: F401  (registers the command)
+from reprdiag.cli import history as _history  # noqa: F401  (registers the command)
 from reprdiag.cli.app import app, main
 
 __all__ = ["app", "main"]
