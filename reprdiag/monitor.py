@@ -38,7 +38,7 @@ import torch
 
 from reprdiag.api import MetricOptions, _validate_stream
 from reprdiag.engine import Accumulator, StreamOptions
-from reprdiag.errors import InputError, ReprdiagError, UsageError, source_label
+from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
 from reprdiag.report.export import atomic_write, make_folder
 
@@ -102,8 +102,7 @@ class SpectralMonitor:
                  options: dict[str, Any] | None = None, prefix: str = "reprdiag"):
         if int(every_n_steps) < 1:
             raise UsageError(f"every_n_steps must be at least 1, got {every_n_steps}")
-        if window not in WINDOWS:
-            raise UsageError(f"unknown window {window!r}", hint=f"use one of {', '.join(WINDOWS)}")
+        check_choice(window, WINDOWS, "window")
         self.every_n_steps = int(every_n_steps)
         self.window = window
         self.infos: list[MetricInfo] = resolve(list(metrics) if metrics else default_metrics())
