@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from reprdiag.cli import analyze as _analyze  # noqa: F401  (registers the command)
 from reprdiag.cli import extract as _extract  # noqa: F401  (registers the command)
+from reprdiag.cli import history as _history  # noqa: F401  (registers the command)
 from reprdiag.cli.app import app, main
 
 __all__ = ["app", "main"]

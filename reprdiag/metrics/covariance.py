@@ -13,7 +13,31 @@ VICREG = "Bardes, Ponce, LeCun, ICLR 2022 (official main_vicreg.py, one branch)"
 
 
 def _offdiag_sq(c: torch.Tensor) -> torch.Tensor:
-    return (c**2).sum() - (torch.diagonal(c) ** 2).sum()
+    """Σ_{i≠j} C_ij² over the last two axes (batched, differentiable)."""
+    return (c**2).sum(dim=(-2, -1)) - (torch.diagonal(c, dim1=-2, dim2=-1) ** 2).sum(dim=-1)
+
+
+def offdiag_term(c: torch.Tensor) -> torch.Tensor:
+    """Σ_{i≠j} C_ij² / d of a (..., d, d) covariance: the formula of :func:`cov_offdiag`.
+
+    A tensor function (batched, differentiable) shared by the metric and
+    :func:`reprdiag.losses.cov_offdiag`.
+
+    >>> float(offdiag_term(torch.tensor([[1.0, 0.5], [0.5, 1.0]])))
+    0.25
+    """
+    return _offdiag_sq(c) / c.shape[-1]
+
+
+def variance_hinge(c: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """mean_k relu(1 − √(C_kk + eps)) of a (..., d, d) covariance: the formula of
+    :func:`vicreg_std` (batched, differentiable; shared with :func:`reprdiag.losses.vicreg_std`).
+
+    >>> round(float(variance_hinge(torch.diag(torch.tensor([0.0, 4.0])))), 6)
+    0.495
+    """
+    var = torch.diagonal(c, dim1=-2, dim2=-1)
+    return torch.relu(1.0 - torch.sqrt(var + eps)).mean(dim=-1)
 
 
 @metric("cov_offdiag", summary="VICReg covariance term Σ_{i≠j} C_ij² / d", range="[0, ∞)",
@@ -29,7 +53,7 @@ def cov_offdiag(stats: Statistics) -> float:
     >>> cov_offdiag(torch.cat([torch.eye(3), -torch.eye(3)]))
     0.0
     """
-    return float(_offdiag_sq(stats.moments.covariance()) / stats.d)
+    return float(offdiag_term(stats.moments.covariance()))
 
 
 @metric("cov_offdiag_frac", summary="Σ_{i≠j} C_ij² / Σ_{i,j} C_ij², scale-free",
@@ -60,8 +84,7 @@ def vicreg_std(stats: Statistics) -> float:
     >>> vicreg_std(torch.tensor([[2., 0.], [-2., 0.]]))  # one feature healthy, one dead
     0.495
     """
-    var = torch.diagonal(stats.moments.covariance())
-    return float(torch.relu(1.0 - torch.sqrt(var + 1e-4)).mean())
+    return float(variance_hinge(stats.moments.covariance()))
 
 
 @metric("std_normalized", summary="√d · mean_k std_k(z): 0 at complete collapse, ≈1 healthy",

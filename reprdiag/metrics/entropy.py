@@ -13,10 +13,20 @@ from reprdiag.metrics.registry import metric
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
 
 
-def spectral_entropy(p: torch.Tensor) -> torch.Tensor:
-    """−Σ p ln p with 0·ln 0 = 0, for a non-negative vector p (float64)."""
-    p = p[p > 0]
-    return -(p * torch.log(p)).sum()
+def spectral_entropy(p: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """−Σ_k p_k ln p_k over the last axis, counting entries p_k ≤ ``floor`` as 0 (0·ln 0 = 0).
+
+    Autograd-safe and free of host synchronisation: the log is taken of p clamped at the
+    smallest normal number and the excluded terms are masked with ``torch.where``, so no
+    ln 0 = −inf ever meets a zero (−inf·0 = NaN) in the forward or the backward pass. The
+    gradient of a kept term is −(ln p_k + 1); excluded terms get 0.
+
+    >>> float(spectral_entropy(torch.tensor([0.5, 0.5, 0.0, -1e-18], dtype=torch.float64)))
+    0.6931471805599453
+    """
+    tiny = torch.finfo(p.dtype).tiny
+    terms = -p * torch.log(p.clamp_min(tiny))
+    return torch.where(p > floor, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
 @metric("vne", summary="von Neumann entropy −Σ η ln η of ρ = ZᵀZ/N (rows normalized, no centring)",

@@ -23,7 +23,9 @@ import torch
 __all__ = [
     "ER_COMPAT",
     "ER_ESTIMATORS",
+    "er_constant",
     "er_entropy",
+    "er_reduce",
     "log_bessel_iv",
     "log_sphere_area",
     "log_vmf_normalizer",
@@ -323,33 +325,57 @@ def er_entropy(
     """
     if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] < 1:
         raise ValueError(f"er_entropy: expected a non-empty (M, d) tensor, got {tuple(e.shape)}")
-    if estimator not in ER_ESTIMATORS:
-        raise ValueError(f"er_entropy: estimator must be 'plugin' or 'joe', got {estimator!r}")
+    block_rows = _check_block_rows(block_rows)
+    m, d = e.shape
+    const = er_constant(d, m, kappa, compat)
+    x = e.detach().to(_compute_dtype(e))
+    ell = const - _row_logsumexp_gram(x, kappa, block_rows)
+    return float(er_reduce(ell, estimator))
+
+
+def er_constant(d: int, m: int, kappa: float, compat: str = "exact") -> float:
+    r"""ln M − ln C_d(kappa), the constant of ER entropy's l_i = const − logsumexp_j(...).
+
+    ``compat="exact"`` uses the exact ln I_{d/2-1}(kappa); ``"reference"`` the official
+    ln(I + 1e-7) with I a float64 number (see :func:`er_entropy`). Shared by the metric and
+    the differentiable :func:`reprdiag.losses.er_entropy`. Complexity: O(1).
+
+    Example:
+        >>> abs(er_constant(3, 1, 10.0) + log_vmf_normalizer(3, 10.0)) < 1e-12
+        True
+    """
     if compat not in ER_COMPAT:
         raise ValueError(f"er_entropy: compat must be 'exact' or 'reference', got {compat!r}")
     kappa = float(kappa)
     if not (kappa > 0.0 and math.isfinite(kappa)):
         raise ValueError(f"er_entropy: kappa must be a finite number > 0, got {kappa}")
-    block_rows = _check_block_rows(block_rows)
-    m, d = e.shape
-
     log_i = log_bessel_iv(0.5 * d - 1.0, kappa)
     if compat == "reference":
         # official: math.log(scipy.special.iv(d/2 - 1, kappa) + 1e-7), I as a float64 number
         log_i = torch.log(torch.exp(log_i) + 1e-7)
     # -ln C_d(kappa) + ln M, in the official order of operations
-    const = (
+    return (
         -math.log(kappa) * (d * 0.5 - 1.0)
         + 0.5 * d * math.log(2.0 * math.pi)
         + float(log_i)
         + math.log(m)
     )
 
-    x = e.detach().to(_compute_dtype(e))
-    ell = const - _row_logsumexp_gram(x, kappa, block_rows)
+
+def er_reduce(ell: torch.Tensor, estimator: str = "plugin") -> torch.Tensor:
+    r"""ER entropy from the per-row terms l_i (last axis): plug-in Σ softmax(−l)_i l_i or
+    Joe's mean_i l_i. Differentiable; shared by the metric and the loss. Complexity: O(M).
+
+    Example:
+        >>> float(er_reduce(torch.tensor([1.0, 1.0]), "plugin")), float(er_reduce(
+        ...     torch.tensor([1.0, 3.0]), "joe"))
+        (1.0, 2.0)
+    """
+    if estimator not in ER_ESTIMATORS:
+        raise ValueError(f"er_entropy: estimator must be 'plugin' or 'joe', got {estimator!r}")
     if estimator == "joe":
-        return float(ell.mean())
-    return float((torch.softmax(-ell, dim=0) * ell).sum())
+        return ell.mean(dim=-1)
+    return (torch.softmax(-ell, dim=-1) * ell).sum(dim=-1)
 
 
 def partition_isotropy(x: torch.Tensor, eigvecs: torch.Tensor, block_rows: int = 4096) -> float:

@@ -35,6 +35,16 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def make_folder(folder: Path) -> Path:
+    """Create ``folder`` (and its parents) or raise a one-line :class:`ReprdiagError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReprdiagError(f"cannot create output folder ({exc.strerror})",
+                            source=source_label(folder), hint="pick a writable --out") from exc
+    return folder
+
+
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
@@ -139,11 +149,7 @@ def save_report(report: Report, out_dir: Path, plots: bool = True,
                 plot_format: str = "png") -> Path:
     """Write the run folder. ``report.json`` is written last, so its presence marks a run
     that completed."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReprdiagError(f"cannot create output folder ({exc.strerror})",
-                            source=source_label(out_dir), hint="pick a writable --out") from exc
+    make_folder(out_dir)
     atomic_write(out_dir / "metrics.csv",
                  lambda p: metrics_frame(report).to_csv(p, index=False))
     atomic_write(out_dir / "spectrum.csv",

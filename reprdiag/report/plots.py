@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,11 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from reprdiag.errors import UsageError
 from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
-from reprdiag.report.export import atomic_write, slug
+from reprdiag.report.export import atomic_write, make_folder, slug
 from reprdiag.report.model import InputResult, Report
 
 LAYER_METRICS = ("vne_normalized", "rankme", "effective_rank", "isoscore", "avg_cosine",
@@ -105,7 +108,7 @@ def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Fi
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    fmt = path.suffix.lstrip(".")
+    fmt = path.suffix.lstrip(".").lower()
     atomic_write(path, lambda p: fig.savefig(p, format=fmt, dpi=120))
     plt.close(fig)
 
@@ -124,3 +127,40 @@ def save_plots(report: Report, out_dir: Path, plot_format: str = "png") -> list[
         save_figure(layer_figure(report), path)
         written.append(path)
     return written
+
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def history_figure(frame: pd.DataFrame, metrics: Sequence[str]) -> Figure:
+    """One panel per metric: its value against the training step (a monitor's history).
+
+    Each panel holds one line whose data are exactly the CSV's ``step`` and metric columns
+    (NaN values leave gaps).
+    """
+    cols = min(3, max(1, len(metrics)))
+    rows = math.ceil(len(metrics) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
+                             constrained_layout=True)
+    steps = frame["step"].to_numpy(dtype=np.float64)
+    for ax, name in zip(axes.flat, metrics, strict=False):
+        ax.plot(steps, frame[name].to_numpy(dtype=np.float64), ".-", ms=3, lw=1, label=name)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.suptitle("Metrics during training", fontsize=10)
+    return fig
+
+
+def save_history_plot(frame: pd.DataFrame, metrics: Sequence[str], path: Path) -> Path:
+    """Write :func:`history_figure` to ``path`` (png, svg or pdf by its suffix), atomically."""
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt not in PLOT_FORMATS:
+        raise UsageError(f"cannot tell the plot format from {path.name!r}",
+                         hint="end --out with .png, .svg or .pdf")
+    make_folder(path.parent)
+    save_figure(history_figure(frame, metrics), path)
+    return path

@@ -1,0 +1,398 @@
+"""Differentiable spectral losses for training, and an eigendecomposition with a robust backward.
+
+Every function takes a batch of embeddings ``x`` of shape (..., N, d) (leading axes are
+independent batches), runs on the tensor's device, and returns a tensor that autograd can
+differentiate. The formulas are those of :mod:`reprdiag.metrics` (DESIGN.md §3), evaluated on
+the batch instead of on streamed moments; the shared pieces (the spectral entropy, the VICReg
+terms of a covariance, ER entropy's constant and reduction) are imported from there, so each
+formula lives in one place.
+
+- :func:`vne` / :class:`VNELoss`: von Neumann entropy of ρ = ZᵀZ/N (Kim et al., CVPR 2023).
+- :func:`vicreg_std`, :func:`cov_offdiag` / :class:`VarianceLoss`, :class:`CovarianceLoss`:
+  VICReg's variance and covariance terms of one branch (Bardes et al., ICLR 2022).
+- :func:`er_entropy` / :class:`EREntropyLoss`: the vMF kernel-density entropy of the batch
+  (Rodríguez-Gálvez et al., ICML 2023), through log-sum-exp.
+- :func:`sym_eig`, :func:`spectral_map`, :func:`sqrtm`, :func:`inv_sqrtm`: an exact float64
+  ``eigh`` forward whose backward replaces 1/(λᵢ − λⱼ) by a truncated Taylor series
+  (``method="taylor"``), for losses that need eigenvectors (whitening, square roots, clipping).
+
+A module's ``forward`` returns the term to *add* to the task loss, signed so that a positive
+``coef`` pushes the representation towards health: ``VNELoss(coef)(z) = −coef·vne(z)`` (the
+regulariser ``loss = task_loss − coef·vne(z)``; a negative ``coef`` lowers the entropy, as
+Kim et al.'s VNE⁻), ``VarianceLoss(coef)(z) = coef·vicreg_std(z)``.
+
+>>> z = torch.randn(64, 8, requires_grad=True)
+>>> loss = VNELoss(coef=0.1)(z)
+>>> loss.backward()
+>>> bool(torch.isfinite(z.grad).all())
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from reprdiag.metrics.covariance import offdiag_term, variance_hinge
+from reprdiag.metrics.entropy import spectral_entropy
+from reprdiag.metrics.pairwise import er_constant, er_reduce
+from reprdiag.stats import ZERO_NORM
+
+__all__ = ["EIG_METHODS", "CovarianceLoss", "EREntropyLoss", "SymEig", "VNELoss",
+           "VarianceLoss", "batch_covariance", "cov_offdiag", "er_entropy", "inv_sqrtm",
+           "normalize_rows", "spectral_map", "sqrtm", "sym_eig", "vicreg_std", "vne"]
+
+#: ``method`` values of :func:`sym_eig` (first = default).
+EIG_METHODS: tuple[str, ...] = ("taylor", "exact")
+_F64 = torch.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def _batch(x: torch.Tensor, name: str, min_rows: int = 1) -> torch.Tensor:
+    """Check a (..., N, d) batch; half and bfloat16 are promoted to float32."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        raise ValueError(f"{name}: expected a (..., N, d) tensor, got "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    if x.shape[-2] < min_rows or x.shape[-1] < 1:
+        raise ValueError(f"{name}: needs at least {min_rows} row(s) and 1 column, got "
+                         f"{tuple(x.shape)}")
+    if not x.is_floating_point():
+        return x.to(torch.get_default_dtype())
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """z = x / max(‖x‖₂, 1e-12) row by row (DESIGN.md §3), differentiable.
+
+    >>> normalize_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    return nn.functional.normalize(x, p=2.0, dim=-1, eps=ZERO_NORM)
+
+
+def batch_covariance(x: torch.Tensor) -> torch.Tensor:
+    """C = (X − μ)ᵀ(X − μ)/(N − 1), the unbiased covariance of a (..., N, d) batch.
+
+    >>> batch_covariance(torch.tensor([[1.0, 2.0], [3.0, 4.0]])).tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+    """
+    x = _batch(x, "batch_covariance", min_rows=2)
+    xc = x - x.mean(dim=-2, keepdim=True)
+    return xc.mT @ xc / (x.shape[-2] - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional losses
+# ---------------------------------------------------------------------------------------------
+
+
+def vne(x: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+    r"""Von Neumann entropy of a batch, differentiable: the regulariser of Kim et al.
+
+    Formula: z_i = x_i / max(‖x_i‖, 1e-12), ρ = ZᵀZ/N (trace 1), VNE = −Σ_k η_k ln η_k over the
+    eigenvalues η of ρ (the same value as the metric :func:`reprdiag.metrics.vne`). When
+    N < d the N×N Gram matrix ZZᵀ/N is decomposed instead (same non-zero eigenvalues).
+    Eigenvalues ≤ ``floor`` count as 0 (default: the machine epsilon of the compute dtype,
+    the solver's rounding level since ‖ρ‖ ≤ 1); the sum has no ``nansum``.
+
+    Gradient: ∂VNE/∂ρ = −V diag(ln η + 1) Vᵀ (``eigvalsh``'s backward uses only the
+    eigenvectors, so repeated eigenvalues are harmless). Eigenvalues at or below the floor
+    get a zero gradient instead of ln 0 · 0 = NaN, so rank-deficient batches (N < d, dead
+    dimensions, collapse) train without NaN. The naive ``-(η * η.log()).nansum()`` is finite
+    in the forward pass but NaN in the backward as soon as one eigenvalue is 0 or negative.
+
+    Range: [0, ln min(N, d)]; higher = more spread out. Complexity: O(N·d·min(N, d)) for ρ
+    plus O(min(N, d)³) for ``eigvalsh``. Half precision is computed in float32.
+    Reference: J. Kim, S. Kang, D. Hwang, J. Shin, W. Rhee, "VNE: An Effective Method for
+    Improving Deep Representation by Manipulating Eigenvalue Distribution", CVPR 2023.
+
+    Args:
+        x: (..., N, d) embeddings.
+        floor: eigenvalues at or below it are treated as 0.
+
+    >>> round(float(vne(torch.eye(4, dtype=torch.float64))), 9)  # four orthogonal rows: ln 4
+    1.386294361
+    """
+    z = normalize_rows(_batch(x, "vne"))
+    n, d = z.shape[-2:]
+    rho = (z @ z.mT if n < d else z.mT @ z) / n
+    eta = torch.linalg.eigvalsh(rho)
+    return spectral_entropy(eta, torch.finfo(eta.dtype).eps if floor is None else floor)
+
+
+def vicreg_std(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg variance term of a batch: mean_k relu(1 − √(C_kk + eps)), C the unbiased covariance.
+
+    Same formula as :func:`reprdiag.metrics.vicreg_std` (shared code). Range [0, 1); lower =
+    healthier. Gradient finite everywhere (eps > 0). Complexity O(N·d²) (O(N·d) would do for
+    the diagonal; the covariance is formed once and shared). Reference: Bardes, Ponce,
+    LeCun, "VICReg", ICLR 2022 (official ``main_vicreg.py``, one branch).
+
+    >>> round(float(vicreg_std(torch.tensor([[2.0, 0.0], [-2.0, 0.0]]))), 6)
+    0.495
+    """
+    return variance_hinge(batch_covariance(x), eps)
+
+
+def cov_offdiag(x: torch.Tensor) -> torch.Tensor:
+    """VICReg covariance term of a batch: Σ_{i≠j} C_ij² / d.
+
+    Same formula as :func:`reprdiag.metrics.cov_offdiag` (shared code). Range [0, ∞); lower =
+    decorrelated. Complexity O(N·d²). Reference: Bardes, Ponce, LeCun, ICLR 2022.
+
+    >>> float(cov_offdiag(torch.cat([torch.eye(3), -torch.eye(3)])))
+    0.0
+    """
+    return offdiag_term(batch_covariance(x))
+
+
+def er_entropy(x: torch.Tensor, kappa: float = 10.0, estimator: str = "plugin",
+               compat: str = "exact") -> torch.Tensor:
+    r"""ER entropy of a batch, differentiable (vMF kernel-density entropy of the rows).
+
+    Formula: e_i = x_i/‖x_i‖, ℓ_i = −logsumexp_j(κ e_iᵀe_j) + ln N − ln C_d(κ) (j over all rows,
+    i included), then the plug-in Σ softmax(−ℓ)_i ℓ_i (default) or Joe's mean_i ℓ_i. The
+    constant and the reduction are those of :func:`reprdiag.metrics.pairwise.er_entropy`
+    (``er_constant``, ``er_reduce``, with the exact log-Bessel); the metric itself detaches
+    and works blockwise over a large sample, this one holds the whole N×N logit matrix and
+    differentiates through ``logsumexp``.
+
+    Range: at most about ln |S^{d−1}|; higher = more spread out. Complexity: O(N²·d) time,
+    O(N²) memory. Reference: Rodríguez-Gálvez et al., "The Role of Entropy and Reconstruction
+    in Multi-View Self-Supervised Learning", ICML 2023.
+
+    >>> x = torch.eye(4, dtype=torch.float64)
+    >>> round(float(er_entropy(x)), 10)
+    0.6495310445
+    """
+    e = normalize_rows(_batch(x, "er_entropy"))
+    n, d = e.shape[-2:]
+    const = er_constant(d, n, kappa, compat)
+    ell = const - torch.logsumexp(kappa * (e @ e.mT), dim=-1)
+    return er_reduce(ell, estimator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Eigendecomposition with a Taylor (power-iteration-equivalent) backward
+# ---------------------------------------------------------------------------------------------
+
+
+def _inverse_gaps(vals: torch.Tensor, method: str, order: int) -> torch.Tensor:
+    """F with F_ij ≈ 1/(λ_j − λ_i) for i ≠ j and F_ii = 0, for ascending eigenvalues.
+
+    ``exact``: the reciprocal itself (±inf at a tie). ``taylor``: for the larger eigenvalue
+    b and the smaller s of a pair, 1/(b − s) ≈ (1/b) Σ_{k=0}^{K} (s/b)^k (summed by Horner),
+    with the sign of λ_j − λ_i given by the index order (eigh sorts ascending), so F stays
+    antisymmetric even at ties. b is floored at max(|λ|)·d·eps (at least √tiny) so a zero
+    eigenvalue gives a large finite factor; negative eigenvalues (rounding of a PSD matrix)
+    count as 0 in the series.
+    """
+    d = vals.shape[-1]
+    eye = torch.eye(d, dtype=torch.bool, device=vals.device)
+    if method == "exact":
+        diff = vals.unsqueeze(-2) - vals.unsqueeze(-1)  # [i, j] = λ_j − λ_i
+        return torch.where(eye, torch.zeros_like(diff), 1.0 / diff)
+    finfo = torch.finfo(vals.dtype)
+    scale = vals.abs().amax(dim=-1, keepdim=True).unsqueeze(-1)
+    floor = (scale * d * finfo.eps).clamp_min(finfo.tiny ** 0.5)
+    pos = vals.clamp_min(0.0)
+    big = torch.maximum(pos.unsqueeze(-1), pos.unsqueeze(-2)).clamp_min(floor)
+    small = torch.minimum(pos.unsqueeze(-1), pos.unsqueeze(-2))
+    ratio = (small / big).clamp_max(1.0)
+    series = torch.ones_like(ratio)
+    for _ in range(order):
+        series = 1.0 + ratio * series
+    upper = torch.triu(torch.ones(d, d, dtype=vals.dtype, device=vals.device), diagonal=1)
+    sign = upper - upper.mT  # +1 above the diagonal (λ_j ≥ λ_i), −1 below, 0 on it
+    return sign * series / big
+
+
+class SymEig(torch.autograd.Function):
+    """Symmetric eigendecomposition A = V diag(λ) Vᵀ: exact float64 forward, chosen backward.
+
+    Forward: ``torch.linalg.eigh`` in float64 (ascending λ; outputs in A's dtype). Backward
+    (for symmetric A): ∂L/∂A = sym(V (diag(∂L/∂λ) + F ∘ (Vᵀ ∂L/∂V)) Vᵀ) with F_ij = 1/(λ_j − λ_i)
+    (``"exact"``, as ``torch.linalg.eigh``: inf/NaN at repeated eigenvalues) or its truncated
+    Taylor series (``"taylor"``, see :func:`sym_eig`). Call it through :func:`sym_eig`.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, method: str,
+                order: int) -> tuple[torch.Tensor, torch.Tensor]:
+        vals, vecs = torch.linalg.eigh(a.to(_F64))
+        ctx.save_for_backward(vals, vecs)
+        ctx.method, ctx.order, ctx.dtype = method, order, a.dtype
+        return vals.to(a.dtype), vecs.to(a.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, g_vals: torch.Tensor,
+                 g_vecs: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        vals, vecs = ctx.saved_tensors
+        f = _inverse_gaps(vals, ctx.method, ctx.order)
+        inner = f * (vecs.mT @ g_vecs.to(_F64)) + torch.diag_embed(g_vals.to(_F64))
+        ga = vecs @ inner @ vecs.mT
+        return ((ga + ga.mT) / 2).to(ctx.dtype), None, None
+
+
+def sym_eig(a: torch.Tensor, method: str = "taylor",
+            order: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Eigenvalues (ascending) and eigenvectors (columns) of symmetric (..., d, d) matrices,
+    with a backward that survives repeated and close eigenvalues.
+
+    Forward: exact, ``torch.linalg.eigh`` in float64 (the lower triangle is read), results in
+    the input's dtype. Backward: the eigenvector gradient carries K_ij = 1/(λᵢ − λⱼ), which is
+    infinite at repeated eigenvalues and huge at close ones. With ``method="taylor"`` (default)
+    it is replaced, for λᵢ > λⱼ, by the truncated series (1/λᵢ) Σ_{k=0}^{K} (λⱼ/λᵢ)^k (sign
+    flipped when λᵢ < λⱼ; K = ``order``); this is bounded by (K+1)/λᵢ, equals 1/(λᵢ − λⱼ) up
+    to a relative error (λⱼ/λᵢ)^{K+1}, and is exactly the gradient of K power-iteration steps
+    (Wang et al. 2019, 2022). Meant for PSD matrices (covariances): negative eigenvalues are
+    treated as 0 in the series and a zero largest eigenvalue is floored at d·eps·max|λ|.
+    ``method="exact"`` keeps 1/(λᵢ − λⱼ) (torch's own behaviour: NaN at ties).
+
+    Complexity: O(d³) forward (one float64 ``eigh``) and backward (three products), plus
+    O(K·d²) for the series. Reference: Y. Song, N. Sebe, W. Wang, "Why Approximate Matrix
+    Square Root Outperforms Accurate SVD in Global Covariance Pooling?", ICCV 2021 (SVD-Taylor);
+    W. Wang, Z. Dang, Y. Hu, P. Fua, M. Salzmann, "Robust Differentiable SVD", TPAMI 2022
+    (Taylor = power-iteration gradient); "Backpropagation-Friendly Eigendecomposition",
+    NeurIPS 2019.
+
+    Args:
+        a: (..., d, d) symmetric matrices.
+        method: "taylor" or "exact".
+        order: K, the highest power kept in the series (≥ 0).
+
+    >>> a = torch.eye(3, dtype=torch.float64).requires_grad_()  # a triple eigenvalue
+    >>> vals, vecs = sym_eig(a)
+    >>> (vecs[:, 0] ** 4).sum().backward()
+    >>> bool(torch.isfinite(a.grad).all())
+    True
+    """
+    if method not in EIG_METHODS:
+        raise ValueError(f"sym_eig: method must be 'taylor' or 'exact', got {method!r}")
+    if int(order) < 0:
+        raise ValueError(f"sym_eig: order must be >= 0, got {order}")
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"sym_eig: expected (..., d, d) matrices, got {tuple(a.shape)}")
+    return SymEig.apply(a, method, int(order))
+
+
+def spectral_map(a: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                 method: str = "taylor", order: int = 100) -> torch.Tensor:
+    """V diag(fn(λ)) Vᵀ for symmetric (..., d, d) ``a`` (a matrix function), via :func:`sym_eig`.
+
+    Spectral clipping is ``spectral_map(c, lambda l: l.clamp(lo, hi))``. Complexity O(d³).
+
+    >>> c = torch.diag(torch.tensor([4.0, 0.25], dtype=torch.float64))
+    >>> spectral_map(c, lambda l: l.clamp(0.5, 2.0)).diagonal().tolist()
+    [2.0, 0.5]
+    """
+    vals, vecs = sym_eig(a, method, order)
+    return (vecs * fn(vals).unsqueeze(-2)) @ vecs.mT
+
+
+def sqrtm(a: torch.Tensor, eps: float = 1e-12, method: str = "taylor",
+          order: int = 100) -> torch.Tensor:
+    """Principal square root V diag(√(max(λ, 0) + eps)) Vᵀ of PSD (..., d, d) matrices.
+
+    ``eps`` keeps the derivative of √λ finite at λ = 0. Complexity O(d³).
+
+    >>> sqrtm(torch.diag(torch.tensor([4.0, 9.0], dtype=torch.float64)), eps=0).diagonal().tolist()
+    [2.0, 3.0]
+    """
+    return spectral_map(a, lambda v: (v.clamp_min(0.0) + eps).sqrt(), method, order)
+
+
+def inv_sqrtm(a: torch.Tensor, eps: float = 1e-5, method: str = "taylor",
+              order: int = 100) -> torch.Tensor:
+    """Inverse square root V diag((max(λ, 0) + eps)^(−1/2)) Vᵀ: the ZCA whitening matrix of a
+    covariance (``(x − μ) @ inv_sqrtm(C)`` has covariance ≈ I). Complexity O(d³).
+
+    >>> c = torch.diag(torch.tensor([4.0, 0.25], dtype=torch.float64))
+    >>> inv_sqrtm(c, eps=0).diagonal().tolist()
+    [0.5, 2.0]
+    """
+    return spectral_map(a, lambda v: (v.clamp_min(0.0) + eps).rsqrt(), method, order)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class _Regularizer(nn.Module):
+    """``forward(x) = sign · coef · fn(x, **options)``: the term to add to the task loss."""
+
+    sign = 1.0
+
+    def __init__(self, coef: float = 1.0, **options: object):
+        super().__init__()
+        self.coef = float(coef)
+        self.options = options
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The unsigned quantity (the metric's value on this batch)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.sign * self.coef) * self.value(x)
+
+    def extra_repr(self) -> str:
+        return ", ".join([f"coef={self.coef}", *(f"{k}={v!r}" for k, v in self.options.items())])
+
+
+class VNELoss(_Regularizer):
+    """−coef · :func:`vne` (x): with coef > 0 training raises the batch's von Neumann entropy
+    (Kim et al.'s VNE⁺), with coef < 0 it lowers it (VNE⁻). Option: ``floor``.
+
+    >>> VNELoss(coef=0.5)
+    VNELoss(coef=0.5)
+    """
+
+    sign = -1.0
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return vne(x, **self.options)
+
+
+class VarianceLoss(_Regularizer):
+    """coef · :func:`vicreg_std` (x), VICReg's variance hinge (their default coef is 25).
+
+    >>> float(VarianceLoss(coef=25.0)(torch.tensor([[2.0, 2.0], [-2.0, -2.0]])))
+    0.0
+    """
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return vicreg_std(x, **self.options)
+
+
+class CovarianceLoss(_Regularizer):
+    """coef · :func:`cov_offdiag` (x), VICReg's covariance term (their default coef is 1).
+
+    >>> float(CovarianceLoss()(torch.cat([torch.eye(3), -torch.eye(3)])))
+    0.0
+    """
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return cov_offdiag(x, **self.options)
+
+
+class EREntropyLoss(_Regularizer):
+    """−coef · :func:`er_entropy` (x): coef > 0 spreads the rows over the sphere. Options:
+    ``kappa``, ``estimator``, ``compat``.
+
+    >>> EREntropyLoss(coef=0.1, kappa=10.0)
+    EREntropyLoss(coef=0.1, kappa=10.0)
+    """
+
+    sign = -1.0
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        return er_entropy(x, **self.options)

@@ -1,0 +1,265 @@
+"""Spectral metrics during training: feed embeddings every step, get a metric history.
+
+:class:`SpectralMonitor` folds each batch of embeddings into the streaming statistics of
+:mod:`reprdiag.engine` (an :class:`~reprdiag.engine.Accumulator`: float64 moments plus a
+row sample) and, every ``every_n_steps`` calls, evaluates the registered metrics on them with
+:func:`reprdiag.metrics.compute` — the same code as ``reprdiag analyze``, so a logged value
+equals what ``analyze`` reports for the same rows. Each evaluation appends one row to
+:attr:`SpectralMonitor.history`, rewrites the CSV file (atomically), and writes the scalars
+to TensorBoard when asked.
+
+Window: with ``window="reset"`` (default) the statistics start afresh after each evaluation,
+so a logged value describes the embeddings of the last N steps (N·batch rows): it tracks the
+current state of a changing model. ``window="cumulative"`` keeps every row since the start.
+
+Overhead per step: two d×d Gram products of the batch (of x − shift and of x/‖x‖), O(B·d²),
+summed into float64 totals, plus O(B) to offer rows to the sample; every N steps, the
+metrics (three O(d³) eigendecompositions for the spectral ones). Memory: O(d²), plus
+O(sample·d) when a pairwise metric (``er_entropy``, ``partition_isotropy``) is asked for.
+``bench/monitor_overhead.py`` measures it.
+
+>>> import torch
+>>> mon = SpectralMonitor(every_n_steps=2, metrics=["vne", "rankme"])
+>>> for step in range(4):
+...     row = mon.update(torch.randn(32, 8), step=step)
+>>> [r["step"] for r in mon.history], mon.history[-1]["rows"]
+([1, 3], 64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from reprdiag.api import MetricOptions, _validate_stream
+from reprdiag.engine import Accumulator, StreamOptions
+from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
+from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
+from reprdiag.report.export import atomic_write, make_folder
+
+__all__ = ["BOOKKEEPING", "WINDOWS", "SpectralMonitor", "history_metrics", "read_history"]
+
+#: ``window`` values (first = default).
+WINDOWS: tuple[str, ...] = ("reset", "cumulative")
+#: Columns of a history that are not metrics.
+BOOKKEEPING: tuple[str, ...] = ("step", "rows", "rows_dropped")
+
+
+class ScalarWriter(Protocol):
+    """What the monitor needs of a TensorBoard ``SummaryWriter``."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
+
+
+def default_metrics() -> list[str]:
+    """The metrics that need only the moments (no row sample): cheap enough for every log."""
+    return [m.name for m in resolve(None) if not m.uses_sample]
+
+
+def open_tensorboard(log_dir: str | Path) -> ScalarWriter:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``log_dir`` (needs ``tensorboard``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise UsageError("TensorBoard logging needs the tensorboard package",
+                         hint="pip install 'reprdiag[tensorboard]'") from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class SpectralMonitor:
+    """Accumulate embeddings during training and log spectral metrics every N steps.
+
+    Args:
+        every_n_steps: evaluate (and log) after every N calls of :meth:`update`.
+        metrics: metric names (see ``reprdiag list-metrics``); default: every metric computed
+            from the moments alone (all but ``er_entropy`` and ``partition_isotropy``).
+        csv: path of the history CSV, rewritten atomically at each evaluation (columns
+            ``step, rows, rows_dropped`` and one per metric); ``None`` keeps it in memory.
+        tensorboard: a log folder (a ``SummaryWriter`` is opened there and closed by
+            :meth:`close`) or an object with ``add_scalar`` (left open); tags
+            ``{prefix}/{metric}``.
+        window: ``"reset"`` (metrics over the rows since the last evaluation) or
+            ``"cumulative"`` (over every row since the start).
+        sample_size: rows kept for pairwise metrics (only when one is asked for).
+        seed, precision: as for ``reprdiag analyze``.
+        nan: ``"drop"`` (default: rows holding NaN/Inf are skipped and counted in
+            ``rows_dropped``) or ``"error"`` (:class:`~reprdiag.errors.InputError` at the next
+            evaluation).
+        options: metric options, e.g. ``{"kappa": 10.0, "er_estimator": "joe"}``.
+        prefix: the TensorBoard tag prefix.
+    """
+
+    def __init__(self, every_n_steps: int = 100, metrics: Sequence[str] | None = None, *,
+                 csv: str | Path | None = None,
+                 tensorboard: str | Path | ScalarWriter | None = None,
+                 window: str = "reset", sample_size: int = 4096, seed: int = 0,
+                 precision: str = "auto", nan: str = "drop",
+                 options: dict[str, Any] | None = None, prefix: str = "reprdiag"):
+        if int(every_n_steps) < 1:
+            raise UsageError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        check_choice(window, WINDOWS, "window")
+        self.every_n_steps = int(every_n_steps)
+        self.window = window
+        self.infos: list[MetricInfo] = resolve(list(metrics) if metrics else default_metrics())
+        self.options = dict(options or {})
+        MetricOptions(**self.options).validate()
+        uses_sample = any(m.uses_sample for m in self.infos)
+        # without a pairwise metric the sample is never read: keep a token one
+        self.stream = StreamOptions(precision=precision, sample_size=sample_size if uses_sample
+                                    else 2, seed=seed, nan=nan)
+        _validate_stream(self.stream)
+        self.csv = Path(csv) if csv is not None else None
+        if self.csv is not None:
+            make_folder(self.csv.parent)
+        self.prefix = prefix
+        self._owns_writer = isinstance(tensorboard, str | Path)
+        self.writer: ScalarWriter | None = (open_tensorboard(tensorboard) if self._owns_writer
+                                            else tensorboard)
+        self.history: list[dict[str, float]] = []
+        self.steps = 0
+        self._acc: Accumulator | None = None
+        self._rows_seen = 0
+        self._pending = 0
+        self._step = 0
+
+    # -- feeding ----------------------------------------------------------------------------
+    def update(self, embeddings: torch.Tensor, step: int | None = None) -> dict[str, float] | None:
+        """Add one batch of (B, d) embeddings (detached; any device and float dtype).
+
+        ``step`` labels the row logged at this call (default: the number of calls so far).
+        Returns the logged row when this call completed a window of N steps, else ``None``.
+        """
+        rows = embeddings.detach()
+        if rows.ndim != 2:
+            raise InputError(f"expected (batch, d) embeddings, got shape {tuple(rows.shape)}",
+                             hint="pool or flatten to one row per sample first")
+        if self._acc is None:
+            self._acc = self._new_accumulator(rows)
+        elif rows.shape[1] != self._acc.moments.d:
+            raise InputError(f"embedding width changed from {self._acc.moments.d} to "
+                             f"{rows.shape[1]}", hint="use one monitor per layer")
+        with torch.no_grad():
+            self._acc.add(self._rows_seen, rows)
+        self._rows_seen += rows.shape[0]
+        self.steps += 1
+        self._pending += 1
+        self._step = self.steps if step is None else int(step)
+        if self.steps % self.every_n_steps == 0:
+            return self.log()
+        return None
+
+    def _new_accumulator(self, rows: torch.Tensor) -> Accumulator:
+        self.stream.device = rows.device
+        return Accumulator(rows.shape[1], rows.dtype, self.stream, label="<monitor>")
+
+    # -- evaluating -------------------------------------------------------------------------
+    def compute(self) -> dict[str, float]:
+        """The metrics over the current window, without logging or resetting it."""
+        if self._acc is None or self._acc.moments.n < 2:
+            if self._acc is not None and self._acc.bad.count and self.stream.nan == "error":
+                self._acc.finish()  # raises the NaN error
+            return {m.name: math.nan for m in self.infos}
+        acc = self._acc.finish()
+        return compute(Statistics(acc.moments, acc.reservoir), self.infos, self.options)
+
+    def log(self) -> dict[str, float] | None:
+        """Evaluate now (e.g. at the end of an epoch), record and write the row; ``None``
+        when no batch has come since the last evaluation."""
+        if self._acc is None or self._pending == 0:
+            return None
+        row: dict[str, float] = {"step": self._step, "rows": self._acc.moments.n,
+                                 "rows_dropped": self._acc.bad.count, **self.compute()}
+        self.history.append(row)
+        self._pending = 0
+        if self.window == "reset":
+            self._acc = None
+        self._write(row)
+        return row
+
+    def _write(self, row: dict[str, float]) -> None:
+        if self.csv is not None:
+            path = self.csv
+            try:
+                atomic_write(path, lambda p: self.to_frame().to_csv(p, index=False))
+            except OSError as exc:
+                raise ReprdiagError(f"cannot write the metric history ({exc.strerror})",
+                                    source=source_label(path), hint="pick a writable csv path"
+                                    ) from exc
+        if self.writer is not None:
+            for name in (m.name for m in self.infos):
+                self.writer.add_scalar(f"{self.prefix}/{name}", row[name], int(row["step"]))
+
+    def to_frame(self) -> pd.DataFrame:
+        """The history as a DataFrame, one row per evaluation."""
+        columns = [*BOOKKEEPING, *(m.name for m in self.infos)]
+        return pd.DataFrame(self.history, columns=columns)
+
+    # -- ending -----------------------------------------------------------------------------
+    def close(self, flush: bool = True) -> None:
+        """Log the unfinished window (``flush``) and close a TensorBoard writer it opened."""
+        if flush:
+            self.log()
+        if self._owns_writer and self.writer is not None:
+            self.writer.close()  # type: ignore[attr-defined]
+            self.writer = None
+
+    def __enter__(self) -> SpectralMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(flush=exc[0] is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a history back
+# ---------------------------------------------------------------------------------------------
+
+
+def read_history(path: str | Path) -> pd.DataFrame:
+    """Read a monitor's CSV: a ``step`` column and one numeric column per metric.
+
+    Raises :class:`~reprdiag.errors.InputError` (one line, exit 2) for a missing or unreadable
+    file, one without a ``step`` column, or one with no metric column.
+    """
+    path = Path(path)
+    label = source_label(path)
+    if not path.is_file():
+        raise InputError("no such file", source=label, hint="give the CSV a SpectralMonitor wrote")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError,
+            OSError) as exc:
+        raise InputError(f"cannot be read as CSV ({type(exc).__name__})", source=label,
+                         hint="give the CSV a SpectralMonitor wrote") from exc
+    if "step" not in frame.columns:
+        raise InputError("has no 'step' column", source=label,
+                         hint="give the CSV a SpectralMonitor wrote")
+    if not pd.api.types.is_numeric_dtype(frame["step"]):
+        raise InputError("has a non-numeric 'step' column", source=label,
+                         hint="give the CSV a SpectralMonitor wrote")
+    if not history_metrics(frame):
+        raise InputError("has no numeric metric column", source=label,
+                         hint="give the CSV a SpectralMonitor wrote")
+    return frame
+
+
+def history_metrics(frame: pd.DataFrame, names: Sequence[str] | None = None) -> list[str]:
+    """The metric columns of a history (numeric, not bookkeeping), or check ``names``.
+
+    >>> history_metrics(pd.DataFrame({"step": [1], "rows": [8], "vne": [1.5], "note": ["x"]}))
+    ['vne']
+    """
+    available = [c for c in frame.columns if c not in BOOKKEEPING
+                 and pd.api.types.is_numeric_dtype(frame[c])]
+    if not names:
+        return available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise UsageError(f"metric {missing[0]!r} is not in the history",
+                         hint="its metric columns are: " + ", ".join(available))
+    return list(dict.fromkeys(names))
