@@ -8,8 +8,14 @@
 
 __version__ = "0.1.0"
 
+# ``compare`` and ``gate`` are functions that shadow their modules' names as package
+# attributes: ``reprdiag.compare(...)`` is the function, while
+# ``from reprdiag.compare import Comparison`` still imports from the module.
 from reprdiag.api import analyze
+from reprdiag.compare import Comparison, compare
+from reprdiag.gate import GateResult, Rule, gate
 from reprdiag.metrics import METRICS
 from reprdiag.report.model import InputResult, Report
 
-__all__ = ["METRICS", "InputResult", "Report", "__version__", "analyze"]
+__all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
+           "__version__", "analyze", "compare", "gate"]

@@ -35,3 +35,15 @@ def run_cli_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder (``analyze --out``) of the healthy sample, with a few fast metrics."""
+    import reprdiag
+
+    out = tmp_path_factory.mktemp("runs") / "minilm"
+    reprdiag.analyze(SAMPLE / "minilm.safetensors", device="cpu",
+                     metrics=["vne", "rankme", "effective_rank", "std_normalized",
+                              "avg_cosine"]).save(out, plots=False)
+    return out

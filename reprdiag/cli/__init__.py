@@ -7,7 +7,9 @@ happens in this package: commands parse options, call the API and render the res
 from __future__ import annotations
 
 from reprdiag.cli import analyze as _analyze  # noqa: F401  (registers the command)
+from reprdiag.cli import compare as _compare  # noqa: F401
 from reprdiag.cli import extract as _extract  # noqa: F401  (registers the command)
+from reprdiag.cli import gate as _gate  # noqa: F401
 from reprdiag.cli import history as _history  # noqa: F401  (registers the command)
 from reprdiag.cli.app import app, main
 

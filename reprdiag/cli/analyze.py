@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from reprdiag.api import analyze as run_analysis
-from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stdout
+from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stderr, stdout
 from reprdiag.cli.extract import (
-    POOL_HELP,
     BatchSizeOpt,
     DataKeyOpt,
     DataOpt,
@@ -24,19 +22,16 @@ from reprdiag.cli.extract import (
     model_run,
     print_layers,
 )
+from reprdiag.cli.gate import JunitOption, finish
+from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
 from reprdiag.distributed import is_main_process
 from reprdiag.errors import UsageError
 from reprdiag.extract import analyze_model
+from reprdiag.gate import gate as run_gate
+from reprdiag.gate import load_config, needed_metrics, resolve_rules
 from reprdiag.report.export import render
 from reprdiag.report.model import Report
 from reprdiag.report.table import metric_tables, metrics_list_table
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
 
 
 def split_csv(values: list[str] | None) -> list[str] | None:
@@ -64,80 +59,71 @@ def list_metrics() -> None:
 
 @app.command("analyze")
 @handle_errors
+@with_analysis_options
 def analyze(
     files: Annotated[list[Path] | None, typer.Argument(help="Embedding files: safetensors, HDF5, "
                                                 "npy, npz, pt/pth.", show_default=False)
                      ] = None,
-    key: Annotated[list[str] | None, typer.Option("--key", "-k", help="Tensor/dataset to analyze "
-                                           "(repeatable); default: every 2-D array.")] = None,
     metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
                                                "metric names; default: all.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, CSVs, "
                                       "summary.md and plots to this folder.")] = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Form of stdout.")
-                   ] = Format.table,
+    fmt: FormatOption = Format.table,
     concat: Annotated[bool, typer.Option("--concat", help="Treat the files as row shards "
                                          "of one dataset.")] = False,
-    pool: Annotated[str | None, typer.Option("--pool", help=POOL_HELP)] = None,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
-                      ] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto (fp32 products for "
-                                           "fp32/16 data, fp64 for fp64)|float32|float64.")
-                         ] = "auto",
-    chunk_size: Annotated[int | None, typer.Option("--chunk-size", help="Rows per chunk "
-                                            "(default: ~64 MiB).")] = None,
-    sample_size: Annotated[int, typer.Option("--sample-size", help="Rows sampled for "
-                                             "pairwise metrics.")] = 16384,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the row sample.")] = 0,
-    kappa: Annotated[float, typer.Option("--kappa", help="vMF concentration κ of "
-                                         "er_entropy.")] = 10.0,
-    er_estimator: Annotated[str, typer.Option("--er-estimator", help="plugin|joe.")
-                            ] = "plugin",
-    er_compat: Annotated[str, typer.Option("--er-compat", help="exact|reference (the "
-                                           "official code's float arithmetic).")] = "exact",
-    nan: Annotated[str, typer.Option("--nan", help="error|drop rows holding NaN/Inf.")
-                   ] = "error",
     plot_format: Annotated[str, typer.Option("--plot-format", help="png|svg|pdf.")] = "png",
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")
                         ] = False,
     backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
                                          "every rank has a GPU, else gloo)|nccl|gloo.")
                        ] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     list_metrics_flag: Annotated[bool, typer.Option("--list-metrics", help="List the "
                                                     "metrics and exit.")] = False,
     model: ModelOpt = None, weights: WeightsOpt = None, model_arg: ModelArgOpt = None,
     data: DataOpt = None, data_key: DataKeyOpt = None, layer: LayerOpt = None,
     list_layers_flag: ListLayersOpt = False, batch_size: BatchSizeOpt = 64,
     limit: LimitOpt = None,
+    gate_config: Annotated[Path | None, typer.Option(
+        "--gate", help="Then check the rules of this TOML config (as reprdiag gate "
+        "--config) and exit 1 when one fails.")] = None,
+    junit: JunitOption = None,
+    analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compute every diagnostic of each 2-D array in FILES (one table row each), or of each
     --layer of a --model run over --data."""
     if list_metrics_flag:
         stdout.print(metrics_list_table())
         return
+    if junit is not None and gate_config is None:
+        raise UsageError("--junit needs --gate CONFIG", hint="add --gate reprdiag.toml")
+    config = load_config(gate_config) if gate_config is not None else None
+    names = split_csv(metrics)
+    if config is not None and names:  # the gate's metrics are computed too
+        names = list(dict.fromkeys([*names, *needed_metrics(resolve_rules(config))]))
+    a = analysis
     if model is not None or data is not None:
         if files:
             raise UsageError("pass embedding FILES or --model/--data, not both")
         run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit,
-                        pool, device)
+                        a.pool, a.device)
         if list_layers_flag:
             print_layers(run)
             return
         report = analyze_model(
-            run, metrics=split_csv(metrics), precision=precision, sample_size=sample_size,
-            seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
-            progress=RichProgress(enabled=not quiet, unit="batches"))
+            run, metrics=names, precision=a.precision, sample_size=a.sample_size, seed=a.seed,
+            kappa=a.kappa, er_estimator=a.er_estimator, er_compat=a.er_compat, nan=a.nan,
+            progress=RichProgress(enabled=not a.quiet, unit="batches"))
     elif not files:
         raise UsageError("no input file given", hint="reprdiag analyze FILE [FILE ...]")
     else:
-        report = run_analysis(
-            files, keys=key or None, metrics=split_csv(metrics), concat=concat, pool=pool,
-            device=device, precision=precision, chunk_rows=chunk_size, sample_size=sample_size,
-            seed=seed, kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, nan=nan,
-            progress=RichProgress(enabled=not quiet), backend=backend)
+        report = run_analysis(files, metrics=names, concat=concat, backend=backend,
+                              **a.api_kwargs())
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes
         return
     if out is not None:
         report.save(out, plots=not no_plots, plot_format=plot_format)
     show(report, fmt)
+    if config is not None:
+        label = ", ".join(f.name for f in files) if files else str(model)
+        result = run_gate(report, config=config, label=label, **a.api_kwargs())
+        finish(result, Format.table, junit, stdout if fmt is Format.table else stderr)

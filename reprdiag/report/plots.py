@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from reprdiag.errors import UsageError
@@ -21,24 +23,66 @@ from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
 from reprdiag.report.export import atomic_write, make_folder, slug
 from reprdiag.report.model import InputResult, Report
 
+if TYPE_CHECKING:
+    from reprdiag.compare import Comparison
+
 LAYER_METRICS = ("vne_normalized", "rankme", "effective_rank", "isoscore", "avg_cosine",
                  "std_normalized")
+
+
+def normalized(values: list[float] | np.ndarray) -> np.ndarray:
+    """Eigenvalues as fractions of their sum (unchanged when the sum is 0).
+
+    >>> normalized([3.0, 1.0]).tolist()
+    [0.75, 0.25]
+    """
+    lam = np.asarray(values, dtype=np.float64)
+    return lam / lam.sum() if lam.sum() > 0 else lam
+
+
+def plot_spectrum(ax: Axes, values: list[float] | np.ndarray, label: str, fmt: str = ".-",
+                  **style: object) -> None:
+    """Draw λ_k/Σλ against k on log-log axes (zero eigenvalues left out)."""
+    frac = normalized(values)
+    k = np.arange(1, frac.size + 1)
+    pos = frac > 0
+    ax.loglog(k[pos], frac[pos], fmt, label=label, **{"ms": 3, "lw": 1, **style})
+
+
+def plot_cumulative(ax: Axes, values: list[float] | np.ndarray, label: str,
+                    **style: object) -> np.ndarray:
+    """Draw the cumulative explained variance Σ_{i≤k} λ_i/Σλ against k; return it."""
+    cum = np.cumsum(normalized(values))
+    ax.semilogx(np.arange(1, cum.size + 1), cum, "-", label=label, **{"lw": 1.5, **style})
+    return cum
+
+
+def style_spectrum_axes(ax1: Axes, ax2: Axes) -> None:
+    """Labels, titles, legends and grids of the spectrum and cumulative-variance panels."""
+    ax1.set_xlabel("rank k")
+    ax1.set_ylabel("normalized eigenvalue")
+    ax1.set_title("Eigenvalue spectrum")
+    ax1.legend(fontsize=8, loc="lower left")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("number of components k")
+    ax2.set_ylabel("fraction of variance")
+    ax2.set_title("Cumulative explained variance")
+    ax2.legend(fontsize=8, loc="lower right")
+    for ax in (ax1, ax2):
+        ax.grid(True, which="both", alpha=0.3)
 
 
 def spectrum_figure(result: InputResult) -> Figure:
     """Left: normalized covariance eigenvalues λ_k/Σλ on log-log axes with the fitted α-ReQ
     power law; right: cumulative explained variance."""
     lam = np.asarray(result.spectra["covariance"], dtype=np.float64)
-    frac = lam / lam.sum() if lam.sum() > 0 else lam
-    k = np.arange(1, lam.size + 1)
+    frac = normalized(lam)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     pos = frac > 0
-    ax1.loglog(k[pos], frac[pos], ".-", ms=3, lw=1, label="λ_k / Σλ (covariance)")
+    plot_spectrum(ax1, lam, "λ_k / Σλ (covariance)")
     eta = np.asarray(result.spectra.get("autocorrelation", []), dtype=np.float64)
     if eta.size and eta.sum() > 0:
-        e = eta / eta.sum()
-        ax1.loglog(np.arange(1, e.size + 1)[e > 0], e[e > 0], "-", lw=1, alpha=0.6,
-                   label="η_k (autocorrelation of x/‖x‖)")
+        plot_spectrum(ax1, eta, "η_k (autocorrelation of x/‖x‖)", "-", alpha=0.6)
     ranks = ALPHA_RANKS if int(pos.sum()) >= ALPHA_RANKS[0] + 1 else (1, ALPHA_RANKS[1])
     alpha, r2 = power_law_fit(torch.from_numpy(lam), ranks)
     if math.isfinite(alpha):
@@ -48,25 +92,14 @@ def spectrum_figure(result: InputResult) -> Figure:
         c = np.average(y + alpha * np.log(ks), weights=1.0 / ks)
         ax1.loglog(ks, np.exp(c) * ks**-alpha, "r--", lw=1.5,
                    label=f"power law α = {alpha:.3g} (R² = {r2:.3f}, ranks {lo}–{hi})")
-    ax1.set_xlabel("rank k")
-    ax1.set_ylabel("normalized eigenvalue")
-    ax1.set_title("Eigenvalue spectrum")
-    ax1.legend(fontsize=8, loc="lower left")
-    ax1.grid(True, which="both", alpha=0.3)
-    cum = np.cumsum(frac)
-    ax2.semilogx(k, cum, "-", lw=1.5, label="cumulative explained variance")
+    cum = plot_cumulative(ax2, lam, "cumulative explained variance")
     for level in (0.9, 0.99):
         idx = int(np.searchsorted(cum, level)) + 1
         if idx <= lam.size:
             ax2.axhline(level, color="gray", lw=0.6, ls=":")
             ax2.plot([idx], [cum[idx - 1]], "o", ms=4,
                      label=f"{level:.0%} of variance in {idx} of {lam.size} dims")
-    ax2.set_ylim(0, 1.02)
-    ax2.set_xlabel("number of components k")
-    ax2.set_ylabel("fraction of variance")
-    ax2.set_title("Cumulative explained variance")
-    ax2.legend(fontsize=8, loc="lower right")
-    ax2.grid(True, which="both", alpha=0.3)
+    style_spectrum_axes(ax1, ax2)
     fig.suptitle(f"{result.name}  (N = {result.n:,}, d = {result.d})", fontsize=10)
     return fig
 
@@ -84,17 +117,25 @@ def short_names(names: list[str]) -> list[str]:
     return [n[cut:].rstrip("]") or n for n in names]
 
 
-def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
-    """One panel per metric: its value across the report's inputs (layers), in order."""
-    names = [m for m in metrics if any(m in r.metrics for r in report.inputs)]
+def metric_series_figure(series: dict[str, list[InputResult]], title: str,
+                         metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
+    """One panel per metric: its value across inputs (layers), one line per series (run).
+
+    The x axis is the inputs of the first series, in order; each line is labelled with its
+    series name (with the metric's name for the series named ``""``).
+    """
+    first = next(iter(series.values()))
+    names = [m for m in metrics if any(m in r.metrics for rs in series.values() for r in rs)]
     cols = min(3, max(1, len(names)))
     rows = math.ceil(len(names) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
                              constrained_layout=True)
-    labels = short_names([r.name for r in report.inputs])
-    x = np.arange(len(report.inputs))
+    labels = short_names([r.name for r in first])
+    x = np.arange(len(first))
     for ax, name in zip(axes.flat, names, strict=False):
-        ax.plot(x, [r.metrics.get(name, math.nan) for r in report.inputs], "o-", label=name)
+        for label, results in series.items():
+            ax.plot(x, [r.metrics.get(name, math.nan) for r in results], "o-",
+                    label=label or name)
         ax.set_title(name)
         ax.set_xlabel("input (layer)")
         ax.set_ylabel(name)
@@ -103,8 +144,42 @@ def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Fi
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
-    fig.suptitle("Metrics per input", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return fig
+
+
+def layer_figure(report: Report, metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
+    """One panel per metric: its value across the report's inputs (layers), in order."""
+    return metric_series_figure({"": report.inputs}, "Metrics per input", metrics)
+
+
+def compare_figure(comparison: Comparison) -> Figure:
+    """The runs' normalized covariance spectra overlaid on log-log axes (left) and their
+    cumulative explained variance (right); one row of panels per matched input, one line per
+    run, labelled with the run's name."""
+    keys = list(comparison.inputs)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(11, 4.2 * len(keys)), squeeze=False,
+                             constrained_layout=True)
+    for (ax1, ax2), key in zip(axes, keys, strict=True):
+        for label, result in zip(comparison.runs, comparison.inputs[key], strict=True):
+            name = f"{label} (N = {result.n:,}, d = {result.d})"
+            lam = result.spectra.get("covariance", [])
+            plot_spectrum(ax1, lam, name)
+            plot_cumulative(ax2, lam, name)
+        style_spectrum_axes(ax1, ax2)
+        if comparison.layered:
+            ax1.set_title(f"{key}: eigenvalue spectrum")
+            ax2.set_title(f"{key}: cumulative explained variance")
+    fig.suptitle(f"Covariance spectra: {', '.join(comparison.runs)}", fontsize=10)
+    return fig
+
+
+def compare_layers_figure(comparison: Comparison,
+                          metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
+    """Each metric against the layer (matched input), one line per run."""
+    series = {label: [comparison.inputs[k][j] for k in comparison.inputs]
+              for j, label in enumerate(comparison.runs)}
+    return metric_series_figure(series, "Metrics per layer", metrics)
 
 
 def save_figure(fig: Figure, path: Path) -> None:
@@ -164,3 +239,14 @@ def save_history_plot(frame: pd.DataFrame, metrics: Sequence[str], path: Path) -
     make_folder(path.parent)
     save_figure(history_figure(frame, metrics), path)
     return path
+
+
+def save_compare_plots(comparison: Comparison, out_dir: Path,
+                       plot_format: str = "png") -> list[Path]:
+    """compare.png (spectra), plus compare-layers.png when the runs hold several layers."""
+    written = [out_dir / f"compare.{plot_format}"]
+    save_figure(compare_figure(comparison), written[0])
+    if comparison.layered:
+        written.append(out_dir / f"compare-layers.{plot_format}")
+        save_figure(compare_layers_figure(comparison), written[1])
+    return written

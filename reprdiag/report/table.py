@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
@@ -10,6 +11,10 @@ from rich.table import Table
 from reprdiag.metrics import METRICS
 from reprdiag.report.export import format_value
 from reprdiag.report.model import Report
+
+if TYPE_CHECKING:
+    from reprdiag.compare import Comparison
+    from reprdiag.gate import GateResult
 
 _ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
 
@@ -83,4 +88,62 @@ def metrics_list_table() -> Table:
     for info in resolve(None):
         table.add_row(info.name, escape(info.summary), escape(info.range),
                       f"{_ARROWS[info.direction]} {info.direction}", info.citation)
+    return table
+
+
+#: Rich styles of a change by the metric's direction (compare) and of a gate check.
+CHANGE_STYLES = {"better": "green", "worse": "bold red", "neutral": "yellow", "same": "dim",
+                 "n/a": "dim"}
+
+
+def comparison_tables(comparison: Comparison) -> list[Table]:
+    """``reprdiag compare``'s tables, one per matched input: a row per metric with its value
+    in each run, then Δ and Δ% of each later run against the first, coloured by whether the
+    change is better or worse for that metric."""
+    from reprdiag.compare import format_signed
+
+    frame = comparison.frame
+    tables = []
+    for key, results in comparison.inputs.items():
+        shapes = "  ".join(f"{lab}: {r.n:,}×{r.d}" for lab, r in zip(
+            comparison.runs, results, strict=True))
+        differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
+        table = Table(title=escape(f"{key}  ·  {shapes}{differ}"),
+                      caption="Δ against " + escape(comparison.runs[0]) + " · green better, "
+                      "red worse, yellow neutral direction")
+        table.add_column("metric", style="bold")
+        table.add_column("", justify="center")
+        for label in comparison.runs:
+            table.add_column(escape(label), justify="right", overflow="fold")
+        for label in comparison.runs[1:]:
+            table.add_column(escape(f"Δ {label}"), justify="right", overflow="fold")
+            table.add_column("Δ%", justify="right")
+        for name in comparison.metric_names:
+            part = frame[(frame["input"] == key) & (frame["metric"] == name)]
+            info = METRICS.get(name)
+            cells = [name, _ARROWS.get(info.direction, "") if info else "",
+                     *[format_value(v) for v in part["value"]]]
+            for _, row in part.iloc[1:].iterrows():
+                style = CHANGE_STYLES[row["change"]]
+                cells += [f"[{style}]{format_signed(row['delta'])}[/]",
+                          f"[{style}]{format_signed(row['delta_pct'], True)}[/]"]
+            table.add_row(*cells)
+        tables.append(table)
+    return tables
+
+
+def gate_table(result: GateResult) -> Table:
+    """``reprdiag gate``'s table: one row per rule and input with value, bound, PASS/FAIL."""
+    several = len({c.input for c in result.checks}) > 1
+    table = Table(title=escape(f"reprdiag gate {result.run}".strip())
+                  + (escape(f" · baseline {result.baseline}") if result.baseline else ""))
+    if several:
+        table.add_column("input", style="bold", overflow="fold")
+    for col in ("rule", "value", "bound", "result"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for check in result.checks:
+        verdict = "[bold green]PASS[/]" if check.passed else "[bold red]FAIL[/]"
+        cells = [escape(check.rule.describe()), format_value(check.value),
+                 escape(check.bound_text()), verdict]
+        table.add_row(*([escape(check.input)] if several else []), *cells)
     return table

@@ -1,0 +1,55 @@
+"""``reprdiag compare``: runs side by side, deltas against the first, overlaid spectra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reprdiag.cli.analyze import split_csv
+from reprdiag.cli.app import app, emit, handle_errors, stdout
+from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
+from reprdiag.compare import Comparison
+from reprdiag.compare import compare as run_compare
+from reprdiag.report.table import comparison_tables
+
+
+def show(comparison: Comparison, fmt: Format) -> None:
+    """Print a comparison to stdout in the chosen form (tables, then notes and verdict)."""
+    if fmt is Format.json:
+        emit(comparison.to_json())
+    elif fmt is Format.csv:
+        emit(comparison.to_csv())
+    elif fmt is Format.markdown:
+        emit(comparison.to_markdown())
+    else:
+        for table in comparison_tables(comparison):
+            stdout.print(table)
+        for note in comparison.notes:
+            stdout.print(f"note: {note}", markup=False, soft_wrap=True)
+        stdout.print(f"verdict: {comparison.verdict()}", markup=False, soft_wrap=True)
+
+
+@app.command("compare")
+@handle_errors
+@with_analysis_options
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (holding report.json) or "
+                                               "embedding files; the first is the reference.",
+                                               show_default=False)],
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
+                                                      "metric names; default: all.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.png (overlaid "
+                                             "spectra), compare.csv/json/md to this folder.")
+                   ] = None,
+    fmt: FormatOption = Format.table,
+    plot_format: Annotated[str, typer.Option("--plot-format", help="png|svg|pdf.")] = "png",
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")] = False,
+    analysis: AnalysisOptions = AnalysisOptions(),
+) -> None:
+    """Compare runs A B [C ...]: each metric's value per run and its change against A."""
+    comparison = run_compare(runs, metrics=split_csv(metrics), **analysis.api_kwargs())
+    if out is not None:
+        comparison.save(out, plots=not no_plots, plot_format=plot_format)
+    show(comparison, fmt)

@@ -1,0 +1,109 @@
+"""Options shared by the commands that analyze embeddings: ``analyze``, ``compare``, ``gate``.
+
+They are declared once here. :func:`with_analysis_options` appends them to a command's
+signature (typer reads the signature) and hands the command one :class:`AnalysisOptions`
+as its ``analysis`` argument, so every command accepts exactly ``analyze``'s options.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from reprdiag.cli.app import RichProgress
+from reprdiag.cli.extract import POOL_HELP
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Format(str, Enum):
+    """The form of stdout."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+    markdown = "markdown"
+
+
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Form of stdout.")]
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What ``reprdiag analyze`` needs to read and analyze an embedding file."""
+
+    key: list[str] | None = None
+    pool: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    chunk_size: int | None = None
+    sample_size: int = 16384
+    seed: int = 0
+    kappa: float = 10.0
+    er_estimator: str = "plugin"
+    er_compat: str = "exact"
+    nan: str = "error"
+    quiet: bool = False
+
+    def api_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`reprdiag.analyze` (keys, progress bar included).
+
+        >>> AnalysisOptions(key=["a"], quiet=True).api_kwargs()["keys"]
+        ['a']
+        """
+        args = asdict(self)
+        args["keys"] = args.pop("key") or None
+        args["chunk_rows"] = args.pop("chunk_size")
+        args["progress"] = RichProgress(enabled=not args.pop("quiet"))
+        return args
+
+
+def _option(name: str, annotation: Any, *decls: str, help: str) -> inspect.Parameter:
+    default = AnalysisOptions.__dataclass_fields__[name].default
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, typer.Option(*decls, help=help)])
+
+
+_PARAMETERS = (
+    _option("key", list[str] | None, "--key", "-k",
+            help="Tensor/dataset to analyze (repeatable); default: every 2-D array."),
+    _option("pool", str | None, "--pool", help=POOL_HELP),
+    _option("device", str, "--device", help="auto|cpu|cuda|cuda:N|mps."),
+    _option("precision", str, "--precision",
+            help="auto (fp32 products for fp32/16 data, fp64 for fp64)|float32|float64."),
+    _option("chunk_size", int | None, "--chunk-size", help="Rows per chunk (default: ~64 MiB)."),
+    _option("sample_size", int, "--sample-size", help="Rows sampled for pairwise metrics."),
+    _option("seed", int, "--seed", help="Seed of the row sample."),
+    _option("kappa", float, "--kappa", help="vMF concentration κ of er_entropy."),
+    _option("er_estimator", str, "--er-estimator", help="plugin|joe."),
+    _option("er_compat", str, "--er-compat",
+            help="exact|reference (the official code's float arithmetic)."),
+    _option("nan", str, "--nan", help="error|drop rows holding NaN/Inf."),
+    _option("quiet", bool, "--quiet", "-q", help="No progress bar."),
+)
+
+
+def with_analysis_options(func: F) -> F:
+    """Give a command ``analyze``'s reading and analysis options.
+
+    The command declares a parameter ``analysis: AnalysisOptions``; the options are appended
+    to its CLI signature and collected into that one argument.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "analysis"]
+    names = [p.name for p in _PARAMETERS]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        options = AnalysisOptions(**{n: kwargs.pop(n) for n in names if n in kwargs})
+        return func(*args, analysis=options, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *_PARAMETERS])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *_PARAMETERS]}
+    return wrapper  # type: ignore[return-value]

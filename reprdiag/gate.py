@@ -1,0 +1,505 @@
+"""The gate: rules on metric values that pass or fail a run (exit 0 or 1 in CI).
+
+A :class:`Rule` bounds one metric: ``min``/``max`` absolutely, or ``max_drop``/``max_rise``
+as a fraction of a baseline run's value. Rank-like metrics also exist scaled by the size of
+the input, ``<metric>_frac = <metric> / min(N, d)`` (e.g. ``rankme_frac``), so one threshold
+reads the same at every width. Rules come from a TOML table (``[gate]`` in ``reprdiag.toml``
+or ``[tool.reprdiag.gate]`` in ``pyproject.toml``), from ``--fail-if "rankme < 64"``
+expressions, or from a preset; without any rules the ``collapse`` preset applies.
+
+>>> import torch
+>>> x = torch.randn(500, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> result = gate(x, device="cpu")
+>>> result.passed, [c.rule.describe() for c in result.checks]
+(True, ['std_normalized ≥ 0.1', 'effective_rank_frac ≥ 0.1'])
+>>> gate(x[:, :1].repeat(1, 32), device="cpu").passed
+False
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pandas as pd
+
+from reprdiag.compare import match_inputs
+from reprdiag.errors import ConfigError, InputError, UsageError
+from reprdiag.metrics import resolve
+from reprdiag.report.export import atomic_write, format_value, markdown_table
+from reprdiag.report.model import InputResult, Report
+from reprdiag.runs import RunLike, input_key, load_run, run_label
+
+#: Metrics that count dimensions; each also exists as ``<name>_frac`` = value / min(N, d).
+SCALABLE = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "numerical_rank")
+FRAC_SUFFIX = "_frac"
+#: Rule kinds: absolute bounds, and bounds relative to a baseline run (fractions, ≥ 0).
+ABSOLUTE = ("min", "max")
+RELATIVE = ("max_drop", "max_rise")
+KINDS = ABSOLUTE + RELATIVE
+#: Keys of the gate table; the rules go in its ``rules`` sub-table.
+TABLE_KEYS = ("rules", "fail_if", "preset", "baseline")
+CONFIG_NAME = "reprdiag.toml"
+
+
+def metric_names() -> list[str]:
+    """Every name a rule may bound: the registered metrics plus the ``_frac`` scalings.
+
+    >>> [n for n in metric_names() if n.startswith("rankme")]
+    ['rankme', 'rankme_frac']
+    """
+    names = []
+    for info in resolve(None):
+        names.append(info.name)
+        if info.name in SCALABLE:
+            names.append(info.name + FRAC_SUFFIX)
+    return names
+
+
+def base_metric(name: str) -> str:
+    """The registered metric a rule's name reads (``rankme_frac`` → ``rankme``).
+
+    >>> base_metric("rankme_frac"), base_metric("cov_offdiag_frac")
+    ('rankme', 'cov_offdiag_frac')
+    """
+    if name.endswith(FRAC_SUFFIX) and name[: -len(FRAC_SUFFIX)] in SCALABLE:
+        return name[: -len(FRAC_SUFFIX)]
+    return name
+
+
+def metric_value(result: InputResult, name: str, source: str = "") -> float:
+    """The value a rule reads from one input: a metric, or a rank scaled by min(N, d).
+
+    >>> r = InputResult("x", n=100, d=50, dtype="f", metrics={"rankme": 25.0}, spectra={},
+    ...                 solver={})
+    >>> metric_value(r, "rankme_frac")
+    0.5
+    """
+    base = base_metric(name)
+    if base not in result.metrics:
+        raise InputError(f"has no value of {base!r}", source=source or result.name,
+                         hint="re-run reprdiag analyze without --metrics, or with this metric")
+    value = result.metrics[base]
+    return value / min(result.n, result.d) if base != name else value
+
+
+def check_metric(name: str, source: str) -> None:
+    """Fail with the list of valid names when ``name`` is not a metric a rule can bound."""
+    valid = metric_names()
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
+        raise ConfigError(f"unknown metric {name!r}", source=source, hint=hint)
+
+
+def no_baseline(rule: Rule) -> ConfigError:
+    """The error for a relative rule given no baseline run."""
+    return ConfigError(f"rule {rule.describe()!r} needs a baseline run", source=rule.origin,
+                       hint="pass --baseline RUN or set baseline in the config")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One bound on one metric.
+
+    ``kind`` is ``min`` (pass when value ≥ bound), ``max`` (value ≤ bound), ``max_drop``
+    (value ≥ baseline − bound·|baseline|) or ``max_rise`` (value ≤ baseline +
+    bound·|baseline|). ``strict`` makes ``min``/``max`` exclusive (``--fail-if "x <= 3"``).
+    ``origin`` says where the rule came from (a config file, ``--fail-if``, a preset).
+    (A later ``margin_se`` field will widen the bound by that many standard errors.)
+
+    >>> Rule("rankme", "min", 64).describe(), Rule("vne", "max_drop", 0.05).describe()
+    ('rankme ≥ 64', 'vne drop ≤ 5% vs baseline')
+    """
+
+    metric: str
+    kind: str
+    bound: float
+    strict: bool = False
+    origin: str = ""
+
+    @property
+    def relative(self) -> bool:
+        return self.kind in RELATIVE
+
+    def describe(self) -> str:
+        if self.kind == "min":
+            return f"{self.metric} {'>' if self.strict else '≥'} {format_value(self.bound)}"
+        if self.kind == "max":
+            return f"{self.metric} {'<' if self.strict else '≤'} {format_value(self.bound)}"
+        word = "drop" if self.kind == "max_drop" else "rise"
+        return f"{self.metric} {word} ≤ {100 * self.bound:.4g}% vs baseline"
+
+    def threshold(self, baseline: float | None) -> float:
+        """The bound on the value itself (relative rules need the baseline's value)."""
+        if not self.relative:
+            return self.bound
+        if baseline is None:
+            raise no_baseline(self)
+        step = self.bound * abs(baseline)
+        return baseline - step if self.kind == "max_drop" else baseline + step
+
+    def holds(self, value: float, threshold: float) -> bool:
+        """Whether ``value`` satisfies the rule; a missing (NaN) value never does."""
+        if math.isnan(value):
+            return False
+        if self.kind in ("min", "max_drop"):
+            return value > threshold if self.strict else value >= threshold
+        return value < threshold if self.strict else value <= threshold
+
+
+#: Built-in rule sets. ``collapse`` is the default (README: "Gate" explains each threshold).
+PRESETS: dict[str, tuple[Rule, ...]] = {
+    "collapse": (
+        # complete collapse: every row points the same way, std of x/‖x‖ → 0 (isotropic ≈ 1)
+        Rule("std_normalized", "min", 0.1, origin="preset collapse"),
+        # dimensional collapse: the spectrum lives in a tenth of the available dimensions
+        Rule("effective_rank_frac", "min", 0.1, origin="preset collapse"),
+    ),
+}
+DEFAULT_PRESET = "collapse"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule applied to one input: the value read, the bound it met or missed."""
+
+    rule: Rule
+    input: str
+    value: float
+    threshold: float
+    baseline: float | None
+    passed: bool
+
+    def bound_text(self) -> str:
+        """The bound as a comparison, with the baseline for relative rules."""
+        op = {"min": ">" if self.rule.strict else "≥", "max": "<" if self.rule.strict else "≤",
+              "max_drop": "≥", "max_rise": "≤"}[self.rule.kind]
+        text = f"{op} {format_value(self.threshold)}"
+        if self.baseline is not None:
+            sign = "−" if self.rule.kind == "max_drop" else "+"
+            text += f" (baseline {format_value(self.baseline)} {sign} {100 * self.rule.bound:.4g}%)"
+        return text
+
+    def message(self) -> str:
+        """Why it failed (or that it passed), in one line."""
+        verdict = "meets" if self.passed else "violates"
+        return (f"{self.input}: {self.rule.metric} = {format_value(self.value)} {verdict} "
+                f"the bound {self.bound_text()}")
+
+
+@dataclass
+class GateResult:
+    """Every check of a gate run; :attr:`passed` when all of them hold."""
+
+    checks: list[Check]
+    run: str = ""
+    baseline: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def detail(self) -> str:
+        """``2 of 2 rules hold`` or ``1 of 2 rules failed (rankme_frac ≥ 0.1)``."""
+        n = len(self.checks)
+        if self.passed:
+            return f"{n} of {n} rules hold"
+        names = ", ".join(dict.fromkeys(c.rule.describe() for c in self.failures))
+        return f"{len(self.failures)} of {n} rules failed ({names})"
+
+    def summary(self) -> str:
+        """``PASS: 2 of 2 rules hold`` or ``FAIL: 1 of 2 rules failed (...)``."""
+        return f"{'PASS' if self.passed else 'FAIL'}: {self.detail()}"
+
+    def frame(self) -> pd.DataFrame:
+        """One row per check: input, rule, metric, kind, value, bound, baseline, result."""
+        return pd.DataFrame([{"input": c.input, "rule": c.rule.describe(),
+                              "metric": c.rule.metric, "kind": c.rule.kind, "value": c.value,
+                              "threshold": c.threshold, "bound": c.bound_text(),
+                              "baseline": c.baseline, "origin": c.rule.origin,
+                              "result": "PASS" if c.passed else "FAIL"} for c in self.checks])
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in row.items()} for row in self.frame().to_dict(orient="records")]
+        return {"passed": self.passed, "summary": self.summary(), "run": self.run,
+                "baseline": self.baseline, "notes": self.notes, "checks": rows}
+
+    def markdown(self) -> str:
+        """A markdown table of the checks (for ``GITHUB_STEP_SUMMARY`` and ``--format``)."""
+        header = ["input", "rule", "value", "bound", "result"]
+        rows = [[c.input, c.rule.describe(), format_value(c.value), c.bound_text(),
+                 "✅ PASS" if c.passed else "❌ FAIL"] for c in self.checks]
+        title = f"### reprdiag gate {self.run}: {self.summary()}"
+        return f"{title}\n\n{markdown_table(header, rows)}\n"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The rules of a gate table and its baseline (a path, relative to the config file)."""
+
+    rules: tuple[Rule, ...] = ()
+    baseline: str | None = None
+    source: str = ""
+
+
+def _number(value: object, where: str, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(f"{where} must be a number, got {value!r}", source=source)
+    return float(value)
+
+
+def _unknown_key(key: str, valid: Iterable[str], where: str, source: str) -> ConfigError:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
+    return ConfigError(f"unknown key {key!r} in {where}", source=source, hint=hint)
+
+
+def parse_rules(table: object, source: str, where: str = "[gate.rules]") -> list[Rule]:
+    """Rules from ``{metric: {min|max|max_drop|max_rise: number}}``.
+
+    >>> parse_rules({"rankme_frac": {"min": 0.1}, "vne": {"max_drop": 0.05}}, "cfg")
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [Rule(metric='rankme_frac', kind='min', bound=0.1, strict=False, origin='cfg'),
+     Rule(metric='vne', kind='max_drop', bound=0.05, strict=False, origin='cfg')]
+    """
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where} must be a table of metric = {{ min = ... }}", source=source)
+    rules = []
+    for name, bounds in table.items():
+        check_metric(name, source)
+        if not isinstance(bounds, Mapping) or not bounds:
+            raise ConfigError(f"{where} {name} must be a table such as {{ min = 0.1 }}",
+                              source=source, hint="keys: " + ", ".join(KINDS))
+        for kind, raw in bounds.items():
+            if kind not in KINDS:
+                raise _unknown_key(kind, KINDS, f"{where} {name}", source)
+            value = _number(raw, f"{name}.{kind}", source)
+            if kind in RELATIVE and value < 0:
+                raise ConfigError(f"{name}.{kind} must be a fraction ≥ 0, got {raw!r}",
+                                  source=source, hint="e.g. 0.05 for 5%")
+            rules.append(Rule(name, kind, value, origin=source))
+        if "min" in bounds and "max" in bounds and float(bounds["min"]) > float(bounds["max"]):
+            raise ConfigError(f"{name}: min {bounds['min']} is above max {bounds['max']}",
+                              source=source)
+    return rules
+
+
+_FAIL_IF = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*(\S+)\s*$")
+
+
+def parse_fail_if(expr: str, source: str = "--fail-if") -> Rule:
+    """A rule from ``"METRIC OP NUMBER"``: the gate fails when the comparison is true.
+
+    >>> parse_fail_if("rankme < 64")
+    Rule(metric='rankme', kind='min', bound=64.0, strict=False, origin='--fail-if')
+    >>> parse_fail_if("avg_cosine >= 0.5").describe()
+    'avg_cosine < 0.5'
+    """
+    match = _FAIL_IF.match(expr)
+    if not match:
+        raise UsageError(f"cannot read fail-if rule {expr!r}", source=source,
+                         hint='write METRIC OP NUMBER with OP one of < <= > >=, e.g. '
+                              '"rankme < 64"')
+    name, op, number = match.groups()
+    check_metric(name, source)
+    try:
+        bound = float(number)
+    except ValueError:
+        raise UsageError(f"{number!r} in {expr!r} is not a number", source=source) from None
+    kind = "min" if op.startswith("<") else "max"
+    return Rule(name, kind, bound, strict=op in ("<=", ">="), origin=source)
+
+
+def parse_gate_table(table: object, source: str, base_dir: Path | None = None) -> GateConfig:
+    """A :class:`GateConfig` from a gate table (``rules``, ``fail_if``, ``preset``,
+    ``baseline``); unknown keys are errors that list the valid ones."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("the gate section must be a table", source=source)
+    for key in table:
+        if key not in TABLE_KEYS:
+            raise _unknown_key(key, TABLE_KEYS, "the gate table", source)
+    rules = parse_rules(table.get("rules", {}), source)
+    fail_if = table.get("fail_if", [])
+    if isinstance(fail_if, str):
+        fail_if = [fail_if]
+    if not isinstance(fail_if, list) or not all(isinstance(e, str) for e in fail_if):
+        raise ConfigError("fail_if must be a list of strings such as \"rankme < 64\"",
+                          source=source)
+    rules += [parse_fail_if(e, source) for e in fail_if]
+    preset = table.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}", source=source,
+                              hint="valid: " + ", ".join(PRESETS))
+        rules = [*PRESETS[preset], *rules]
+    baseline = table.get("baseline")
+    if baseline is not None and not isinstance(baseline, str):
+        raise ConfigError("baseline must be a path (a string)", source=source)
+    if baseline and base_dir is not None and not Path(baseline).is_absolute():
+        baseline = str(base_dir / baseline)
+    return GateConfig(tuple(rules), baseline, source)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError("reading TOML needs Python ≥ 3.11 or the tomli package",
+                              source=str(path), hint="pip install tomli") from None
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("no such config file", source=str(path),
+                          hint="check the --config path") from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a config file", source=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"is not valid TOML ({exc})", source=str(path),
+                          hint="fix the syntax (https://toml.io)") from None
+    except UnicodeDecodeError:
+        raise ConfigError("is not valid TOML (not UTF-8 text)", source=str(path)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GateConfig:
+    """Read the gate table of a TOML file: ``[gate]``, or ``[tool.reprdiag.gate]`` (as in
+    ``pyproject.toml``). A relative ``baseline`` is relative to the file's folder."""
+    path = Path(path)
+    data = _read_toml(path)
+    table = data.get("gate")
+    if table is None:
+        table = data.get("tool", {}).get("reprdiag", {}).get("gate")
+    if table is None:
+        raise ConfigError("has no [gate] or [tool.reprdiag.gate] table", source=str(path),
+                          hint="add one, e.g. [gate.rules] rankme_frac = { min = 0.1 }")
+    return parse_gate_table(table, str(path), path.parent)
+
+
+def find_config(cwd: str | os.PathLike[str] = ".") -> Path | None:
+    """``reprdiag.toml`` in ``cwd``, else ``pyproject.toml`` when it has a
+    ``[tool.reprdiag.gate]`` table, else ``None``."""
+    folder = Path(cwd)
+    if (folder / CONFIG_NAME).is_file():
+        return folder / CONFIG_NAME
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        data = _read_toml(pyproject)
+        if data.get("tool", {}).get("reprdiag", {}).get("gate") is not None:
+            return pyproject
+    return None
+
+
+def resolve_rules(config: GateConfig | None, fail_if: Sequence[str | Rule] = ()
+                  ) -> list[Rule]:
+    """The config's rules plus the ``--fail-if`` ones; the default preset when both are
+    empty."""
+    rules = list(config.rules) if config else []
+    rules += [r if isinstance(r, Rule) else parse_fail_if(r) for r in fail_if]
+    return rules or list(PRESETS[DEFAULT_PRESET])
+
+
+def needed_metrics(rules: Iterable[Rule]) -> list[str]:
+    """The registered metrics the rules read (what an on-the-fly analysis must compute).
+
+    >>> needed_metrics(PRESETS["collapse"])
+    ['std_normalized', 'effective_rank']
+    """
+    return list(dict.fromkeys(base_metric(r.metric) for r in rules))
+
+
+def evaluate(report: Report, rules: Sequence[Rule], baseline: Report | None = None,
+             run: str = "", baseline_name: str | None = None) -> GateResult:
+    """Check every rule on every input of ``report`` (relative rules against the matching
+    input of ``baseline``, paired by key)."""
+    pairs: dict[str, list[InputResult]] = {}
+    notes: list[str] = []
+    if baseline is not None and any(r.relative for r in rules):
+        pairs, notes = match_inputs([report, baseline], [run or "run", baseline_name or
+                                                         "baseline"])
+        missing = [input_key(r) for r in report.inputs if input_key(r) not in pairs]
+        if missing and any(r.relative for r in rules):
+            raise InputError(f"the baseline has no input {missing[0]!r}",
+                             source=baseline_name or "baseline",
+                             hint="compare like with like, or pick inputs with --key")
+    checks = []
+    for result in report.inputs:
+        pair = pairs.get(input_key(result))
+        for rule in rules:
+            value = metric_value(result, rule.metric, run)
+            base = metric_value(pair[1], rule.metric, baseline_name or "baseline") if (
+                rule.relative and pair) else None
+            threshold = rule.threshold(base)
+            checks.append(Check(rule, input_key(result), value, threshold, base,
+                                rule.holds(value, threshold)))
+    return GateResult(checks, run=run, baseline=baseline_name, notes=notes)
+
+
+def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
+         config: GateConfig | str | os.PathLike[str] | None = None,
+         baseline: RunLike | None = None, keys: Sequence[str] | None = None,
+         label: str | None = None, **analyze_options: Any) -> GateResult:
+    """Check a run against rules: those of ``config`` (a :class:`GateConfig` or a TOML path)
+    and ``rules`` (``"rankme < 64"`` strings or :class:`Rule`), or the collapse preset when
+    there are none. ``baseline`` (or the config's) is the reference of relative rules.
+
+    Runs and baselines that are embedding files are analyzed with ``analyze_options``,
+    computing only the metrics the rules read. ``label`` names the run in the output.
+    """
+    if config is not None and not isinstance(config, GateConfig):
+        config = load_config(config)
+    rule_list = resolve_rules(config, rules)
+    if baseline is None and config is not None and config.baseline:
+        baseline = config.baseline
+    relative = [r for r in rule_list if r.relative]
+    if baseline is None and relative:
+        raise no_baseline(relative[0])
+    analyze_options.setdefault("metrics", needed_metrics(rule_list))
+    report = load_run(run, keys, **analyze_options)
+    base_report = load_run(baseline, keys, **analyze_options) if baseline is not None else None
+    return evaluate(report, rule_list, base_report, run=label or run_label(run, 0),
+                    baseline_name=run_label(baseline, 1) if baseline is not None else None)
+
+
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: one ``<testcase>`` per check, a ``<failure>`` for each that failed."""
+    suite = ET.Element("testsuite", name=f"reprdiag gate {result.run}".strip(),
+                       tests=str(len(result.checks)), failures=str(len(result.failures)),
+                       errors="0", skipped="0")
+    for check in result.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"reprdiag.gate.{check.input}",
+                             name=check.rule.describe())
+        if not check.passed:
+            failure = ET.SubElement(case, "failure", message=check.message(), type="GateFailure")
+            failure.text = check.message()
+    root = ET.Element("testsuites", tests=suite.get("tests", "0"),
+                      failures=suite.get("failures", "0"))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def write_junit(result: GateResult, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`junit_xml` to ``path`` atomically."""
+    target = Path(path)
+    text = junit_xml(result)
+    atomic_write(target, lambda p: p.write_text(text, encoding="utf-8"))
+    return target
