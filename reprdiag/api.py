@@ -60,7 +60,8 @@ class MetricOptions:
         check_choice(self.er_compat, ER_COMPAT, "ER arithmetic")
 
 
-def _validate_stream(opts: StreamOptions) -> None:
+def validate_stream(opts: StreamOptions) -> None:
+    """Refuse stream options no pass can run with (sample < 2, chunk < 1, unknown names)."""
     if opts.sample_size < 2:
         raise UsageError(f"sample size must be at least 2, got {opts.sample_size}",
                          hint="pairwise metrics need pairs of rows (default 16384)")
@@ -186,7 +187,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     resolve(metrics)  # unknown names fail before any reading
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
-    _validate_stream(stream)
+    validate_stream(stream)
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (

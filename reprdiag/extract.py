@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from reprdiag import __version__
-from reprdiag.api import MetricOptions, _validate_stream, make_report, summarize
+from reprdiag.api import MetricOptions, make_report, summarize, validate_stream
 from reprdiag.checkpoint.data import Batches, DataSpec, examples, open_data, to_device
 from reprdiag.checkpoint.hf import HFProbe
 from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
@@ -153,7 +153,7 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     resolve(metrics)
     session = open_session(run)
     opts = StreamOptions(session.device, precision, None, sample_size, seed, nan)
-    _validate_stream(opts)
+    validate_stream(opts)
     accs: dict[str, Accumulator] = {}
     dtypes: dict[str, str] = {}
     for first, rows in stream(session, progress):

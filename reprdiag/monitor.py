@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 
-from reprdiag.api import MetricOptions, _validate_stream
+from reprdiag.api import MetricOptions, validate_stream
 from reprdiag.engine import Accumulator, StreamOptions
 from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
@@ -112,7 +112,7 @@ class SpectralMonitor:
         # without a pairwise metric the sample is never read: keep a token one
         self.stream = StreamOptions(precision=precision, sample_size=sample_size if uses_sample
                                     else 2, seed=seed, nan=nan)
-        _validate_stream(self.stream)
+        validate_stream(self.stream)
         self.csv = Path(csv) if csv is not None else None
         if self.csv is not None:
             make_folder(self.csv.parent)

@@ -23,7 +23,14 @@ from reprdiag.cli.extract import (
     print_layers,
 )
 from reprdiag.cli.gate import JunitOption, finish
-from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
+from reprdiag.cli.options import (
+    AnalysisOptions,
+    Format,
+    FormatOption,
+    PlotFormat,
+    PlotFormatOption,
+    with_analysis_options,
+)
 from reprdiag.distributed import is_main_process
 from reprdiag.errors import UsageError
 from reprdiag.extract import analyze_model
@@ -71,7 +78,7 @@ def analyze(
     fmt: FormatOption = Format.table,
     concat: Annotated[bool, typer.Option("--concat", help="Treat the files as row shards "
                                          "of one dataset.")] = False,
-    plot_format: Annotated[str, typer.Option("--plot-format", help="png|svg|pdf.")] = "png",
+    plot_format: PlotFormatOption = PlotFormat.png,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")
                         ] = False,
     backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
@@ -121,7 +128,7 @@ def analyze(
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes
         return
     if out is not None:
-        report.save(out, plots=not no_plots, plot_format=plot_format)
+        report.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(report, fmt)
     if config is not None:
         label = ", ".join(f.name for f in files) if files else str(model)

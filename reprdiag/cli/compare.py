@@ -9,7 +9,14 @@ import typer
 
 from reprdiag.cli.analyze import split_csv
 from reprdiag.cli.app import app, emit, handle_errors, stdout
-from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
+from reprdiag.cli.options import (
+    AnalysisOptions,
+    Format,
+    FormatOption,
+    PlotFormat,
+    PlotFormatOption,
+    with_analysis_options,
+)
 from reprdiag.compare import Comparison
 from reprdiag.compare import compare as run_compare
 from reprdiag.report.table import comparison_tables
@@ -44,12 +51,12 @@ def compare(
                                              "spectra), compare.csv/json/md to this folder.")
                    ] = None,
     fmt: FormatOption = Format.table,
-    plot_format: Annotated[str, typer.Option("--plot-format", help="png|svg|pdf.")] = "png",
+    plot_format: PlotFormatOption = PlotFormat.png,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")] = False,
     analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
     comparison = run_compare(runs, metrics=split_csv(metrics), **analysis.api_kwargs())
     if out is not None:
-        comparison.save(out, plots=not no_plots, plot_format=plot_format)
+        comparison.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(comparison, fmt)

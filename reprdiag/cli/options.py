@@ -34,6 +34,18 @@ class Format(str, Enum):
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Form of stdout.")]
 
 
+class PlotFormat(str, Enum):
+    """The file format of plots written with --out."""
+
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+PlotFormatOption = Annotated[PlotFormat, typer.Option("--plot-format",
+                                                      help="File format of the plots.")]
+
+
 @dataclass(frozen=True)
 class AnalysisOptions:
     """What ``reprdiag analyze`` needs to read and analyze an embedding file."""
