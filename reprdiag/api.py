@@ -32,14 +32,16 @@ from reprdiag.engine import (
     StreamOptions,
     accumulate,
     check_shape,
+    is_out_of_memory,
+    release_device_memory,
 )
-from reprdiag.errors import UsageError, check_choice
+from reprdiag.errors import ResourceError, UsageError, check_choice
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, resolve
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.report.model import InputResult, Report
-from reprdiag.stats import PRECISIONS
+from reprdiag.stats import PRECISIONS, ZERO_NORM
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 
@@ -141,23 +143,65 @@ class Described(Protocol):
     def file_size(self) -> int | None: ...
 
 
-def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
-              metric_opts: MetricOptions) -> InputResult:
-    """Metrics and spectra of one accumulated source."""
+def input_warnings(acc: Accumulated) -> list[str]:
+    """What the user should know about one input's numbers: fallbacks, dropped and zero rows."""
+    notes = list(acc.notes)
+    if acc.rows_dropped:
+        notes.append(f"dropped {acc.rows_dropped} of {acc.rows_read} rows holding NaN or Inf "
+                     "(--nan drop); the metrics describe the other rows")
+    if acc.moments.n_zero:
+        notes.append(f"{acc.moments.n_zero} of {acc.moments.n} rows are all zeros (norm ≤ "
+                     f"{ZERO_NORM:g}); x/‖x‖ is undefined for them and they count as the zero "
+                     "vector in the normalized metrics")
+    return notes
+
+
+def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
+             metric_opts: MetricOptions) -> tuple[Statistics, dict[str, list[float]],
+                                                  dict[str, float], float, float]:
     stats = Statistics(acc.moments, acc.reservoir)
     t0 = time.perf_counter()
     spectra = spectra_lists(stats)
     t1 = time.perf_counter()
     values = compute(stats, resolve(metric_names), asdict(metric_opts))
-    t2 = time.perf_counter()
+    return stats, spectra, values, t1 - t0, time.perf_counter() - t1
+
+
+def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: MetricOptions,
+            label: str) -> tuple[Statistics, dict[str, list[float]], dict[str, float],
+                                 float, float]:
+    """Spectra and metrics of accumulated statistics; a device out-of-memory in the
+    eigen-solves moves the statistics to the CPU and computes them there (noted in
+    ``acc.notes``)."""
+    try:
+        return _measure(acc, metric_names, metric_opts)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if acc.moments.device.type == "cpu":
+            raise ResourceError("out of memory on the CPU while computing the spectra",
+                                source=label, hint="use a smaller --sample-size, or a "
+                                "machine with more memory") from exc
+        device = acc.moments.device
+    release_device_memory()
+    acc.notes.append(f"out of memory on {device} in the spectra; computed them on the CPU")
+    acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
+    return _measure(acc, metric_names, metric_opts)
+
+
+def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
+              metric_opts: MetricOptions) -> InputResult:
+    """Metrics and spectra of one accumulated source."""
+    stats, spectra, values, t_spectra, t_metrics = measure(acc, metric_names, metric_opts,
+                                                           source.label)
     path = str(source.path) if source.path is not None else None
     return InputResult(
         name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
         metrics=values, spectra=spectra, solver=stats.spectra.solvers(), path=path,
         key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
         rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
-        timings={"read_and_moments_s": acc.seconds, "spectra_s": t1 - t0,
-                 "metrics_s": t2 - t1})
+        timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,
+                 "metrics_s": t_metrics}, warnings=input_warnings(acc))
 
 
 def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = None,

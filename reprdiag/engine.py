@@ -3,23 +3,35 @@
 One read of the data. Each chunk is moved to the compute device, checked for NaN/Inf, folded
 into the moments (two Gram products) and offered to the row sample. Memory is
 O(d² + chunk·d + M·d) whatever N is.
+
+Faults are handled here, never printed: a GPU out-of-memory halves the chunk size and restarts
+the pass, then falls back to the CPU; what happened is returned in :attr:`Accumulated.notes`
+for the caller (the CLI prints it as ``reprdiag: warning: ...``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
 
 import torch
 
-from reprdiag.errors import InputError
+from reprdiag.errors import InputError, ResourceError
 from reprdiag.loaders import ArraySource
 from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
 
 NAN_POLICIES = ("error", "drop")
 CHUNK_BYTES = 64 * 2**20  # target size of one chunk in the work dtype
+MIN_CHUNK_ROWS = 256  # an out-of-memory below this many rows per chunk falls back to the CPU
+#: |x| outside this range is multiplied in float64 even when the work dtype is float32: the
+#: squares of larger values overflow float32 sums, those of smaller ones underflow.
+FLOAT32_SAFE = (2.0**-40, 2.0**40)
+#: |x| outside this range cannot be squared and summed in float64 without over/underflow.
+FLOAT64_SAFE = (1e-100, 1e100)
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -53,6 +65,7 @@ class Accumulated:
     rows_read: int
     rows_dropped: int
     seconds: float
+    notes: list[str] = field(default_factory=list)  # fallbacks taken, for the caller to show
 
 
 def chunk_rows_for(width: int, opts: StreamOptions) -> int:
@@ -112,27 +125,50 @@ class Accumulator:
         self.moments = StreamingMoments(d, self.dtype, self.device)
         self.reservoir = Reservoir(opts.sample_size, opts.seed)
         self.bad = _NonFinite()
+        self.max_abs = 0.0  # largest |x| among the rows kept
         self.rows_read = 0
         self.seconds = 0.0
 
     def add(self, first: int, rows: torch.Tensor) -> None:
         """Fold rows ``first … first+len(rows)−1`` into the moments and the sample."""
         t0 = time.perf_counter()
-        x = rows.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        x = rows.to(device=self.device, non_blocking=True)
+        if self.dtype == torch.float64 or not _within(x, FLOAT32_SAFE):
+            x = x.to(torch.float64)  # float32 squares of these values would over/underflow
+        else:
+            x = x.to(self.dtype)
         keep = self.bad.scan(first, x)
         if keep is None and self.bad.count == 0:
-            self.moments.update(x)
+            self._track_magnitude(x)
+            self.moments.update(x, x.dtype)
             self.reservoir.update(first, x)
         elif self.opts.nan == "drop":
             kept = keep if keep is not None else torch.ones(len(x), dtype=torch.bool,
                                                             device=x.device)
-            self.moments.update(x[kept])
+            self._track_magnitude(x[kept])
+            self.moments.update(x[kept], x.dtype)
             self.reservoir.update(first, x, kept)
         self.rows_read += rows.shape[0]
         self.seconds += time.perf_counter() - t0
 
+    def _track_magnitude(self, x: torch.Tensor) -> None:
+        if x.numel():
+            self.max_abs = max(self.max_abs, float(x.abs().max()))
+
+    def _check_magnitude(self) -> None:
+        lo, hi = FLOAT64_SAFE
+        if self.max_abs > hi:
+            raise InputError(f"has values up to {self.max_abs:.3g}, too large to square in "
+                             "float64", source=self.label,
+                             hint=f"rescale the embeddings (every |x| must be below {hi:g})")
+        if 0 < self.max_abs < lo:
+            raise InputError(f"has values no larger than {self.max_abs:.3g}, too small to "
+                             "square in float64", source=self.label,
+                             hint=f"rescale the embeddings (largest |x| above {lo:g})")
+
     def finish(self) -> Accumulated:
-        """Check what was read (NaN/Inf policy, enough rows) and return the statistics."""
+        """Check what was read (NaN/Inf policy, enough rows, magnitudes) and return the
+        statistics."""
         if self.bad.count and self.opts.nan == "error":
             raise InputError(f"has {self.bad.count} row(s) containing NaN or Inf "
                              f"(first at row {self.bad.first})", source=self.label,
@@ -140,22 +176,51 @@ class Accumulator:
         if self.moments.n < 2:
             raise InputError(f"has {self.moments.n} usable row(s); at least 2 are needed",
                              source=self.label, hint="check the data or the NaN policy")
+        self._check_magnitude()
         return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
                            self.seconds)
 
 
+def _within(x: torch.Tensor, bounds: tuple[float, float]) -> bool:
+    """Whether every finite non-zero |x| lies inside ``bounds`` (NaN/Inf are judged later)."""
+    if x.numel() == 0 or not (x.is_floating_point() or x.dtype == torch.int64):
+        return True  # 8-32-bit integers and bools always fit float32's range
+    mags = x.abs().to(torch.float64)
+    mags = mags[torch.isfinite(mags) & (mags > 0)]
+    return mags.numel() == 0 or (float(mags.min()) >= bounds[0]
+                                 and float(mags.max()) <= bounds[1])
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device out-of-memory (``torch.OutOfMemoryError`` or the
+    allocator's RuntimeError), not some other failure."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text
+                                              or "can't allocate memory" in text)
+
+
+def release_device_memory() -> None:
+    """Return cached blocks to the device after an out-of-memory."""
+    if torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.empty_cache()
+
+
 def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
          progress: Progress | None = None,
-         ranges: Sequence[tuple[int, int]] | None = None) -> None:
+         ranges: Sequence[tuple[int, int]] | None = None,
+         chunk_rows: int | None = None) -> None:
     """Stream rows of ``source`` into ``acc``: all of them, or the global row ``ranges``
     (one process's share under ``torchrun``). Row indices stay global."""
     ranges = [(0, source.shape[0])] if ranges is None else ranges
+    rows_per_chunk = chunk_rows or chunk_rows_for(acc.moments.d, opts)
     if progress:
         progress.start(source.label, sum(b - a for a, b in ranges))
     try:
         for start, stop in ranges:
-            for first, rows in source.iter_chunks(chunk_rows_for(acc.moments.d, opts), start,
-                                                  stop):
+            for first, rows in source.iter_chunks(rows_per_chunk, start, stop):
                 acc.add(first, rows)
                 if progress:
                     progress.advance(rows.shape[0])
@@ -164,13 +229,53 @@ def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
             progress.finish()
 
 
-def accumulate(source: ArraySource, opts: StreamOptions,
-               progress: Progress | None = None) -> Accumulated:
-    """Stream ``source`` once into moments and a row sample."""
-    _, d = check_shape(source)
-    acc = Accumulator(d, source.dtype, opts, source.label)
+def _one_pass(source: ArraySource, opts: StreamOptions, chunk_rows: int,
+              progress: Progress | None) -> Accumulated:
+    acc = Accumulator(source.shape[1], source.dtype, opts, source.label)
     t0 = time.perf_counter()
-    feed(acc, source, opts, progress)
+    feed(acc, source, opts, progress, chunk_rows=chunk_rows)
     result = acc.finish()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def with_oom_fallback(run: Callable[[StreamOptions, int], T], opts: StreamOptions,
+                      chunk_rows: int, label: str, notes: list[str]) -> T:
+    """Call ``run(opts, chunk_rows)``; on a device out-of-memory halve the chunk size and call
+    it again from scratch, down to :data:`MIN_CHUNK_ROWS`, then once more on the CPU.
+
+    Each retry starts over (``run`` builds fresh state), so no row is counted twice. What was
+    done is appended to ``notes``. An out-of-memory on the CPU is a :class:`ResourceError`.
+    """
+    while True:
+        try:
+            return run(opts, chunk_rows)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_device_memory()
+            if chunk_rows > MIN_CHUNK_ROWS:
+                notes.append(f"out of memory on {opts.device} with {chunk_rows} rows per "
+                             f"chunk; retried with {chunk_rows // 2}")
+                chunk_rows //= 2
+            elif opts.device.type != "cpu":
+                notes.append(f"out of memory on {opts.device} even with {chunk_rows} rows "
+                             "per chunk; fell back to the CPU (slower)")
+                opts = replace(opts, device=torch.device("cpu"))
+            else:
+                raise ResourceError("out of memory on the CPU", source=label,
+                                    hint="use a smaller --sample-size or --chunk-size, or "
+                                    "a machine with more memory") from exc
+
+
+def accumulate(source: ArraySource, opts: StreamOptions,
+               progress: Progress | None = None) -> Accumulated:
+    """Stream ``source`` once into moments and a row sample (again after an out-of-memory,
+    see :func:`with_oom_fallback`)."""
+    _, d = check_shape(source)
+    notes: list[str] = []
+    result = with_oom_fallback(lambda o, rows: _one_pass(source, o, rows, progress), opts,
+                               chunk_rows_for(d, opts), source.label, notes)
+    result.notes = notes + result.notes
+    return result
+

@@ -72,14 +72,17 @@ class StreamingMoments:
         self.sum_zz = torch.zeros(self.d, self.d, dtype=_F64, device=dev)
 
     # -- building -------------------------------------------------------------------------
-    def update(self, rows: torch.Tensor) -> None:
-        """Add a chunk of rows (n × d, any real dtype, on any device)."""
+    def update(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Add a chunk of rows (n × d, any real dtype, on any device), multiplied in ``dtype``
+        (default: the moments' own; float64 for values whose float32 squares would
+        over/underflow)."""
         if rows.shape[0] == 0:
             return
-        x = rows.to(device=self.device, dtype=self.dtype)
+        dtype = dtype or self.dtype
+        x = rows.to(device=self.device, dtype=dtype)
         if self.shift is None:
             self.shift = x.mean(dim=0, dtype=_F64)
-        y = x - self.shift.to(self.dtype)
+        y = x - self.shift.to(dtype)
         self.sum_y += y.sum(dim=0, dtype=_F64)
         self.sum_yy += (y.T @ y).to(_F64)
         norms = torch.linalg.vector_norm(x, dim=1)
@@ -88,6 +91,14 @@ class StreamingMoments:
         self.sum_z += z.sum(dim=0, dtype=_F64)
         self.sum_zz += (z.T @ z).to(_F64)
         self.n += x.shape[0]
+
+    def to(self, device: torch.device | str) -> StreamingMoments:
+        """The same moments with their totals on ``device`` (e.g. the CPU after a GPU OOM)."""
+        out = StreamingMoments(self.d, self.dtype, device, self.n, self.n_zero,
+                               None if self.shift is None else self.shift.to(device))
+        for name in ("sum_y", "sum_yy", "sum_z", "sum_zz"):
+            setattr(out, name, getattr(self, name).to(device))
+        return out
 
     def rebased(self, shift: torch.Tensor) -> StreamingMoments:
         """The same moments expressed about another shift (exact up to float64 rounding)."""
@@ -206,6 +217,12 @@ class Reservoir:
             rows, prio, idx = rows[keep], prio[keep], idx[keep]
         self._absorb(rows, prio, idx)
 
+    def to(self, device: torch.device | str) -> Reservoir:
+        """The same sample with its tensors on ``device``."""
+        moved = [None if t is None else t.to(device)
+                 for t in (self.rows, self.priority, self.index)]
+        return Reservoir(self.capacity, self.seed, *moved, seen=self.seen)
+
     def merge(self, other: Reservoir) -> None:
         """Combine with a reservoir over other rows (same seed, disjoint global indices)."""
         self.seen += other.seen
@@ -215,7 +232,8 @@ class Reservoir:
 
     def _absorb(self, rows: torch.Tensor, prio: torch.Tensor, idx: torch.Tensor) -> None:
         if self.rows is not None:
-            rows = torch.cat([self.rows, rows.to(self.rows.dtype)])
+            dtype = torch.promote_types(self.rows.dtype, rows.dtype)  # never narrow a row
+            rows = torch.cat([self.rows.to(dtype), rows.to(dtype)])
             prio = torch.cat([self.priority, prio])
             idx = torch.cat([self.index, idx])
         if rows.shape[0] > self.capacity:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reprdiag.api import analyze as run_analysis
-from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stderr, stdout
+from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stderr, stdout, warn_report
 from reprdiag.cli.extract import (
     BatchSizeOpt,
     DataKeyOpt,
@@ -127,6 +127,7 @@ def analyze(
                               **a.api_kwargs())
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes
         return
+    warn_report(report)
     if out is not None:
         report.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(report, fmt)

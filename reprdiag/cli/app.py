@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from rich.text import Text
 from reprdiag.distributed import printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
 
+if TYPE_CHECKING:
+    from reprdiag.report.model import Report
+
 app = typer.Typer(
     name="reprdiag",
     help="Representation-quality diagnostics: did my embeddings collapse?",
@@ -41,6 +44,19 @@ stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
 EXIT_INTERNAL = 70
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def warn(message: str) -> None:
+    """Print ``reprdiag: warning: MESSAGE`` as one line on stderr."""
+    sys.stderr.write(f"reprdiag: warning: {' '.join(message.split())}\n")
+    sys.stderr.flush()
+
+
+def warn_report(report: Report) -> None:
+    """One warning line per thing the library noted about an input's numbers."""
+    for result in report.inputs:
+        for text in result.warnings:
+            warn(f"{result.name}: {text}")
 
 
 def fail(message: str, code: int, quiet: bool = False) -> typer.Exit:
@@ -136,6 +152,25 @@ def emit(text: str) -> None:
     sys.stdout.flush()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def usage_error_line(exc: Exception) -> str:
+    """A parsing error (bad option, value or command) as one line with a hint."""
+    fmt = getattr(exc, "format_message", None)
+    text = (fmt() if callable(fmt) else str(exc)).replace("Value error, ", "").rstrip(". ")
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else "reprdiag"
+    return f"{text}; see '{path} --help'"
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: even a usage error is one line on stderr (exit 2)."""
+    try:
+        code = app(args=args, prog_name="reprdiag", standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(fail("aborted", EXIT_INTERRUPTED).exit_code) from None
+    except typer.TyperException as exc:  # click's parsing errors, vendored by typer
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``reprdiag``: show the help
+            exc.show()  # type: ignore[attr-defined]
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
+        code = getattr(exc, "exit_code", 2)
+        raise SystemExit(fail(usage_error_line(exc), code).exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
@@ -14,8 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reprdiag.errors import ReprdiagError, source_label
+from reprdiag.errors import ReprdiagError, ResourceError, UsageError, source_label
 from reprdiag.report.model import SPECTRUM_KINDS, Report
+
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def check_plot_format(fmt: str) -> None:
+    """Refuse a plot format other than :data:`PLOT_FORMATS` (before any work is done).
+
+    >>> check_plot_format("svg")
+    """
+    if fmt not in PLOT_FORMATS:
+        raise UsageError(f"unknown plot format {fmt!r}",
+                         hint=f"use one of {', '.join(PLOT_FORMATS)}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -24,14 +37,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     A reader never sees a half-written file, and an interrupted run leaves nothing behind
     under the final name.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     os.close(fd)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
         raise
 
 
@@ -43,6 +61,15 @@ def make_folder(folder: Path) -> Path:
         raise ReprdiagError(f"cannot create output folder ({exc.strerror})",
                             source=source_label(folder), hint="pick a writable --out") from exc
     return folder
+
+
+def write_error(path: Path, exc: OSError) -> ReprdiagError:
+    """The one-line error for a file that could not be written (a full disk is exit 3)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(f"cannot be written: {exc.strerror}", source=source_label(path),
+                             hint="free some disk space or pick another --out")
+    return UsageError(f"cannot be written: {exc.strerror or exc}", source=source_label(path),
+                      hint="pick a writable --out folder")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -131,6 +158,9 @@ def summary_markdown(report: Report) -> str:
         lines.append(f"- **{r.name}**: N={r.n}, d={r.d}, dtype={r.dtype}, "
                      f"sample={r.sample_size}, solvers: "
                      + "; ".join(f"{k}: {v}" for k, v in r.solver.items()))
+    warned = [f"- ⚠ **{r.name}**: {w}" for r in report.inputs for w in r.warnings]
+    if warned:
+        lines += ["", "## Warnings", "", *warned]
     return "\n".join(lines) + "\n"
 
 
@@ -148,8 +178,14 @@ def slug(name: str) -> str:
 def save_report(report: Report, out_dir: Path, plots: bool = True,
                 plot_format: str = "png") -> Path:
     """Write the run folder. ``report.json`` is written last, so its presence marks a run
-    that completed."""
+    that completed; an older one is removed first, so a folder being rewritten (or whose
+    rewrite was interrupted) never pairs a stale report.json with new files."""
+    check_plot_format(plot_format)
     make_folder(out_dir)
+    try:
+        (out_dir / "report.json").unlink(missing_ok=True)
+    except OSError as exc:
+        raise write_error(out_dir / "report.json", exc) from exc
     atomic_write(out_dir / "metrics.csv",
                  lambda p: metrics_frame(report).to_csv(p, index=False))
     atomic_write(out_dir / "spectrum.csv",

@@ -34,6 +34,9 @@ class InputResult:
     rows_dropped: int = 0
     zero_rows: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: Things the numbers depend on that the user should know (zero rows, dropped rows,
+    #: fallbacks taken); the CLI prints each as ``reprdiag: warning: NAME: TEXT``.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
