@@ -20,6 +20,7 @@ from reprdiag.loaders.base import (
     PooledSource,
     TensorSource,
     pool_rows,
+    untrusted,
 )
 from reprdiag.loaders.hdf5_file import open_hdf5
 from reprdiag.loaders.numpy_file import open_npy, open_npz
@@ -52,21 +53,31 @@ def _sniff(head: bytes, path: Path) -> str | None:
     if head.startswith(_HDF5_MAGIC):
         return "hdf5"
     if head.startswith(b"PK\x03\x04"):
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return None
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        return "npz" if any(n.endswith(".npy") for n in names) else None
-    if head[:1] == b"\x80":  # legacy (non-zip) torch.save pickle stream
-        return "torch"
-    if len(head) >= 9 and head[8:9] == b"{":
+        return _sniff_zip(path)
+    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte header length, then the JSON header
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch"  # legacy (non-zip) torch.save: a pickle stream, protocol 2-5
     return None
+
+
+def _sniff_zip(path: Path) -> str:
+    """A zip archive is a ``.pt`` (holds ``data.pkl``) or an ``.npz`` (holds ``.npy`` members)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise InputError(f"is a zip archive (.npz or .pt) that cannot be opened ({exc})",
+                         source=source_label(path),
+                         hint="the file is probably truncated; rewrite it") from exc
+    if any(n.endswith("data.pkl") for n in names):
+        return "torch"
+    if any(n.endswith(".npy") for n in names):
+        return "npz"
+    raise InputError("is a zip archive with neither .npy members nor a PyTorch data.pkl",
+                     source=source_label(path), hint="supported: .npz and torch.save files")
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
@@ -88,7 +99,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         raise InputError("permission denied", source=label,
                          hint="check the file's permissions") from exc
     except OSError as exc:
-        raise InputError(f"cannot be read ({exc.strerror})", source=label) from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=label,
+                         hint="check that it is a regular, readable file") from exc
     if not head:
         raise InputError("is empty (0 bytes)", source=label,
                          hint="the writer may have failed; regenerate the file")
@@ -104,7 +116,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 def list_arrays(path: str | os.PathLike[str]) -> list[ArraySource]:
     """Every array stored in ``path`` (any rank), unfiltered."""
     path = Path(path)
-    return FORMATS[detect_format(path)](path)
+    fmt = detect_format(path)
+    with untrusted(source_label(path), f"cannot be parsed as {fmt}"):
+        return FORMATS[fmt](path)
 
 
 def select_arrays(arrays: list[ArraySource], keys: Sequence[str] | None,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from reprdiag.errors import InputError, UsageError, check_choice, source_label
+from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 
 POOL_METHODS = ("mean", "first", "flatten", "spatial")
 
@@ -33,6 +34,21 @@ def numpy_to_tensor(array: np.ndarray, label: str) -> torch.Tensor:
     if array.dtype in _NUMPY_WIDEN:
         array = array.astype(_NUMPY_WIDEN[array.dtype])
     return torch.from_numpy(np.array(array, order="C", copy=True))  # mmap pages are read-only
+
+
+@contextmanager
+def untrusted(label: str, what: str, hint: str = "the file is corrupt or truncated; rewrite it"
+              ) -> Iterator[None]:
+    """Turn any exception a third-party parser raises on an untrusted file into one
+    :class:`InputError` naming the file (our own errors, interrupts and out-of-memory pass)."""
+    try:
+        yield
+    except (ReprdiagError, MemoryError):
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:160] or "no detail"
+        raise InputError(f"{what} ({type(exc).__name__}: {text})", source=label,
+                         hint=hint) from exc
 
 
 class ArraySource(ABC):

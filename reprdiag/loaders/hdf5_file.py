@@ -9,17 +9,15 @@ import numpy as np
 import torch
 
 from reprdiag.errors import InputError, source_label
-from reprdiag.loaders.base import ArraySource, FileArraySource, numpy_to_tensor
+from reprdiag.loaders.base import ArraySource, FileArraySource, numpy_to_tensor, untrusted
 
 
 class HDF5Source(FileArraySource):
     def read(self, start: int, stop: int) -> torch.Tensor:
-        try:
-            with h5py.File(self.path, "r") as f:
-                rows = f[self.key][start:stop]
-        except OSError as exc:
-            raise InputError(f"cannot read rows {start}:{stop} ({exc})", source=self.label,
-                             hint="the file may be truncated or corrupt") from exc
+        with untrusted(self.label, f"cannot read rows {start}:{stop}",
+                       hint="the file may be truncated or corrupt"), \
+                h5py.File(self.path, "r") as f:
+            rows = f[self.key][start:stop]
         return numpy_to_tensor(np.asarray(rows), self.label)
 
 

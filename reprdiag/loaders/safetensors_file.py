@@ -17,15 +17,38 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
 
 class SafetensorsSource(FileArraySource):
     def read(self, start: int, stop: int) -> torch.Tensor:
-        with safe_open(str(self.path), framework="pt") as f:
-            rows = f.get_slice(self.key)[start:stop]
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                rows = f.get_slice(self.key)[start:stop]
+        except (OSError, SafetensorError) as exc:
+            raise InputError(f"cannot read rows {start}:{stop} ({_first_line(exc)})",
+                             source=self.label, hint="the file changed or is corrupt") from exc
         if rows.dtype == torch.bool:
             rows = rows.to(torch.uint8)
         return rows
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit
+
+
+def check_header_length(path: Path) -> None:
+    """Refuse a header length that is absurd or runs past the end of the file, before any
+    parser sees it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+    if length > MAX_HEADER_BYTES:
+        raise InputError(f"claims a {length}-byte header (the format allows at most "
+                         f"{MAX_HEADER_BYTES})", source=source_label(path),
+                         hint="the file is corrupt or not safetensors")
+    if 8 + length > size:
+        raise InputError(f"claims a {length}-byte header but the file has only {size} bytes",
+                         source=source_label(path), hint="the file is probably truncated")
+
+
 def open_safetensors(path: Path) -> list[ArraySource]:
     """Every tensor in a safetensors file, with its shape and dtype read from the header."""
+    check_header_length(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             sources: list[ArraySource] = []

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from reprdiag.errors import InputError, source_label
 from reprdiag.loaders.base import ArraySource, TensorSource
@@ -36,17 +37,36 @@ def _load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def refusal_reason(exc: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what was refused.
+
+    >>> refusal_reason(Exception("Weights only load failed. Re-running ...\n\nTrying to load "
+    ...                          "unsupported GLOBAL posix.system whose module posix is blocked."))
+    'Trying to load unsupported GLOBAL posix.system whose module posix is blocked'
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for line in lines:
+        if "unsupported" in line.lower() or "WeightsUnpickler" in line:
+            return line.rstrip(".")[:200]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
 def open_torch(path: Path) -> list[ArraySource]:
     label = source_label(path)
     try:
         obj = _load(path)
     except pickle.UnpicklingError as exc:
-        raise InputError("holds pickled objects that weights_only=True refuses to load "
-                         f"({str(exc).splitlines()[0][:160]})", source=label,
-                         hint="save plain tensors or a dict of tensors; reprdiag never "
-                         "unpickles arbitrary objects") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise InputError(f"is not a readable PyTorch file ({str(exc).splitlines()[0][:160]})",
+        raise InputError("holds pickled objects that torch.load(weights_only=True) refuses "
+                         f"to load ({refusal_reason(exc)}) - nothing in it was run",
+                         source=label, hint="save plain tensors or a dict of tensors "
+                         "(reprdiag never unpickles arbitrary objects)") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as exc:
+        raise InputError(f"is not a readable PyTorch file ({_first_line(exc)})",
                          source=label, hint="check that the file was fully written") from exc
     sources: list[ArraySource] = []
     for key, tensor in _walk(obj):
