@@ -29,8 +29,9 @@ MIN_CHUNK_ROWS = 256  # an out-of-memory below this many rows per chunk falls ba
 #: |x| outside this range is multiplied in float64 even when the work dtype is float32: the
 #: squares of larger values overflow float32 sums, those of smaller ones underflow.
 FLOAT32_SAFE = (2.0**-40, 2.0**40)
-#: |x| outside this range cannot be squared and summed in float64 without over/underflow.
-FLOAT64_SAFE = (1e-100, 1e100)
+#: |x| outside this range cannot be handled in float64: metrics such as cov_offdiag sum
+#: squared covariances, i.e. fourth powers of x, which over/underflow beyond it.
+FLOAT64_SAFE = (1e-60, 1e60)
 T = TypeVar("T")
 
 
@@ -158,13 +159,14 @@ class Accumulator:
     def _check_magnitude(self) -> None:
         lo, hi = FLOAT64_SAFE
         if self.max_abs > hi:
-            raise InputError(f"has values up to {self.max_abs:.3g}, too large to square in "
-                             "float64", source=self.label,
-                             hint=f"rescale the embeddings (every |x| must be below {hi:g})")
+            raise InputError(f"has values up to {self.max_abs:.3g}, too large for float64 "
+                             "statistics (metrics use up to 4th powers of x)", source=self.label,
+                             hint=f"rescale the embeddings so that every |x| is below {hi:g}")
         if 0 < self.max_abs < lo:
-            raise InputError(f"has values no larger than {self.max_abs:.3g}, too small to "
-                             "square in float64", source=self.label,
-                             hint=f"rescale the embeddings (largest |x| above {lo:g})")
+            raise InputError(f"has values no larger than {self.max_abs:.3g}, too small for "
+                             "float64 statistics (metrics use up to 4th powers of x)",
+                             source=self.label, hint="rescale the embeddings so that the "
+                             f"largest |x| is above {lo:g}")
 
     def finish(self) -> Accumulated:
         """Check what was read (NaN/Inf policy, enough rows, magnitudes) and return the

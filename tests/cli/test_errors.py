@@ -221,7 +221,7 @@ CASES: dict[str, Case] = {
     "nan-and-inf": Case(with_nan, 2, ("has 3 row(s) containing NaN or Inf (first at row 5)",
                                       "--nan drop")),
     "float64-too-large": Case(npy_of(rows().astype(np.float64) * 1e200), 2,
-                              ("too large to square in float64", "rescale")),
+                              ("too large for float64 statistics", "rescale")),
     # untrusted content
     "pickle-payload-zip": Case(malicious_pt(True), 2, ("weights_only=True) refuses",
                                                        "posix.system")),
