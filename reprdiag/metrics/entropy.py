@@ -9,6 +9,7 @@ import torch
 from reprdiag.metrics import pairwise
 from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.stats import ZERO_NORM
 
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
 
@@ -78,7 +79,9 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     Σ_i softmax(−ℓ)_i ℓ_i and Joe's is mean_i ℓ_i (``er_estimator="joe"``). ``er_compat=
     "reference"`` reproduces the official float arithmetic ln(I_ν(κ) + 1e-7), which underflows
     for large d. Range: at most the log-area of the sphere (the uniform distribution); falls
-    as the rows concentrate. Higher is healthier.
+    as the rows concentrate. Higher is healthier. Rows of norm ≤ 1e-12 have no direction,
+    so they are left out of the sample (a zero vector is not a point of the sphere, and kept
+    in, it would break the bound); NaN when every sampled row is zero.
     Complexity: O(M²·d) time blockwise, O(block·M) memory.
     Citation: Rodríguez-Gálvez, Blaas, Rodríguez, Theobald, "The Role of Entropy and
     Reconstruction in Multi-View Self-Supervised Learning", ICML 2023.
@@ -87,5 +90,8 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     >>> er_entropy(x) < er_entropy(torch.cat([x, -x]))
     True
     """
-    return pairwise.er_entropy(stats.normalized_sample, kappa=kappa, estimator=er_estimator,
-                               compat=er_compat)
+    on_sphere = torch.linalg.vector_norm(stats.sample, dim=1) > ZERO_NORM
+    if not bool(on_sphere.any()):
+        return math.nan  # no row has a direction: there is no density on the sphere
+    return pairwise.er_entropy(stats.normalized_sample[on_sphere], kappa=kappa,
+                               estimator=er_estimator, compat=er_compat)

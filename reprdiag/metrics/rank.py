@@ -42,12 +42,13 @@ def effective_rank(stats: Statistics) -> float:
 
 @metric("rankme", summary="exp entropy of σ/Σσ + 1e-7, raw (uncentred) X",
         range="[1, min(N,d)]", direction="higher", citation="Garrido et al., ICML 2023, eq. 1",
-        bounds=lambda n, d: (1.0 - 1e-9, min(n, d) * 1.0001))
+        bounds=lambda n, d: (1.0 - 2 * RANKME_EPS, min(n, d) * 1.0001))
 def rankme(stats: Statistics) -> float:
     """RankMe: smooth rank of the raw embeddings.
 
     Formula: σ_k the singular values of X (no centring), p_k = σ_k/Σσ + 1e-7,
-    RankMe = exp(−Σ p_k ln p_k) over min(N, d) values. Range about [1, min(N, d)];
+    RankMe = exp(−Σ p_k ln p_k) over min(N, d) values. Range about [1, min(N, d)] (the
+    +1e-7 can take it to 1 − 1e-7 when min(N, d) = 1);
     higher is healthier.
     Complexity: O(N·d²) moments (shared) + O(d³) eigvalsh of XᵀX.
     Citation: Garrido, Balestriero, Najman, LeCun, "RankMe: Assessing the downstream
