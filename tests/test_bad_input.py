@@ -300,3 +300,21 @@ def test_rewrite_removes_the_stale_report_first(tmp_path: Path,
         save_report(report, tmp_path, plots=True)
     assert not (tmp_path / "report.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- found by tests/test_properties.py ------------------------------------------------------------
+def test_regressions_found_by_hypothesis() -> None:
+    """Values just outside their documented ranges (bounds from the registry)."""
+    from reprdiag.metrics import METRICS
+
+    same = reprdiag.analyze(np.ones((2, 5), np.float16), device="cpu").inputs[0]
+    assert same.metrics["avg_cosine"] == 1.0  # was 1.0000000117 (float32 ‖z‖² ≠ 1)
+    one_dim = reprdiag.analyze(np.array([[0.1257], [-0.1321]], np.float16), device="cpu")
+    lo, _ = METRICS["rankme"].bounds(2, 1)
+    assert lo <= one_dim.metrics["rankme"] < 1  # 1 − 1e-7: the bound was 1 − 1e-9
+    zeros = reprdiag.analyze(np.zeros((4, 3)), device="cpu").inputs[0]
+    assert math.isnan(zeros.metrics["er_entropy"])  # was 10.0 > ln area(S²) from zero vectors
+    mixed = np.vstack([np.zeros((3, 3)), gaussian(20, 3)])
+    kept = reprdiag.analyze(mixed, metrics=["er_entropy"], device="cpu").metrics["er_entropy"]
+    alone = reprdiag.analyze(mixed[3:], metrics=["er_entropy"], device="cpu")
+    assert kept == pytest.approx(alone.metrics["er_entropy"], rel=1e-12)

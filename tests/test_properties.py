@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from safetensors.torch import save_file
@@ -117,6 +117,12 @@ def raw_arrays(draw: st.DrawFn) -> np.ndarray:
 
 
 @profile(250)
+@example(x=np.array([[0.1257], [-0.1321]], dtype=np.float16), nan="error", pool=None,
+         sample=2)  # found: RankMe's +1e-7 takes it to 1 − 1e-7 at min(N, d) = 1
+@example(x=np.zeros((2, 1), dtype=np.float16), nan="error", pool=None,
+         sample=2)  # found: er_entropy of zero vectors exceeded the log-area of the sphere
+@example(x=np.ones((2, 5), dtype=np.float16), nan="error", pool=None,
+         sample=2)  # found: avg_cosine 1 + 1.2e-8 from float32 normalization
 @given(x=st.one_of(structured(), raw_arrays()), nan=st.sampled_from(["error", "drop"]),
        pool=st.sampled_from([None, "mean", "flatten"]), sample=st.integers(2, 64))
 def test_random_arrays_exit_0_or_2(x: np.ndarray, nan: str, pool: str | None,
@@ -175,35 +181,33 @@ def corrupted(draw: st.DrawFn) -> tuple[str, bytes]:
     return draw(st.sampled_from([fmt, "bin", "dat"])), bytes(data)
 
 
-def check_cli_outcome(code: int, stdout: str, stderr: str) -> None:
-    assert "Traceback" not in stderr + stdout
-    assert code in (0, 2), (code, stderr)
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    if code == 2:
-        assert len(lines) == 1 and lines[0].startswith("reprdiag: error: "), stderr
+def analyze_corrupted(case: tuple[str, bytes], in_subprocess: bool = False) -> None:
+    """Write the corrupted bytes, run ``reprdiag analyze`` on them and check the outcome:
+    exit 0 or 2, no traceback, one error line, or valid metrics."""
+    ext, data = case
+    args = ["analyze", f"c.{ext}", "-q", "-f", "json", "--sample-size", "16"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / f"c.{ext}").write_bytes(data)
+        proc = run_cli(*args, cwd=Path(tmp)) if in_subprocess else run_main(args, Path(tmp))
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.returncode in (0, 2), (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    if proc.returncode == 2:
+        assert len(lines) == 1 and lines[0].startswith("reprdiag: error: "), proc.stderr
         return
-    assert all(ln.startswith("reprdiag: warning: ") for ln in lines), stderr
-    for item in json.loads(stdout)["inputs"]:
+    assert all(ln.startswith("reprdiag: warning: ") for ln in lines), proc.stderr
+    for item in json.loads(proc.stdout)["inputs"]:
         check_contract(InputResult.from_dict(item))
 
 
 @profile(150)
 @given(case=corrupted())
 def test_corrupted_files_exit_0_or_2(case: tuple[str, bytes]) -> None:
-    ext, data = case
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / f"c.{ext}").write_bytes(data)
-        proc = run_main(["analyze", f"c.{ext}", "-q", "-f", "json", "--sample-size", "16"],
-                        Path(tmp))
-    check_cli_outcome(proc.returncode, proc.stdout, proc.stderr)
+    analyze_corrupted(case)
 
 
 @pytest.mark.slow
 @profile(3)
 @given(case=corrupted())
 def test_corrupted_files_in_a_subprocess(case: tuple[str, bytes]) -> None:
-    ext, data = case
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / f"c.{ext}").write_bytes(data)
-        proc = run_cli("analyze", f"c.{ext}", "-q", "-f", "json", cwd=Path(tmp))
-    check_cli_outcome(proc.returncode, proc.stdout, proc.stderr)
+    analyze_corrupted(case, in_subprocess=True)

@@ -91,4 +91,7 @@ def avg_cosine(stats: Statistics) -> float:
     if m.n < 2:
         return 0.0
     pair_sum = m.sum_z @ m.sum_z - torch.trace(m.sum_zz)
-    return float(pair_sum / (m.n * (m.n - 1)))
+    value = float(pair_sum / (m.n * (m.n - 1)))
+    # z is normalized in the work dtype (float32 for float32/16 data), so ‖z‖² = 1 ± ~1e-7:
+    # a value past the range's ends is that rounding, not a cosine.
+    return min(max(value, -1.0 / (m.n - 1)), 1.0)
