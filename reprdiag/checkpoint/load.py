@@ -25,6 +25,7 @@ from torch import nn
 from reprdiag.checkpoint.probes import HookProbe, Probe, ScriptProbe
 from reprdiag.errors import InputError, UsageError, source_label
 from reprdiag.loaders import detect_format
+from reprdiag.loaders.torch_file import refusal_reason
 
 _OBJECT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -180,8 +181,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                          hint="pass --weights as safetensors or a torch.save'd state dict")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"is not a weights-only state dict ({_first_line(exc)})", source=path,
+    except Exception as exc:  # torch's own text suggests weights_only=False: never repeat it
+        raise InputError(f"is not a weights-only state dict ({refusal_reason(exc)}) - nothing "
+                         "in it was run", source=path,
                          hint="save model.state_dict() with torch.save or safetensors") from exc
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]

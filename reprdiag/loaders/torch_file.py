@@ -38,7 +38,7 @@ def _load(path: Path) -> object:
 
 
 def refusal_reason(exc: BaseException) -> str:
-    """The line of torch's weights-only refusal that names what was refused.
+    r"""The line of torch's weights-only refusal that names what was refused.
 
     >>> refusal_reason(Exception("Weights only load failed. Re-running ...\n\nTrying to load "
     ...                          "unsupported GLOBAL posix.system whose module posix is blocked."))

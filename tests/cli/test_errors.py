@@ -226,6 +226,18 @@ CASES: dict[str, Case] = {
     "pickle-payload-zip": Case(malicious_pt(True), 2, ("weights_only=True) refuses",
                                                        "posix.system")),
     "pickle-payload-raw": Case(malicious_pt(False), 2, ("weights_only=True) refuses",)),
+    # the model path (--model imports only the module it names)
+    "model-missing-module": Case(lambda t: ["--model", "no_such_reprdiag_module:build",
+                                            "--data", *valid(t)], 2,
+                                 ("cannot import module 'no_such_reprdiag_module'",)),
+    "model-weights-pickle-payload": Case(lambda t: ["--model", "torch.nn:Identity", "--weights",
+                                                    *malicious_pt(True)(t), "--data",
+                                                    *valid(t)], 2,
+                                         ("is not a weights-only state dict", "posix.system",
+                                          "nothing in it was run")),
+    "model-data-nan": Case(lambda t: ["--model", "torch.nn:Identity", "--data",
+                                      *with_nan(t)], 2,
+                           ("has 3 row(s) containing NaN or Inf (first at row 5)",)),
     # options
     "unknown-metric": Case(valid_with("-m", "vne,rankmee"), 2,
                            ("unknown metric 'rankmee'", "did you mean 'rankme'?", "valid:")),
@@ -249,11 +261,11 @@ CASES: dict[str, Case] = {
 }
 
 
-#: The cases also run as a real subprocess (each costs ~3 s of CPU importing torch, so one
-#: per kind of failure path); every case runs in-process through the same ``main()``.
-SUBPROCESS = ("missing", "permission-denied", "empty", "truncated-npz", "4-D-without-pool",
-              "nan-and-inf", "pickle-payload-zip", "unknown-metric", "cuda-without-gpu",
-              "kappa-zero", "unknown-option", "bad-plot-format")
+#: Every case runs in-process through the console-script ``main()``; these also run as a real
+#: subprocess (each costs ~3 s of CPU importing torch, so one per kind of failure path:
+#: loader, value check, untrusted content, option check, click parsing, output folder).
+SUBPROCESS = ("permission-denied", "truncated-npz", "nan-and-inf", "pickle-payload-zip",
+              "cuda-without-gpu", "unknown-option", "bad-plot-format")
 
 
 def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -319,8 +331,11 @@ def test_failure_is_one_line_in_a_subprocess(name: str, subprocess_results: dict
 def test_pickle_payload_never_runs(subprocess_results: dict, tmp_path: Path) -> None:
     tmp, _ = subprocess_results["pickle-payload-zip"]
     assert (tmp / "evil.pt").exists() and not (tmp / "PWNED").exists()
-    run_main(cli_args("pickle-payload-raw", tmp_path), tmp_path)
-    assert (tmp_path / "evil-raw.pt").exists() and not (tmp_path / "PWNED").exists()
+    for name in ("pickle-payload-raw", "model-weights-pickle-payload"):
+        folder = tmp_path / name
+        folder.mkdir()
+        assert run_main(cli_args(name, folder), folder).returncode == 2
+        assert list(folder.glob("evil*.pt")) and not (folder / "PWNED").exists()
 
 
 def test_bad_plot_format_writes_nothing(subprocess_results: dict) -> None:
