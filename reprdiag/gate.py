@@ -204,6 +204,9 @@ class GateResult:
     run: str = ""
     baseline: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The analyzed inputs, whose ``warnings`` (zero rows, dropped rows, fallbacks) the CLI
+    #: prints on stderr.
+    inputs: list[InputResult] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -475,8 +478,10 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
     analyze_options.setdefault("metrics", needed_metrics(rule_list))
     report = load_run(run, keys, **analyze_options)
     base_report = load_run(baseline, keys, **analyze_options) if baseline is not None else None
-    return evaluate(report, rule_list, base_report, run=label or run_label(run, 0),
-                    baseline_name=run_label(baseline, 1) if baseline is not None else None)
+    result = evaluate(report, rule_list, base_report, run=label or run_label(run, 0),
+                      baseline_name=run_label(baseline, 1) if baseline is not None else None)
+    result.inputs = [*report.inputs, *(base_report.inputs if base_report else [])]
+    return result
 
 
 def junit_xml(result: GateResult) -> str:

@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
@@ -26,7 +26,7 @@ from reprdiag.distributed import printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
 
 if TYPE_CHECKING:
-    from reprdiag.report.model import Report
+    from reprdiag.report.model import InputResult, Report
 
 app = typer.Typer(
     name="reprdiag",
@@ -54,9 +54,13 @@ def warn(message: str) -> None:
 
 def warn_report(report: Report) -> None:
     """One warning line per thing the library noted about an input's numbers."""
-    for result in report.inputs:
-        for text in result.warnings:
-            warn(f"{result.name}: {text}")
+    warn_results(report.inputs)
+
+
+def warn_results(results: Iterable[InputResult]) -> None:
+    """:func:`warn` each ``NAME: WARNING`` of these results, each distinct line once."""
+    for line in dict.fromkeys(f"{r.name}: {w}" for r in results for w in r.warnings):
+        warn(line)
 
 
 def fail(message: str, code: int, quiet: bool = False) -> typer.Exit:

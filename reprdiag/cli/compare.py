@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reprdiag.cli.analyze import split_csv
-from reprdiag.cli.app import app, emit, handle_errors, stdout
+from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import (
     AnalysisOptions,
     Format,
@@ -57,6 +57,7 @@ def compare(
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
     comparison = run_compare(runs, metrics=split_csv(metrics), **analysis.api_kwargs())
+    warn_results(r for results in comparison.inputs.values() for r in results)
     if out is not None:
         comparison.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(comparison, fmt)

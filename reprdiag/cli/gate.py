@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from reprdiag.cli.app import app, emit, handle_errors, stdout
+from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
 from reprdiag.errors import EXIT_GATE_FAILED
 from reprdiag.gate import GateConfig, GateResult, find_config, load_config, write_junit
@@ -85,4 +85,5 @@ def gate(
     """
     result = run_gate(run, rules=fail_if or (), config=read_config(config), baseline=baseline,
                       **analysis.api_kwargs())
+    warn_results(result.inputs)
     finish(result, fmt, junit)

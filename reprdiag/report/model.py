@@ -126,8 +126,9 @@ class Report:
             raise InputError("no report.json here", source=source_label(path.parent),
                              hint="pass a run folder written by analyze --out, or a file"
                              ) from exc
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"is not a valid reprdiag report ({exc})",
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise InputError(f"is not a valid reprdiag report ({detail})",
                              source=source_label(path),
                              hint="re-run reprdiag analyze --out to rewrite it") from exc
 

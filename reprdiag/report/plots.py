@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from reprdiag.errors import UsageError
 from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
-from reprdiag.report.export import atomic_write, make_folder, slug
+from reprdiag.report.export import PLOT_FORMATS, atomic_write, make_folder, slug
 from reprdiag.report.model import InputResult, Report
 
 if TYPE_CHECKING:
@@ -203,8 +203,6 @@ def save_plots(report: Report, out_dir: Path, plot_format: str = "png") -> list[
         written.append(path)
     return written
 
-
-PLOT_FORMATS = ("png", "svg", "pdf")
 
 
 def history_figure(frame: pd.DataFrame, metrics: Sequence[str]) -> Figure:

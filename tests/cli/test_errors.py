@@ -181,6 +181,21 @@ def renamed_npy(tmp: Path) -> list[str]:
     return [str(tmp / "emb.weird")]
 
 
+def run_folder(report_json: str) -> Maker:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "run").mkdir()
+        (tmp / "run" / "report.json").write_text(report_json)
+        return [str(tmp / "run")]
+    return make
+
+
+def zero_rows(tmp: Path) -> list[str]:
+    x = rows()
+    x[[3, 30]] = 0.0
+    np.save(tmp / "z.npy", x)
+    return [str(tmp / "z.npy")]
+
+
 @dataclass(frozen=True)
 class Case:
     make: Maker
@@ -255,7 +270,7 @@ CASES: dict[str, Case] = {
     "unknown-option": Case(valid_with("--bogus"), 2, ("No such option: --bogus",)),
     "bad-integer": Case(valid_with("--chunk-size", "many"), 2, ("'--chunk-size'",)),
     "bad-plot-format": Case(lambda t: [*valid(t), "--out", str(t / "run"), "--plot-format",
-                                       "bmp"], 2, ("unknown plot format 'bmp'",)),
+                                       "bmp"], 2, ("Invalid value for '--plot-format'", "'bmp'")),
     "unwritable-out": Case(valid_with("--out", "/proc/reprdiag-test/run"), 2,
                            ("/proc/reprdiag-test/run", "pick a writable --out")),
 }
@@ -287,6 +302,47 @@ def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def cli_args(name: str, tmp: Path) -> list[str]:
     return ["analyze", "-q", "-f", "csv", *CASES[name].make(tmp)]
+
+
+#: The same failures through ``compare`` and ``gate`` (they load runs or analyze files).
+OTHER_COMMANDS: dict[str, tuple[list[str], Maker, tuple[str, ...]]] = {
+    "compare-missing": (["compare"], lambda t: [str(t / "nope"), *valid(t)],
+                        ("nope: no such file",)),
+    "compare-truncated": (["compare"], lambda t: [*truncated("npz")(t), *valid(t)],
+                          ("cut-e.npz: is a zip archive",)),
+    "compare-bad-report": (["compare"], lambda t: [*run_folder('{"inputs": [{}]}')(t),
+                                                   *valid(t)],
+                           ("run/report.json: is not a valid reprdiag report (missing field",)),
+    "compare-not-json": (["compare"], lambda t: [*run_folder("{oops")(t), *valid(t)],
+                         ("is not a valid reprdiag report",)),
+    "gate-nan": (["gate", "--fail-if", "rankme < 2"], with_nan,
+                 ("has 3 row(s) containing NaN or Inf (first at row 5)",)),
+    "gate-payload": (["gate"], malicious_pt(True), ("weights_only=True) refuses",)),
+    "gate-bad-rule": (["gate", "--fail-if", "rankmee < 2"], valid,
+                      ("unknown metric 'rankmee'", "did you mean 'rankme'?")),
+    "gate-missing-config": (["gate", "--config", "missing.toml"], valid,
+                            ("missing.toml: no such config file",)),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_COMMANDS))
+def test_compare_and_gate_failures_are_one_line(name: str, tmp_path: Path) -> None:
+    command, make, needles = OTHER_COMMANDS[name]
+    proc = run_main([*command, "-f", "csv", *make(tmp_path)], tmp_path)
+    assert_one_line_error(proc, 2, *needles)
+    assert proc.stdout == "" and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("command", [["compare"], ["gate", "--fail-if", "rankme < 1"]])
+def test_compare_and_gate_warn_about_zero_rows(command: list[str], tmp_path: Path) -> None:
+    zero_rows(tmp_path)
+    files = ["z.npy", "z.npy"] if command == ["compare"] else ["z.npy"]  # warned once
+    args = [*command, "-f", "csv", *files]
+    proc = run_main(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == ["reprdiag: warning: z.npy: 2 of 64 rows are all zeros "
+                                        "(norm ≤ 1e-12); x/‖x‖ is undefined for them and they "
+                                        "count as the zero vector in the normalized metrics"]
 
 
 @pytest.fixture(scope="module")
