@@ -46,8 +46,8 @@ def vne(stats: Statistics) -> float:
     >>> round(vne(torch.eye(4)), 9)  # four orthogonal rows: ln 4
     1.386294361
     """
-    eta = stats.autocorr_eigenvalues
-    return float(spectral_entropy(eta / eta.sum()))
+    # No renormalization: as in the official get_vne, zero rows (z = 0) leave trace(ρ) < 1.
+    return float(spectral_entropy(stats.autocorr_eigenvalues))
 
 
 @metric("vne_normalized", summary="vne / ln min(N,d)", range="[0, 1]", direction="higher",

@@ -59,8 +59,9 @@ def partition_isotropy(stats: Statistics) -> float:
 
     Formula: I = min_c Z(c)/max_c Z(c), Z(c) = Σ_i exp(cᵀx_i), c over both signs of each
     eigenvector of XᵀX; computed as exp(min − max) of logsumexp_i(cᵀx_i) on the row sample.
-    Range (0, 1]; 1 is isotropic. Higher is healthier. Note: not scale-free (it depends on
-    ‖x‖). Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise.
+    Range (0, 1]; 1 is isotropic. Higher is healthier. Not scale-free (it depends on ‖x‖):
+    for rows of large norm the ratio can fall below the smallest float and reads 0.
+    Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise.
     Citation: Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word
     Representations", ICLR 2018.
 
