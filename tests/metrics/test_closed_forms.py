@@ -108,3 +108,12 @@ def test_registry_entries_are_documented() -> None:
         assert "Complexity" in doc and ">>>" in doc, info.name
         assert info.direction in ("higher", "lower", "neutral")
         assert info.citation and info.summary and info.range
+
+
+def test_vne_with_zero_rows_follows_the_official_recipe() -> None:
+    # get_vne: Z = normalize(H) (zero rows stay 0), ρ = ZᵀZ/N, −Σ η ln η, no renormalization
+    x = torch.cat([_gaussian(40, 6, seed=9), torch.zeros(10, 6, dtype=torch.float64)])
+    z = torch.nn.functional.normalize(x, dim=1)
+    eta = torch.linalg.eigvalsh(z.T @ z / len(x)).clamp_min(0)
+    eta = eta[eta > 0]
+    assert M.vne(x) == pytest.approx(float(-(eta * eta.log()).sum()), rel=1e-12)
