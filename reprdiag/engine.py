@@ -21,6 +21,7 @@ import torch
 
 from reprdiag.errors import InputError, ResourceError
 from reprdiag.loaders import ArraySource
+from reprdiag.prefetch import prefetch
 from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
 
 NAN_POLICIES = ("error", "drop")
@@ -100,7 +101,9 @@ class _NonFinite:
         """Boolean mask of finite rows, or ``None`` when all rows are finite."""
         if not x.is_floating_point():  # integers cannot hold NaN
             return None
-        ok = torch.isfinite(x).all(dim=1)
+        if bool(torch.isfinite(x.sum(dim=1)).all()):  # NaN/Inf propagate into the row sums
+            return None
+        ok = torch.isfinite(x).all(dim=1)  # exact check (a finite row's sum may overflow)
         bad = int((~ok).sum())
         if bad == 0:
             return None
@@ -222,7 +225,8 @@ def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
         progress.start(source.label, sum(b - a for a, b in ranges))
     try:
         for start, stop in ranges:
-            for first, rows in source.iter_chunks(rows_per_chunk, start, stop):
+            chunks = source.iter_chunks(rows_per_chunk, start, stop)
+            for first, rows in prefetch(chunks, acc.device):
                 acc.add(first, rows)
                 if progress:
                     progress.advance(rows.shape[0])

@@ -3,11 +3,12 @@
 Three spectra describe an input (DESIGN.md §3): the covariance eigenvalues λ, the
 autocorrelation eigenvalues η of the normalized rows, and the singular values σ of raw X.
 Each is computed once, in float64, by ``torch.linalg.eigvalsh`` on the d×d moment matrix,
-or, when N < d and every row is at hand, on the N×N Gram matrix, which has the same non-zero
-eigenvalues for O(N²·d + N³) instead of O(d³). Each spectrum keeps min(N, d) values (the
-number of singular values of an N×d matrix), descending. Eigenvalues below the solver's own
-error bound, size·eps(float64)·λ_max, are set to 0: they are rounding, and left in they would
-turn into spurious √λ ~ 1e-8·σ_max singular values (effective rank, RankMe).
+or, when every row is at hand and N ≲ 0.68·d (:func:`gram_is_cheaper`), on the N×N Gram
+matrix, which has the same non-zero eigenvalues for O(N²·d + N³) instead of O(d³). Each
+spectrum keeps min(N, d) values (the number of singular values of an N×d matrix),
+descending. Eigenvalues below the solver's own error bound, size·eps(float64)·λ_max, are set
+to 0: they are rounding, and left in they would turn into spurious √λ ~ 1e-8·σ_max
+singular values (effective rank, RankMe).
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Sp
     return _sorted(vals, v, None, solver)
 
 
+def gram_is_cheaper(n: int, d: int) -> bool:
+    """Whether eigenvalues via the N×N Gram matrix cost fewer flops than via the d×d moments.
+
+    The moments are built anyway, so the d×d route costs one symmetric eigensolve,
+    about (4/3)·d³ flops; the Gram route forms R·Rᵀ (2·N²·d) and solves N×N ((4/3)·N³).
+    The Gram route wins when N ≲ 0.68·d (not merely N < d).
+
+    >>> gram_is_cheaper(500, 1000), gram_is_cheaper(900, 1000), gram_is_cheaper(2000, 1000)
+    (True, False, False)
+    """
+    return 2 * n * n * d + 4 * n**3 / 3 < 4 * d**3 / 3
+
+
 class Spectra:
     """The three spectra of one input, computed lazily from its moments (and rows if N < d).
 
@@ -90,7 +104,8 @@ class Spectra:
 
     @property
     def use_gram(self) -> bool:
-        return self._rows is not None and self.n < self.d
+        """True when every row is at hand and the N×N route is cheaper (:func:`gram_is_cheaper`)."""
+        return self._rows is not None and gram_is_cheaper(self.n, self.d)
 
     @cached_property
     def covariance(self) -> Spectrum:

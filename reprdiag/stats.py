@@ -19,6 +19,7 @@ ZERO_NORM = 1e-12  # rows with ‖x‖ ≤ this normalize to the zero vector (DE
 PRECISIONS = ("auto", "float32", "float64")
 
 _F64 = torch.float64
+_SCRATCH_BYTES = 256 * 2**20  # largest per-chunk work buffer kept between updates
 
 
 def work_dtype(storage_dtype: str | torch.dtype, precision: str = "auto") -> torch.dtype:
@@ -62,6 +63,7 @@ class StreamingMoments:
     sum_yy: torch.Tensor = field(init=False)
     sum_z: torch.Tensor = field(init=False)
     sum_zz: torch.Tensor = field(init=False)
+    _work: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         dev = torch.device(self.device)
@@ -75,20 +77,25 @@ class StreamingMoments:
     def update(self, rows: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         """Add a chunk of rows (n × d, any real dtype, on any device), multiplied in ``dtype``
         (default: the moments' own; float64 for values whose float32 squares would
-        over/underflow)."""
+        over/underflow).
+
+        Cost: two Gram products (2·n·d² multiply-adds each) plus four streaming passes over
+        the chunk, which reuse one scratch buffer (no fresh n×d allocation per chunk).
+        """
         if rows.shape[0] == 0:
             return
         dtype = dtype or self.dtype
         x = rows.to(device=self.device, dtype=dtype)
         if self.shift is None:
             self.shift = x.mean(dim=0, dtype=_F64)
-        y = x - self.shift.to(dtype)
-        self.sum_y += y.sum(dim=0, dtype=_F64)
+        work = self._scratch(x)
+        y = torch.sub(x, self.shift.to(dtype), out=work)
+        self.sum_y += y.sum(dim=0).to(_F64)
         self.sum_yy += (y.T @ y).to(_F64)
         norms = torch.linalg.vector_norm(x, dim=1)
         self.n_zero += int((norms <= ZERO_NORM).sum())
-        z = x / norms.clamp_min(ZERO_NORM).unsqueeze(1)
-        self.sum_z += z.sum(dim=0, dtype=_F64)
+        z = torch.div(x, norms.clamp_min_(ZERO_NORM).unsqueeze(1), out=work)
+        self.sum_z += z.sum(dim=0).to(_F64)
         self.sum_zz += (z.T @ z).to(_F64)
         self.n += x.shape[0]
 
@@ -99,6 +106,16 @@ class StreamingMoments:
         for name in ("sum_y", "sum_yy", "sum_z", "sum_zz"):
             setattr(out, name, getattr(self, name).to(device))
         return out
+
+    def _scratch(self, x: torch.Tensor) -> torch.Tensor:
+        """An uninitialized buffer shaped like ``x``, kept between chunks up to 256 MiB."""
+        buf = self._work
+        if buf is None or buf.shape[0] < x.shape[0] or buf.dtype != x.dtype \
+                or buf.device != x.device:
+            buf = torch.empty_like(x, memory_format=torch.contiguous_format)
+            keep = buf.numel() * buf.element_size() <= _SCRATCH_BYTES
+            self._work = buf if keep else None
+        return buf[: x.shape[0]]
 
     def rebased(self, shift: torch.Tensor) -> StreamingMoments:
         """The same moments expressed about another shift (exact up to float64 rounding)."""
@@ -171,7 +188,6 @@ def row_priority(first: int, n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(_splitmix64(np.arange(first, first + n, dtype=np.uint64), seed))
 
 
-@dataclass
 class Reservoir:
     """A uniform sample without replacement of at most ``capacity`` rows ("bottom-k").
 
@@ -180,24 +196,79 @@ class Reservoir:
     rows, never on chunk sizes or on how rows were split across files or processes, and two
     reservoirs merge exactly. Memory O(capacity·d).
 
+    Rows live in one preallocated buffer; an incoming row that beats the current worst priority
+    overwrites an evicted slot, so a chunk costs O(chunk + rows kept·d), not O(capacity·d).
+    :attr:`rows`, :attr:`priority` and :attr:`index` are in increasing row index.
+
     >>> r = Reservoir(capacity=3, seed=0)
     >>> r.update(0, torch.arange(10.).reshape(5, 2))
     >>> r.rows.shape, r.seen, r.is_complete
     (torch.Size([3, 2]), 5, False)
     """
 
-    capacity: int
-    seed: int = 0
-    rows: torch.Tensor | None = None
-    priority: torch.Tensor | None = None
-    index: torch.Tensor | None = None
-    seen: int = 0
+    def __init__(self, capacity: int, seed: int = 0, rows: torch.Tensor | None = None,
+                 priority: torch.Tensor | None = None, index: torch.Tensor | None = None,
+                 seen: int = 0):
+        self.capacity, self.seed = int(capacity), seed
+        self.seen = seen
+        self._count = 0
+        self._buf: torch.Tensor | None = None  # rows; the first _count are valid, any order
+        self._prio: torch.Tensor | None = None
+        self._idx: torch.Tensor | None = None
+        self._view: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if rows is not None:  # a given sample (rows, priority and index in matching order)
+            self.rows, self.priority, self.index = rows, priority, index
+
+    # -- reading --------------------------------------------------------------------------
+    def _sorted(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if self._buf is None:
+            return None
+        if self._view is None:
+            n = self._count
+            rows, prio, idx = self._buf[:n], self._prio[:n], self._idx[:n]
+            if n > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                order = torch.argsort(idx)
+                rows, prio, idx = rows[order], prio[order], idx[order]
+            self._view = (rows, prio, idx)
+        return self._view
+
+    @property
+    def rows(self) -> torch.Tensor | None:
+        """The sampled rows, in increasing global index (``None`` before any row)."""
+        view = self._sorted()
+        return None if view is None else view[0]
+
+    @property
+    def priority(self) -> torch.Tensor | None:
+        view = self._sorted()
+        return None if view is None else view[1]
+
+    @property
+    def index(self) -> torch.Tensor | None:
+        """Global row index of each sampled row, increasing."""
+        view = self._sorted()
+        return None if view is None else view[2]
+
+    # Assigning a sample: set rows, priority and index together (one tuple assignment), in
+    # matching order; the next read sorts them by index.
+    @rows.setter
+    def rows(self, value: torch.Tensor) -> None:
+        self._buf, self._count, self._view = value, value.shape[0], None
+
+    @priority.setter
+    def priority(self, value: torch.Tensor) -> None:
+        self._prio, self._view = value, None
+
+    @index.setter
+    def index(self, value: torch.Tensor) -> None:
+        self._idx, self._view = value, None
 
     @property
     def is_complete(self) -> bool:
         """True when every row seen is in the sample."""
-        return self.rows is not None and self.rows.shape[0] == self.seen
+        return self._buf is not None and self._count == self.seen
 
+    # -- building -------------------------------------------------------------------------
     def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """Offer rows whose global indices are ``first, first+1, …``.
 
@@ -212,9 +283,11 @@ class Reservoir:
         self.seen += rows.shape[0]
         if rows.shape[0] == 0:
             return
-        if self.rows is not None and self.rows.shape[0] >= self.capacity:
-            keep = prio < self.priority.max()
-            rows, prio, idx = rows[keep], prio[keep], idx[keep]
+        if self._count >= self.capacity:
+            beats = prio < self._prio[: self._count].max()
+            if not bool(beats.any()):
+                return
+            rows, prio, idx = _take(torch.nonzero(beats).flatten(), rows, prio, idx)
         self._absorb(rows, prio, idx)
 
     def to(self, device: torch.device | str) -> Reservoir:
@@ -226,18 +299,53 @@ class Reservoir:
     def merge(self, other: Reservoir) -> None:
         """Combine with a reservoir over other rows (same seed, disjoint global indices)."""
         self.seen += other.seen
-        if other.rows is not None:
-            dev = self.rows.device if self.rows is not None else other.rows.device
-            self._absorb(other.rows.to(dev), other.priority.to(dev), other.index.to(dev))
+        view = other._sorted()
+        if view is not None:
+            dev = self._buf.device if self._buf is not None else view[0].device
+            self._absorb(*(t.to(dev) for t in view))
+
+    def _reserve(self, rows: torch.Tensor, size: int) -> None:
+        """Grow the buffers (geometrically, up to ``capacity``) to hold ``size`` rows."""
+        have = 0 if self._buf is None else self._buf.shape[0]
+        if min(size, self.capacity) <= have:
+            return
+        size = min(self.capacity, max(size, 2 * have))
+        like = rows if self._buf is None else self._buf
+        buf = torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=like.device)
+        prio = torch.empty(size, dtype=torch.int64, device=like.device)
+        idx = torch.empty(size, dtype=torch.int64, device=like.device)
+        if self._buf is not None:
+            n = self._count
+            buf[:n], prio[:n], idx[:n] = self._buf[:n], self._prio[:n], self._idx[:n]
+        self._buf, self._prio, self._idx = buf, prio, idx
 
     def _absorb(self, rows: torch.Tensor, prio: torch.Tensor, idx: torch.Tensor) -> None:
-        if self.rows is not None:
-            dtype = torch.promote_types(self.rows.dtype, rows.dtype)  # never narrow a row
-            rows = torch.cat([self.rows.to(dtype), rows.to(dtype)])
-            prio = torch.cat([self.priority, prio])
-            idx = torch.cat([self.index, idx])
+        self._view = None
+        if self._buf is not None and self._buf.dtype != rows.dtype:  # never narrow a row
+            dtype = torch.promote_types(self._buf.dtype, rows.dtype)
+            self._buf, rows = self._buf.to(dtype), rows.to(dtype)
         if rows.shape[0] > self.capacity:
-            keep = torch.topk(prio, self.capacity, largest=False).indices
-            rows, prio, idx = rows[keep], prio[keep], idx[keep]
-        order = torch.argsort(idx)
-        self.rows, self.priority, self.index = rows[order], prio[order], idx[order]
+            best = torch.topk(prio, self.capacity, largest=False).indices
+            rows, prio, idx = _take(best, rows, prio, idx)
+        n, k = self._count, rows.shape[0]
+        if n + k <= self.capacity:
+            slots = torch.arange(n, n + k, device=prio.device)
+        else:  # keep the capacity lowest priorities of old ∪ new; new rows fill freed slots
+            both = torch.cat([self._prio[:n], prio])
+            best = torch.topk(both, self.capacity, largest=False).indices
+            kept_old = torch.zeros(n, dtype=torch.bool, device=prio.device)
+            kept_old[best[best < n]] = True
+            new = best[best >= n] - n
+            rows, prio, idx = _take(new, rows, prio, idx)
+            slots = torch.cat([torch.nonzero(~kept_old).flatten(),
+                               torch.arange(n, self.capacity, device=prio.device)])
+        self._reserve(rows, n + k)
+        self._buf.index_copy_(0, slots, rows.to(self._buf.dtype))
+        self._prio.index_copy_(0, slots, prio)
+        self._idx.index_copy_(0, slots, idx)
+        self._count = min(self.capacity, n + k)
+
+
+def _take(which: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows ``which`` of each tensor (``index_select``: far faster than mask indexing on CPU)."""
+    return tuple(t.index_select(0, which) for t in tensors)

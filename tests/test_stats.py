@@ -9,7 +9,7 @@ import reprdiag.metrics as M
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.loaders import TensorSource
 from reprdiag.metrics import METRICS, Statistics
-from reprdiag.stats import Reservoir, StreamingMoments
+from reprdiag.stats import Reservoir, StreamingMoments, row_priority
 
 
 def _data(n: int = 1000, d: int = 12) -> torch.Tensor:
@@ -118,3 +118,40 @@ def _partition_direct(x: torch.Tensor) -> float:
     _, vecs = torch.linalg.eigh(x.T @ x)
     lse = torch.logsumexp(x @ torch.cat([vecs, -vecs], dim=1), dim=0)
     return float(torch.exp(lse.min() - lse.max()))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reservoir_is_the_bottom_k_priorities(seed: int) -> None:
+    """In-place reservoir == the capacity lowest hash priorities, computed directly."""
+    gen = torch.Generator().manual_seed(seed)
+    n, cap = 2000, 97
+    x = torch.arange(float(n)).unsqueeze(1).repeat(1, 2)
+    keep = torch.rand(n, generator=gen) > 0.1  # some rows dropped, indices unchanged
+    r, lo = Reservoir(cap, seed=seed), 0
+    while lo < n:
+        step = int(torch.randint(1, 300, (1,), generator=gen))
+        r.update(lo, x[lo:lo + step], keep[lo:lo + step])
+        lo += step
+    prio = row_priority(0, n, seed)
+    prio[~keep] = torch.iinfo(torch.int64).max
+    want = torch.sort(torch.topk(prio, cap, largest=False).indices).values
+    assert torch.equal(r.index, want)
+    assert torch.equal(r.rows[:, 0].long(), want)
+    assert r.seen == int(keep.sum()) and not r.is_complete
+
+
+def test_reservoir_sample_can_be_assigned_and_merged() -> None:
+    """The (rows, priority, index) assignment used to ship samples between processes."""
+    x = _data(300, 3)
+    whole = Reservoir(40, seed=2)
+    whole.update(0, x)
+    left, right = Reservoir(40, seed=2), Reservoir(40, seed=2)
+    left.update(0, x[:120])
+    right.update(120, x[120:])
+    shipped = Reservoir(40, seed=2, seen=right.seen)
+    perm = torch.randperm(right.rows.shape[0])  # any order in, index order out
+    shipped.rows, shipped.priority, shipped.index = (right.rows[perm], right.priority[perm],
+                                                     right.index[perm])
+    left.merge(shipped)
+    assert torch.equal(left.index, whole.index) and torch.equal(left.rows, whole.rows)
+    assert left.seen == whole.seen == 300
