@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,12 +36,14 @@ from reprdiag.engine import (
     release_device_memory,
 )
 from reprdiag.errors import ResourceError, UsageError, check_choice
+from reprdiag.jackknife import DEFAULT_BLOCKS, MIN_BLOCKS, check_rows, fit_blocks
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, resolve
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.report.model import InputResult, Report
 from reprdiag.stats import PRECISIONS, ZERO_NORM
+from reprdiag.uncertainty import estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 
@@ -190,18 +192,45 @@ def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: M
 
 
 def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
-              metric_opts: MetricOptions) -> InputResult:
-    """Metrics and spectra of one accumulated source."""
+              metric_opts: MetricOptions, progress: Progress | None = None) -> InputResult:
+    """Metrics and spectra of one accumulated source (with jackknife estimates when the
+    pass kept per-block moments)."""
     stats, spectra, values, t_spectra, t_metrics = measure(acc, metric_names, metric_opts,
                                                            source.label)
     path = str(source.path) if source.path is not None else None
-    return InputResult(
+    result = InputResult(
         name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
         metrics=values, spectra=spectra, solver=stats.spectra.solvers(), path=path,
         key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
         rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
         timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,
                  "metrics_s": t_metrics}, warnings=input_warnings(acc))
+    if acc.blocks is not None:
+        t0 = time.perf_counter()
+        jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(metric_names),
+                      asdict(metric_opts), values, stats.cov_eigenvalues, progress=progress,
+                      label=source.label)
+        result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
+        result.spectra_se = {"covariance": jk.spectrum_se}
+        result.timings["uncertainty_s"] = time.perf_counter() - t0
+    return result
+
+
+def _check_blocks(uncertainty: bool, blocks: int) -> None:
+    if uncertainty and blocks < MIN_BLOCKS:
+        raise UsageError(f"--blocks must be at least {MIN_BLOCKS}, got {blocks}",
+                         hint=f"the jackknife needs several blocks (default {DEFAULT_BLOCKS})")
+
+
+def _stream_for(source: ArraySource, stream: StreamOptions, uncertainty: bool,
+                blocks: int) -> StreamOptions:
+    """The stream options of one source: K jackknife blocks, fitted to the memory budget."""
+    if not uncertainty:
+        return stream
+    n, d = source.shape
+    k = fit_blocks(blocks, d, stream.device, source.label)
+    check_rows(n, k, source.label)
+    return replace(stream, blocks=k)
 
 
 def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = None,
@@ -210,6 +239,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
             precision: str = "auto", chunk_rows: int | None = None,
             sample_size: int = 16384, seed: int = 0, kappa: float = 10.0,
             er_estimator: str = "plugin", er_compat: str = "exact", nan: str = "error",
+            uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
             progress: Progress | None = None, backend: str = "auto",
             distributed: bool | DistributedContext | None = None) -> Report:
     """Analyze embedding files or tensors and return a :class:`Report`.
@@ -219,6 +249,9 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     arguments mirror the CLI options of ``reprdiag analyze``. Under ``torchrun`` the rows are
     split over the ranks and merged (``distributed``, ``backend``: see
     :func:`reprdiag.distributed.session`); every rank returns the same report.
+    ``uncertainty=True`` adds delete-a-block jackknife standard errors, bias and 95% intervals
+    (``blocks`` K ≥ 5, default 20; costs K more metric evaluations and K·2·d²·8 bytes of
+    moments): see :attr:`Report.uncertainty` and :mod:`reprdiag.uncertainty`.
 
     >>> import torch, reprdiag
     >>> rep = reprdiag.analyze(torch.eye(4, dtype=torch.float64), metrics=["vne"], device="cpu")
@@ -232,22 +265,29 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     validate_stream(stream)
+    _check_blocks(uncertainty, blocks)
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (
-                (s, accumulate(s, stream, progress))
+                (s, accumulate(s, _stream_for(s, stream, uncertainty, blocks), progress))
                 for s in gather_sources(inputs, keys, pool, concat))
         else:
             refuse_in_memory(inputs)
+            if uncertainty:
+                raise UsageError("--uncertainty does not run under torchrun yet",
+                                 hint="run it in one process")
             stream.device = dev = ctx.device
             pairs = ctx.accumulate_each(lambda: gather_sources(inputs, keys, pool, concat),
                                         stream, progress, check=check_shape)
-        results = [summarize(source, acc, metrics, metric_opts) for source, acc in pairs]
+        results = [summarize(source, acc, metrics, metric_opts, progress)
+                   for source, acc in pairs]
         world_size = ctx.world_size if ctx else 1
     options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                                "precision": precision, "pool": pool, "nan": nan,
                                "chunk_rows": chunk_rows, "concat": concat,
-                               "metrics": list(metrics) if metrics else None}
+                               "metrics": list(metrics) if metrics else None,
+                               "uncertainty": uncertainty,
+                               "blocks": blocks if uncertainty else None}
     return make_report(results, options, dev, start, world_size)
 
 

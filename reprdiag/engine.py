@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 import torch
 
 from reprdiag.errors import InputError, ResourceError
+from reprdiag.jackknife import BlockedMoments
 from reprdiag.loaders import ArraySource
 from reprdiag.prefetch import prefetch
 from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
@@ -39,7 +40,7 @@ T = TypeVar("T")
 class Progress(Protocol):
     """Where the pass reports rows read (the CLI plugs a rich progress bar in here)."""
 
-    def start(self, label: str, total: int) -> None: ...
+    def start(self, label: str, total: int, unit: str = "rows") -> None: ...
 
     def advance(self, rows: int) -> None: ...
 
@@ -56,6 +57,7 @@ class StreamOptions:
     sample_size: int = 16384
     seed: int = 0
     nan: str = "error"
+    blocks: int = 0  # > 0: keep moments per jackknife block (--uncertainty)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Accumulated:
     rows_dropped: int
     seconds: float
     notes: list[str] = field(default_factory=list)  # fallbacks taken, for the caller to show
+    blocks: BlockedMoments | None = None  # per-block moments when ``blocks`` was set
 
 
 def chunk_rows_for(width: int, opts: StreamOptions) -> int:
@@ -128,6 +131,8 @@ class Accumulator:
         self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
         self.moments = StreamingMoments(d, self.dtype, self.device)
         self.reservoir = Reservoir(opts.sample_size, opts.seed)
+        self.blocks = (BlockedMoments(d, self.dtype, self.device, opts.blocks, opts.seed)
+                       if opts.blocks else None)
         self.bad = _NonFinite()
         self.max_abs = 0.0  # largest |x| among the rows kept
         self.rows_read = 0
@@ -144,13 +149,13 @@ class Accumulator:
         keep = self.bad.scan(first, x)
         if keep is None and self.bad.count == 0:
             self._track_magnitude(x)
-            self.moments.update(x, x.dtype)
+            self._fold(first, x, None)
             self.reservoir.update(first, x)
         elif self.opts.nan == "drop":
             kept = keep if keep is not None else torch.ones(len(x), dtype=torch.bool,
                                                             device=x.device)
             self._track_magnitude(x[kept])
-            self.moments.update(x[kept], x.dtype)
+            self._fold(first, x, kept)
             self.reservoir.update(first, x, kept)
         self.rows_read += rows.shape[0]
         self.seconds += time.perf_counter() - t0
@@ -171,9 +176,17 @@ class Accumulator:
                              source=self.label, hint="rescale the embeddings so that the "
                              f"largest |x| is above {lo:g}")
 
+    def _fold(self, first: int, x: torch.Tensor, keep: torch.Tensor | None) -> None:
+        if self.blocks is not None:  # the total is the blocks' merge, built in finish()
+            self.blocks.update(first, x, keep, x.dtype)
+        else:
+            self.moments.update(x if keep is None else x[keep], x.dtype)
+
     def finish(self) -> Accumulated:
         """Check what was read (NaN/Inf policy, enough rows, magnitudes) and return the
         statistics."""
+        if self.blocks is not None:
+            self.moments = self.blocks.total()
         if self.bad.count and self.opts.nan == "error":
             raise InputError(f"has {self.bad.count} row(s) containing NaN or Inf "
                              f"(first at row {self.bad.first})", source=self.label,
@@ -183,7 +196,7 @@ class Accumulator:
                              source=self.label, hint="check the data or the NaN policy")
         self._check_magnitude()
         return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
-                           self.seconds)
+                           self.seconds, blocks=self.blocks)
 
 
 def _within(x: torch.Tensor, bounds: tuple[float, float]) -> bool:

@@ -80,3 +80,7 @@ def check_choice(value: object, choices: tuple[str, ...], what: str) -> None:
     """
     if value not in choices:
         raise UsageError(f"unknown {what} {value!r}", hint=f"use one of {', '.join(choices)}")
+
+
+class ReprdiagWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints one line)."""

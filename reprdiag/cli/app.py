@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +24,7 @@ from rich.progress import (
 from rich.text import Text
 
 from reprdiag.distributed import printed_by_rank0
-from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError
+from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
 
 if TYPE_CHECKING:
     from reprdiag.report.model import InputResult, Report
@@ -72,13 +73,23 @@ def fail(message: str, code: int, quiet: bool = False) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _warn_one_line(message: Warning | str, category: type[Warning], *_: Any,
+                   **__: Any) -> None:
+    """Show a warning as ``reprdiag: warning: MESSAGE``, one line on stderr."""
+    sys.stderr.write(f"reprdiag: warning: {' '.join(str(message).split())}\n")
+    sys.stderr.flush()
+
+
 def handle_errors(func: F) -> F:
     """Turn every failure of a command into one stderr line and its exit code."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", ReprdiagWarning)
+                warnings.showwarning = _warn_one_line
+                return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
         except ReprdiagError as exc:  # torchrun: rank 0 prints shared errors
@@ -126,9 +137,12 @@ class RichProgress:
         self.unit = unit
         self._bar: Progress | None = None
         self._label, self._total, self._done, self._t0 = "", 0, 0, 0.0
+        self._unit = unit
 
-    def start(self, label: str, total: int) -> None:
+    def start(self, label: str, total: int, unit: str | None = None) -> None:
+        """Begin a bar; ``unit`` overrides the constructor's for this bar (e.g. ``blocks``)."""
         self._label, self._total, self._done, self._t0 = label, total, 0, time.perf_counter()
+        self._unit = unit or self.unit
 
     def advance(self, rows: int) -> None:
         self._done += rows
@@ -136,8 +150,8 @@ class RichProgress:
             return
         if self._bar is None and time.perf_counter() - self._t0 > self.DELAY_S:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn(self.unit),
-                                 RateColumn(self.unit), TimeRemainingColumn(), console=stderr,
+                                 MofNCompleteColumn(), TextColumn(self._unit),
+                                 RateColumn(self._unit), TimeRemainingColumn(), console=stderr,
                                  transient=True)
             self._bar.start()
             self._task = self._bar.add_task(self._label, total=self._total or None)

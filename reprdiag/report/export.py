@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from reprdiag.errors import ReprdiagError, ResourceError, UsageError, source_label
-from reprdiag.report.model import SPECTRUM_KINDS, Report
+from reprdiag.report.model import SPECTRUM_KINDS, InputResult, Report
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 
@@ -93,9 +93,12 @@ def spectrum_frame(report: Report) -> pd.DataFrame:
 
 
 def metrics_frame(report: Report) -> pd.DataFrame:
-    """One row per input: name, path, key, N, d, dtype, then every metric."""
+    """One row per input: name, path, key, N, d, dtype, every metric, then ``<metric>_se``
+    for each metric with a jackknife standard error (``--uncertainty``)."""
     rows = [{"input": r.name, "path": r.path, "key": r.key, "n": r.n, "d": r.d,
-             "dtype": r.dtype, **r.metrics} for r in report.inputs]
+             "dtype": r.dtype, **r.metrics,
+             **{f"{m}_se": est.get("se", math.nan) for m, est in r.uncertainty.items()}}
+            for r in report.inputs]
     return pd.DataFrame(rows)
 
 
@@ -112,6 +115,23 @@ def format_value(value: float) -> str:
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
         return f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.4g}"
     return f"{value:.5g}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def format_estimate(value: float, se: float | None = None) -> str:
+    """``value ± se`` (the SE to two significant digits), or the value alone without an SE.
+
+    >>> format_estimate(286.2543, 8.61), format_estimate(0.0949, 0.00042), format_estimate(3.0)
+    ('286.25 ± 8.6', '0.0949 ± 0.00042', '3')
+    """
+    if se is None or not math.isfinite(se):
+        return format_value(value)
+    return f"{format_value(value)} ± {se:.2g}"
+
+
+def metric_cell(result: InputResult, name: str) -> str:
+    """A metric of one input as a table shows it: ``value ± SE`` when it has an SE."""
+    return format_estimate(result.metrics.get(name, math.nan),
+                           result.se(name) if name in result.uncertainty else None)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -131,8 +151,7 @@ def metrics_markdown(report: Report) -> str:
     """Metrics as a markdown table: metrics as rows, one column per input."""
     names = list(dict.fromkeys(k for r in report.inputs for k in r.metrics))
     header = ["metric", *[r.name for r in report.inputs]]
-    rows = [[n, *[format_value(r.metrics.get(n, math.nan)) for r in report.inputs]]
-            for n in names]
+    rows = [[n, *[metric_cell(r, n) for r in report.inputs]] for n in names]
     rows.insert(0, ["N × d", *[f"{r.n} × {r.d}" for r in report.inputs]])
     return markdown_table(header, rows)
 

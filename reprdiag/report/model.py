@@ -37,10 +37,25 @@ class InputResult:
     #: Things the numbers depend on that the user should know (zero rows, dropped rows,
     #: fallbacks taken); the CLI prints each as ``reprdiag: warning: NAME: TEXT``.
     warnings: list[str] = field(default_factory=list)
+    # --uncertainty: {metric: {se, ci_low, ci_high, bias}}, how, and the spectrum's SE
+    uncertainty: dict[str, dict[str, float]] = field(default_factory=dict)
+    uncertainty_method: dict[str, Any] = field(default_factory=dict)
+    spectra_se: dict[str, list[float]] = field(default_factory=dict)
+
+    def se(self, metric: str) -> float:
+        """The metric's jackknife standard error (NaN when none was computed)."""
+        return self.uncertainty.get(metric, {}).get("se", math.nan)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["metrics"] = {k: _finite_or_none(v) for k, v in self.metrics.items()}
+        out["uncertainty"] = {m: {k: _finite_or_none(v) for k, v in est.items()}
+                              for m, est in self.uncertainty.items()}
+        out["spectra_se"] = {k: [_finite_or_none(v) for v in vs]
+                             for k, vs in self.spectra_se.items()}
+        for key in ("uncertainty", "uncertainty_method", "spectra_se"):
+            if not out[key]:
+                del out[key]
         return out
 
     @classmethod
@@ -48,6 +63,9 @@ class InputResult:
         data = dict(data)
         data["metrics"] = {k: (math.nan if v is None else float(v))
                            for k, v in data["metrics"].items()}
+        data["uncertainty"] = {m: {k: (math.nan if v is None else float(v))
+                                   for k, v in est.items()}
+                               for m, est in data.get("uncertainty", {}).items()}
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -90,6 +108,17 @@ class Report:
         if len(self.inputs) == 1:
             return dict(self.inputs[0].spectra)
         return {r.name: dict(r.spectra) for r in self.inputs}
+
+    @property
+    def uncertainty(self) -> pd.DataFrame:
+        """Jackknife estimates, one row per (input, metric): value, se, ci_low, ci_high, bias.
+
+        Empty when the analysis ran without ``uncertainty=True``.
+        """
+        rows = [{"input": r.name, "metric": m, "value": r.metrics.get(m, math.nan), **est}
+                for r in self.inputs for m, est in r.uncertainty.items()]
+        cols = ["input", "metric", "value", "se", "ci_low", "ci_high", "bias"]
+        return pd.DataFrame(rows, columns=cols).set_index(["input", "metric"])
 
     def to_frame(self) -> pd.DataFrame:
         """One row per input (indexed by name): N, d, then every metric."""

@@ -22,6 +22,7 @@ from reprdiag.errors import UsageError
 from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
 from reprdiag.report.export import PLOT_FORMATS, atomic_write, make_folder, slug
 from reprdiag.report.model import InputResult, Report
+from reprdiag.uncertainty import LEVEL, t_quantile
 
 if TYPE_CHECKING:
     from reprdiag.compare import Comparison
@@ -80,6 +81,7 @@ def spectrum_figure(result: InputResult) -> Figure:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     pos = frac > 0
     plot_spectrum(ax1, lam, "λ_k / Σλ (covariance)")
+    _jackknife_band(ax1, result, lam)
     eta = np.asarray(result.spectra.get("autocorrelation", []), dtype=np.float64)
     if eta.size and eta.sum() > 0:
         plot_spectrum(ax1, eta, "η_k (autocorrelation of x/‖x‖)", "-", alpha=0.6)
@@ -115,6 +117,22 @@ def short_names(names: list[str]) -> list[str]:
     prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
     cut = max(prefix.rfind(sep) for sep in "/[") + 1 if prefix else 0
     return [n[cut:].rstrip("]") or n for n in names]
+
+
+def _jackknife_band(ax: Axes, result: InputResult, lam: np.ndarray) -> None:
+    """Shade the per-eigenvalue jackknife interval λ_k ± t·SE_k (over Σλ), when computed."""
+    se = np.asarray(result.spectra_se.get("covariance", []), dtype=np.float64)
+    if se.size != lam.size or lam.sum() <= 0:
+        return
+    method = result.uncertainty_method
+    level = float(method.get("level", LEVEL))
+    t = t_quantile(level, max(int(method.get("blocks", 20)) - 1, 1))
+    k, total = np.arange(1, lam.size + 1), lam.sum()
+    lo, hi = (lam - t * se) / total, (lam + t * se) / total
+    pos = lam > 0
+    ax.fill_between(k[pos], np.clip(lo[pos], lam[pos] / total * 1e-3, None), hi[pos],
+                    alpha=0.25, lw=0, label=f"{level:.0%} jackknife band "
+                    f"({method.get('blocks', '?')} blocks)")
 
 
 def metric_series_figure(series: dict[str, list[InputResult]], title: str,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
 
 from reprdiag.metrics import METRICS
-from reprdiag.report.export import format_value
+from reprdiag.report.export import format_value, metric_cell
 from reprdiag.report.model import Report
 
 if TYPE_CHECKING:
@@ -28,7 +27,12 @@ def metric_tables(report: Report, width: int = 10_000) -> list[Table]:
 
 
 def _title(report: Report) -> str:
-    return f"reprdiag · device {report.device}"
+    title = f"reprdiag · device {report.device}"
+    methods = [r.uncertainty_method for r in report.inputs if r.uncertainty_method]
+    if methods:
+        blocks = "/".join(str(k) for k in sorted({m.get("blocks", 0) for m in methods}))
+        title += f" · ± jackknife SE ({blocks} blocks)"
+    return title
 
 
 def _single(report: Report) -> Table:
@@ -36,12 +40,12 @@ def _single(report: Report) -> Table:
     table = Table(title=escape(f"{r.name}  N={r.n:,}  d={r.d}  {r.dtype}"),
                   caption=f"{_title(report)} · ↑ higher is healthier, ↓ lower is")
     table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
+    table.add_column("value ± SE" if r.uncertainty else "value", justify="right")
     table.add_column("range", style="dim")
     table.add_column("", justify="center")
-    for name, value in r.metrics.items():
+    for name in r.metrics:
         info = METRICS.get(name)
-        table.add_row(name, format_value(value), info.range if info else "",
+        table.add_row(name, metric_cell(r, name), info.range if info else "",
                       _ARROWS.get(info.direction, "") if info else "")
     return table
 
@@ -53,8 +57,9 @@ def _several(report: Report, width: int = 10_000) -> list[Table]:
     first = min(max(len(r.name) for r in report.inputs), 48) + 16
     groups: list[list[str]] = [[]]
     used = first
+    cell = 19 if any(r.uncertainty for r in report.inputs) else 9  # "value ± SE" is wider
     for name in names:
-        need = max(len(name) + 2, 9) + 3
+        need = max(len(name) + 2, cell) + 3
         if groups[-1] and used + need > width:
             groups.append([])
             used = first
@@ -73,7 +78,7 @@ def _several(report: Report, width: int = 10_000) -> list[Table]:
             table.add_column(f"{name} {arrow}".strip(), justify="right", no_wrap=True)
         for r in report.inputs:
             table.add_row(escape(r.name), f"{r.n:,} × {r.d}",
-                          *[format_value(r.metrics.get(n, math.nan)) for n in group])
+                          *[metric_cell(r, n) for n in group])
         tables.append(table)
     return tables
 
