@@ -184,12 +184,6 @@ def without_block(sample: Reservoir, block: int, seed: int, blocks: int) -> Rese
                      sample.index[keep], sample.seen - int((~keep).sum()))
 
 
-def sample_sizes(sample: Reservoir, seed: int, blocks: int) -> list[int]:
-    """Rows of the sample in each block."""
-    labels = block_labels(sample.index, seed, blocks)
-    return torch.bincount(labels.cpu(), minlength=blocks).tolist()
-
-
 def deleted_statistics(bm: BlockedMoments, total: StreamingMoments,
                        sample: Reservoir) -> Iterator[Statistics]:
     """:class:`Statistics` of every row outside block b (moments and sample), b = 0 … K−1.
@@ -212,4 +206,4 @@ def check_rows(n: int, blocks: int, label: str = "<input>") -> None:
 
 __all__ = ["BLOCK_SALT", "DEFAULT_BLOCKS", "MIN_BLOCKS", "BlockedMoments", "block_labels",
            "check_rows", "deleted_statistics", "fit_blocks", "memory_budget", "moment_bytes",
-           "remove", "sample_sizes", "without_block"]
+           "remove", "without_block"]

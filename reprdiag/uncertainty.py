@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from reprdiag.engine import Progress
-from reprdiag.jackknife import BlockedMoments, deleted_statistics, sample_sizes
-from reprdiag.metrics import MetricInfo, compute
+from reprdiag.jackknife import BlockedMoments, block_labels, deleted_statistics
+from reprdiag.metrics import MetricInfo, Statistics, compute
+from reprdiag.metrics.registry import option_kwargs
 from reprdiag.stats import Reservoir, StreamingMoments
 
 LEVEL = 0.95
@@ -133,12 +134,19 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     """
     continuous = [i for i in infos if not i.discrete and i.name in values]
     deleted: dict[str, list[float]] = {i.name: [] for i in continuous}
+    labels = block_labels(sample.index, blocked.seed, blocked.blocks)
+    full = Statistics(total, sample)
+    for info in continuous:  # metrics that compute all K deletions in one pass
+        if info.deleted is not None:
+            deleted[info.name] = info.deleted(full, labels, blocked.blocks,
+                                              **option_kwargs(info, options))
+    one_by_one = [i for i in continuous if i.deleted is None]
     spectra = []
     if progress:
         progress.start(f"{label} · jackknife", blocked.blocks, unit="blocks")
     try:
         for stats in deleted_statistics(blocked, total, sample):
-            for name, value in compute(stats, continuous, options).items():
+            for name, value in compute(stats, one_by_one, options).items():
                 deleted[name].append(value)
             spectra.append(_padded(stats.cov_eigenvalues, eigenvalues.numel()))
             if progress:
@@ -146,7 +154,7 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     finally:
         if progress:
             progress.finish()
-    in_sample = sample_sizes(sample, blocked.seed, blocked.blocks)
+    in_sample = torch.bincount(labels.cpu(), minlength=blocked.blocks).tolist()
     out = {}
     for info in continuous:
         est = jackknife(values[info.name], np.array(deleted[info.name]),

@@ -64,11 +64,20 @@ def vne_normalized(stats: Statistics) -> float:
     return vne(stats) / math.log(m) if m > 1 else 0.0
 
 
+def _er_entropy_deleted(stats: Statistics, labels: torch.Tensor, blocks: int,
+                        kappa: float = 10.0, er_estimator: str = "plugin",
+                        er_compat: str = "exact") -> list[float]:
+    """``er_entropy`` of the sample without each jackknife block, in one O(M²·d) pass."""
+    return pairwise.er_entropy_deleted(stats.normalized_sample, labels, blocks, kappa=kappa,
+                                       estimator=er_estimator, compat=er_compat)
+
+
 @metric("er_entropy",
         summary="vMF kernel density entropy of the normalized sample (ER bound), κ=10",
         range="(−∞, ln|S^{d−1}|]", direction="higher",
         citation="Rodríguez-Gálvez et al., ICML 2023 (official entropy())",
-        bounds=lambda n, d: (-math.inf, pairwise.log_sphere_area(d) + 1e-9), uses_sample=True)
+        bounds=lambda n, d: (-math.inf, pairwise.log_sphere_area(d) + 1e-9), uses_sample=True,
+        deleted=_er_entropy_deleted)
 def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plugin",
                er_compat: str = "exact") -> float:
     """ER entropy: the von Mises–Fisher kernel density estimate of the entropy of the

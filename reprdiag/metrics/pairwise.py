@@ -27,6 +27,7 @@ __all__ = [
     "ER_ESTIMATORS",
     "er_constant",
     "er_entropy",
+    "er_entropy_deleted",
     "er_reduce",
     "log_bessel_iv",
     "log_sphere_area",
@@ -257,29 +258,40 @@ def _check_block_rows(block_rows: int) -> int:
     return block_rows
 
 
+def _row_logsumexp_groups(e: torch.Tensor, kappa: float, block_rows: int,
+                          bounds: list[tuple[int, int]]) -> torch.Tensor:
+    """lse_ig = logsumexp_{j in group g}(kappa e_i^T e_j); float64 (M, G); group g is the
+    column range ``bounds[g]`` of ``e`` (-inf for an empty group).
+
+    Row blocks times column blocks of float64 logits, combined across column blocks with
+    logaddexp (stable whatever the scale of the logits).
+    """
+    m = e.shape[0]
+    out = torch.full((m, len(bounds)), -math.inf, dtype=torch.float64, device=e.device)
+    for i0 in range(0, m, block_rows):
+        rows = e[i0 : i0 + block_rows]
+        for g, (lo, hi) in enumerate(bounds):
+            acc: torch.Tensor | None = None
+            for j0 in range(lo, hi, block_rows):
+                logits = (rows @ e[j0 : min(j0 + block_rows, hi)].T).to(torch.float64) * kappa
+                lse = torch.logsumexp(logits, dim=1)
+                acc = lse if acc is None else torch.logaddexp(acc, lse)
+            if acc is not None:
+                out[i0 : i0 + block_rows, g] = acc
+    return out
+
+
 def _row_logsumexp_gram(e: torch.Tensor, kappa: float, block_rows: int) -> torch.Tensor:
     """lse_i = logsumexp_j(kappa e_i^T e_j) over all j (i included); float64 vector (M,).
 
     float32 input whose logits are bounded (kappa max_i |e_i|^2 <= 40, always true for unit
     rows at the default kappa = 10) takes :func:`_row_logsumexp_symmetric`; anything else
-    this generic path: row blocks times column blocks of float64 logits, combined across
-    column blocks with logaddexp (stable whatever the scale of the logits).
+    the generic path of :func:`_row_logsumexp_groups` with one group.
     """
     shift = kappa * float(torch.linalg.vector_norm(e, dim=1).max()) ** 2
     if e.dtype == torch.float32 and shift <= _FIXED_SHIFT_MAX:
         return _row_logsumexp_symmetric(e, kappa, shift, block_rows)
-    m = e.shape[0]
-    out = torch.empty(m, dtype=torch.float64, device=e.device)
-    for i0 in range(0, m, block_rows):
-        rows = e[i0 : i0 + block_rows]
-        acc: torch.Tensor | None = None
-        for j0 in range(0, m, block_rows):
-            logits = (rows @ e[j0 : j0 + block_rows].T).to(torch.float64) * kappa
-            lse = torch.logsumexp(logits, dim=1)
-            acc = lse if acc is None else torch.logaddexp(acc, lse)
-        assert acc is not None
-        out[i0 : i0 + block_rows] = acc
-    return out
+    return _row_logsumexp_groups(e, kappa, block_rows, [(0, e.shape[0])])[:, 0]
 
 
 # exp(-2 * 40) = 1.8e-35 is a normal float32, so no term underflows with a fixed shift <= 40.
@@ -415,6 +427,56 @@ def er_reduce(ell: torch.Tensor, estimator: str = "plugin") -> torch.Tensor:
     if estimator == "joe":
         return ell.mean(dim=-1)
     return (torch.softmax(-ell, dim=-1) * ell).sum(dim=-1)
+
+
+def er_entropy_deleted(
+    e: torch.Tensor,
+    labels: torch.Tensor,
+    groups: int,
+    kappa: float = 10.0,
+    estimator: str = "plugin",
+    compat: str = "exact",
+    block_rows: int = 4096,
+) -> list[float]:
+    r"""ER entropy of the rows outside each group: ``er_entropy(e[labels != g])`` for every g.
+
+    For the delete-a-group jackknife. One pass computes lse_ig = logsumexp over the rows j of
+    group g of kappa e_i^T e_j, an (M, G) matrix; the entropy without group g then needs only
+    logsumexp_{g' != g} lse_ig' for the rows i outside g, with M_g = #{i: labels_i != g} in
+    place of M. Complexity: O(M^2 d) in all (one evaluation's cost, not G of them) plus
+    O(M G^2); memory O(M G + block_rows^2).
+
+    Args:
+        e: (M, d) L2-normalized rows; labels: (M,) group of each row in 0 ... groups-1.
+        The other arguments are those of :func:`er_entropy`.
+
+    Example:
+        >>> e = torch.nn.functional.normalize(torch.randn(30, 4, dtype=torch.float64), dim=1)
+        >>> g = torch.arange(30) % 3
+        >>> fast = er_entropy_deleted(e, g, 3)
+        >>> abs(fast[1] - er_entropy(e[g != 1])) < 1e-12
+        True
+    """
+    er_constant(e.shape[1], 1, kappa, compat)  # checks kappa and compat
+    block_rows = _check_block_rows(block_rows)
+    labels = labels.to(e.device)
+    order = torch.argsort(labels, stable=True)
+    x, labels = e.detach().to(_compute_dtype(e))[order], labels[order]
+    counts = torch.bincount(labels, minlength=groups).tolist()
+    ends = [sum(counts[: g + 1]) for g in range(groups)]
+    bounds = [(end - c, end) for end, c in zip(ends, counts, strict=True)]
+    lse = _row_logsumexp_groups(x, kappa, block_rows, bounds)
+    out = []
+    for g in range(groups):
+        keep = labels != g
+        m = int(keep.sum())
+        if m == 0:
+            out.append(math.nan)
+            continue
+        others = torch.cat([lse[keep, :g], lse[keep, g + 1 :]], dim=1)
+        ell = er_constant(x.shape[1], m, kappa, compat) - torch.logsumexp(others, dim=1)
+        out.append(float(er_reduce(ell, estimator)))
+    return out
 
 
 def partition_isotropy(x: torch.Tensor, eigvecs: torch.Tensor, block_rows: int = 4096) -> float:

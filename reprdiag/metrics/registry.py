@@ -19,7 +19,10 @@ class MetricInfo:
 
     ``direction`` is ``"higher"`` when larger values are healthier, ``"lower"`` when smaller
     are, and ``"neutral"`` when neither. ``bounds(N, d)`` gives the documented range for an
-    input of that size (used by tests and by ``--list-metrics``).
+    input of that size (used by tests and by ``--list-metrics``). ``deleted``, when set,
+    computes the metric on the sample without each jackknife block at once,
+    ``deleted(stats, labels, blocks, **options) -> [value without block b, …]``, faster than
+    K separate evaluations.
     """
 
     name: str
@@ -32,6 +35,7 @@ class MetricInfo:
     uses_sample: bool = False
     discrete: bool = False
     options: tuple[str, ...] = field(default=())
+    deleted: Callable[..., list[float]] | None = None
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -44,8 +48,9 @@ DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participa
 
 
 def metric(name: str, *, summary: str, range: str, direction: str, citation: str,
-           bounds: Bounds, uses_sample: bool = False,
-           discrete: bool = False) -> Callable[[Callable[..., float]], Callable[..., float]]:
+           bounds: Bounds, uses_sample: bool = False, discrete: bool = False,
+           deleted: Callable[..., list[float]] | None = None,
+           ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``func(stats, **options) -> float`` as metric ``name``.
 
     The registered function also accepts a tensor or numpy array of rows in place of
@@ -62,7 +67,7 @@ def metric(name: str, *, summary: str, range: str, direction: str, citation: str
             return float(func(stats, **kwargs))
 
         METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
-                                   uses_sample, discrete, options)
+                                   uses_sample, discrete, options, deleted)
         return wrapper
 
     return register
@@ -86,9 +91,10 @@ def resolve(names: Sequence[str] | None) -> list[MetricInfo]:
 def compute(stats: Statistics, infos: Sequence[MetricInfo],
             options: dict[str, object] | None = None) -> dict[str, float]:
     """Evaluate metrics on one input, passing each only the options it accepts."""
+    return {info.name: info.func(stats, **option_kwargs(info, options)) for info in infos}
+
+
+def option_kwargs(info: MetricInfo, options: dict[str, object] | None) -> dict[str, object]:
+    """The subset of ``options`` that metric ``info`` accepts."""
     options = options or {}
-    out = {}
-    for info in infos:
-        kwargs = {k: options[k] for k in info.options if k in options}
-        out[info.name] = info.func(stats, **kwargs)
-    return out
+    return {k: options[k] for k in info.options if k in options}
