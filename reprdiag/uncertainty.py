@@ -66,8 +66,10 @@ def t_quantile(level: float, df: int) -> float:
     >>> round(t_quantile(0.95, 19), 4), round(t_quantile(0.95, 4), 4)
     (2.093, 2.7764)
     """
-    lo, hi = 0.0, 1e6
-    for _ in range(200):
+    lo, hi = 0.0, 1.0
+    while t_two_sided_cdf(hi, df) < level:
+        lo, hi = hi, 2 * hi
+    for _ in range(64):
         mid = (lo + hi) / 2
         if t_two_sided_cdf(mid, df) < level:
             lo = mid

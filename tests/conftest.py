@@ -47,3 +47,12 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                      metrics=["vne", "rankme", "effective_rank", "std_normalized",
                               "avg_cosine"]).save(out, plots=False)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (many small matrices: no thread hand-offs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
