@@ -1,0 +1,79 @@
+"""``reprdiag analyze --uncertainty`` end to end, through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reprdiag.jackknife import BUDGET_ENV, moment_bytes
+from reprdiag.metrics import METRICS
+from tests.conftest import PYTHON, run_cli_env
+
+CONTINUOUS = {m for m, info in METRICS.items() if not info.discrete}
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("u") / "emb.npy"
+    np.save(path, (rng.standard_normal((600, 16)) * np.arange(1, 17) ** -0.5).astype("f4"))
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
+                          env={**run_cli_env(), "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=300)
+
+
+def test_uncertainty_out_folder_and_json(emb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run("analyze", str(emb), "--uncertainty", "--blocks", "8", "--out", str(out),
+               "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads(proc.stdout)["inputs"][0]
+    assert set(entry["uncertainty"]) == CONTINUOUS
+    assert entry["uncertainty_method"]["method"] == "jackknife"
+    assert entry["uncertainty_method"]["blocks"] == 8
+    for name, est in entry["uncertainty"].items():
+        value = entry["metrics"][name]
+        assert est["se"] >= 0 and est["ci_low"] <= value <= est["ci_high"], name
+    saved = json.loads((out / "report.json").read_text())["inputs"][0]
+    assert saved["uncertainty"] == entry["uncertainty"]
+    csv = pd.read_csv(out / "metrics.csv")
+    assert csv.loc[0, "vne_se"] == pytest.approx(entry["uncertainty"]["vne"]["se"])
+    assert (out / "spectrum.png").stat().st_size > 10_000
+
+
+def test_table_shows_plus_minus(emb: Path) -> None:
+    proc = run("analyze", str(emb), "--uncertainty", "--blocks", "5", "-m", "vne,rankme")
+    assert proc.returncode == 0, proc.stderr
+    assert "value ± SE" in proc.stdout and proc.stdout.count("±") >= 3
+
+
+def test_too_few_blocks_is_usage_error(emb: Path) -> None:
+    proc = run("analyze", str(emb), "--uncertainty", "--blocks", "4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("reprdiag: error:") and proc.stderr.count("\n") == 1
+    assert "--blocks must be at least 5" in proc.stderr
+
+
+def test_memory_budget_lowers_blocks_with_a_warning(emb: Path) -> None:
+    proc = run("analyze", str(emb), "--uncertainty", "--format", "json", "-m", "vne",
+               env={BUDGET_ENV: str(moment_bytes(16, 6))})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("reprdiag: warning:") and "using 6 blocks" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert json.loads(proc.stdout)["inputs"][0]["uncertainty_method"]["blocks"] == 6
+
+
+def test_memory_budget_too_small_is_resource_error(emb: Path) -> None:
+    proc = run("analyze", str(emb), "--uncertainty", env={BUDGET_ENV: str(moment_bytes(16, 4))})
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("reprdiag: error:") and proc.stderr.count("\n") == 1
+    assert "memory budget" in proc.stderr and "Traceback" not in proc.stderr
