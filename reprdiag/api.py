@@ -24,7 +24,7 @@ import torch
 
 from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
-from reprdiag.distributed import DistributedContext, refuse_in_memory, session
+from reprdiag.distributed import DistributedContext, launched, refuse_in_memory, session
 from reprdiag.engine import (
     NAN_POLICIES,
     Accumulated,
@@ -216,7 +216,11 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     return result
 
 
-def _check_blocks(uncertainty: bool, blocks: int) -> None:
+def _check_blocks(uncertainty: bool, blocks: int,
+                  distributed: bool | DistributedContext | None) -> None:
+    if uncertainty and distributed is not False and (distributed or launched()):
+        raise UsageError("--uncertainty does not run under torchrun yet",
+                         hint="run it in one process")
     if uncertainty and blocks < MIN_BLOCKS:
         raise UsageError(f"--blocks must be at least {MIN_BLOCKS}, got {blocks}",
                          hint=f"the jackknife needs several blocks (default {DEFAULT_BLOCKS})")
@@ -265,7 +269,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     validate_stream(stream)
-    _check_blocks(uncertainty, blocks)
+    _check_blocks(uncertainty, blocks, distributed)
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (
@@ -273,9 +277,6 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                 for s in gather_sources(inputs, keys, pool, concat))
         else:
             refuse_in_memory(inputs)
-            if uncertainty:
-                raise UsageError("--uncertainty does not run under torchrun yet",
-                                 hint="run it in one process")
             stream.device = dev = ctx.device
             pairs = ctx.accumulate_each(lambda: gather_sources(inputs, keys, pool, concat),
                                         stream, progress, check=check_shape)
