@@ -206,6 +206,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
         timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,
                  "metrics_s": t_metrics}, warnings=input_warnings(acc))
     if acc.blocks is not None:
+        check_rows(acc.moments.n, acc.blocks.blocks, source.label)
         t0 = time.perf_counter()
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(metric_names),
                       asdict(metric_opts), values, stats.cov_eigenvalues, progress=progress,
@@ -216,8 +217,9 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     return result
 
 
-def _check_blocks(uncertainty: bool, blocks: int,
-                  distributed: bool | DistributedContext | None) -> None:
+def check_blocks(uncertainty: bool, blocks: int,
+                 distributed: bool | DistributedContext | None = False) -> None:
+    """Refuse ``blocks`` < 5, and ``uncertainty`` in a distributed run (not supported yet)."""
     if uncertainty and distributed is not False and (distributed or launched()):
         raise UsageError("--uncertainty does not run under torchrun yet",
                          hint="run it in one process")
@@ -226,15 +228,22 @@ def _check_blocks(uncertainty: bool, blocks: int,
                          hint=f"the jackknife needs several blocks (default {DEFAULT_BLOCKS})")
 
 
-def _stream_for(source: ArraySource, stream: StreamOptions, uncertainty: bool,
-                blocks: int) -> StreamOptions:
-    """The stream options of one source: K jackknife blocks, fitted to the memory budget."""
+def blocked_stream(stream: StreamOptions, d: int, label: str, uncertainty: bool,
+                   blocks: int) -> StreamOptions:
+    """The stream options of one input of width ``d``: with ``uncertainty``, K jackknife blocks
+    fitted to the memory budget (see :func:`reprdiag.jackknife.fit_blocks`)."""
     if not uncertainty:
         return stream
+    return replace(stream, blocks=fit_blocks(blocks, d, stream.device, label))
+
+
+def _stream_for(source: ArraySource, stream: StreamOptions, uncertainty: bool,
+                blocks: int) -> StreamOptions:
     n, d = source.shape
-    k = fit_blocks(blocks, d, stream.device, source.label)
-    check_rows(n, k, source.label)
-    return replace(stream, blocks=k)
+    out = blocked_stream(stream, d, source.label, uncertainty, blocks)
+    if out.blocks:
+        check_rows(n, out.blocks, source.label)  # before reading anything
+    return out
 
 
 def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = None,
@@ -269,7 +278,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     validate_stream(stream)
-    _check_blocks(uncertainty, blocks, distributed)
+    check_blocks(uncertainty, blocks, distributed)
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from reprdiag import __version__
-from reprdiag.api import MetricOptions, make_report, summarize, validate_stream
+from reprdiag.api import (
+    MetricOptions,
+    blocked_stream,
+    check_blocks,
+    make_report,
+    summarize,
+    validate_stream,
+)
 from reprdiag.checkpoint.data import Batches, DataSpec, examples, open_data, to_device
 from reprdiag.checkpoint.hf import HFProbe
 from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
@@ -35,6 +42,7 @@ from reprdiag.checkpoint.writer import open_writer, writer_format
 from reprdiag.device import resolve_device
 from reprdiag.engine import Accumulator, Progress, StreamOptions
 from reprdiag.errors import InputError
+from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
@@ -144,7 +152,8 @@ def stream(session: Session, progress: Progress | None = None
 def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
                   precision: str = "auto", sample_size: int = 16384, seed: int = 0,
                   kappa: float = 10.0, er_estimator: str = "plugin", er_compat: str = "exact",
-                  nan: str = "error", progress: Progress | None = None) -> Report:
+                  nan: str = "error", uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
+                  progress: Progress | None = None) -> Report:
     """Run ``run.model`` over ``run.data`` and analyze each layer: one report row per layer,
     in the order asked for. The metric options mirror :func:`reprdiag.analyze`."""
     start = time.perf_counter()
@@ -154,20 +163,24 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     session = open_session(run)
     opts = StreamOptions(session.device, precision, None, sample_size, seed, nan)
     validate_stream(opts)
+    check_blocks(uncertainty, blocks)
     accs: dict[str, Accumulator] = {}
     dtypes: dict[str, str] = {}
     for first, rows in stream(session, progress):
         for name, r in rows.items():
             if name not in accs:
                 dtypes[name] = str(r.dtype).removeprefix("torch.")
-                accs[name] = Accumulator(r.shape[1], r.dtype, opts, f"{run.model}[{name}]")
+                label = f"{run.model}[{name}]"
+                accs[name] = Accumulator(r.shape[1], r.dtype, blocked_stream(
+                    opts, r.shape[1], label, uncertainty, blocks), label)
             accs[name].add(first, r)
     if not accs:
         raise InputError("gave no batches", source=run.data, hint="check --data and --limit")
     results = [summarize(LayerInfo(name, run.model, name, dtypes[name]), accs[name].finish(),
-                         metrics, metric_opts) for name in session.layers]
+                         metrics, metric_opts, progress) for name in session.layers]
     options = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                "precision": precision, "nan": nan, "metrics": list(metrics) if metrics else None,
+               "uncertainty": uncertainty, "blocks": blocks if uncertainty else None,
                **run.options()}
     return make_report(results, options, session.device, start)
 

@@ -119,6 +119,7 @@ def analyze(
         report = analyze_model(
             run, metrics=names, precision=a.precision, sample_size=a.sample_size, seed=a.seed,
             kappa=a.kappa, er_estimator=a.er_estimator, er_compat=a.er_compat, nan=a.nan,
+            uncertainty=a.uncertainty, blocks=a.blocks,
             progress=RichProgress(enabled=not a.quiet, unit="batches"))
     elif not files:
         raise UsageError("no input file given", hint="reprdiag analyze FILE [FILE ...]")

@@ -18,6 +18,7 @@ import typer
 
 from reprdiag.cli.app import RichProgress
 from reprdiag.cli.extract import POOL_HELP
+from reprdiag.jackknife import DEFAULT_BLOCKS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +62,8 @@ class AnalysisOptions:
     er_estimator: str = "plugin"
     er_compat: str = "exact"
     nan: str = "error"
+    uncertainty: bool = False
+    blocks: int = DEFAULT_BLOCKS
     quiet: bool = False
 
     def api_kwargs(self) -> dict[str, Any]:
@@ -97,6 +100,10 @@ _PARAMETERS = (
     _option("er_compat", str, "--er-compat",
             help="exact|reference (the official code's float arithmetic)."),
     _option("nan", str, "--nan", help="error|drop rows holding NaN/Inf."),
+    _option("uncertainty", bool, "--uncertainty",
+            help="Jackknife standard errors, bias and 95% intervals of every metric."),
+    _option("blocks", int, "--blocks", help="Jackknife blocks K (≥ 5; costs K more "
+            "eigendecompositions and K×2 d×d moment matrices)."),
     _option("quiet", bool, "--quiet", "-q", help="No progress bar."),
 )
 
