@@ -143,11 +143,16 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
             deleted[info.name] = info.deleted(full, labels, blocked.blocks,
                                               **option_kwargs(info, options))
     one_by_one = [i for i in continuous if i.deleted is None]
+    # partition_isotropy needs XᵀX's eigenvectors: decompose it once with vectors, so that
+    # RankMe (evaluated before it) reuses those eigenvalues instead of a second solve
+    with_vectors = any(i.name == "partition_isotropy" for i in one_by_one)
     spectra = []
     if progress:
         progress.start(f"{label} · jackknife", blocked.blocks, unit="blocks")
     try:
         for stats in deleted_statistics(blocked, total, sample):
+            if with_vectors:
+                _ = stats.spectra.raw
             for name, value in compute(stats, one_by_one, options).items():
                 deleted[name].append(value)
             spectra.append(_padded(stats.cov_eigenvalues, eigenvalues.numel()))
