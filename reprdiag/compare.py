@@ -4,7 +4,9 @@ Inputs are matched across runs by key (``layer_3`` with ``layer_3``); runs that 
 input each are matched whatever their keys. Δ = value − reference value, exactly (a run
 compared with itself gives Δ = 0); Δ% = 100·Δ/|reference value|. Each change is ``better``,
 ``worse`` or ``neutral`` by the metric's direction (METRICS[name].direction), ``same`` when
-Δ = 0 and ``n/a`` when a value is missing.
+Δ = 0 and ``n/a`` when a value is missing. When the runs carry jackknife standard errors
+(``analyze --uncertainty``), z = Δ/√(se_ref² + se_run²) and a change with |z| < 2
+(``noise_z``) is ``within noise``: the verdict speaks only of the others.
 
 >>> import torch, reprdiag
 >>> x = torch.randn(200, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -29,7 +31,13 @@ import pandas as pd
 
 from reprdiag.errors import InputError
 from reprdiag.metrics import METRICS, resolve
-from reprdiag.report.export import format_value, make_folder, markdown_table, write_text
+from reprdiag.report.export import (
+    format_value,
+    make_folder,
+    markdown_table,
+    metric_cell,
+    write_text,
+)
 from reprdiag.report.model import InputResult, Report
 from reprdiag.runs import RunLike, input_key, load_run, run_label, unique_labels
 
@@ -38,7 +46,26 @@ VERDICT_TOLERANCE_PCT = 1.0
 #: How many of the largest changes the verdict names per run.
 VERDICT_TOP = 3
 
-CHANGES = ("better", "worse", "neutral", "same", "n/a")
+#: |z| below this marks a change "within noise" (runs with standard errors).
+NOISE_Z = 2.0
+NOISE = "within noise"
+
+CHANGES = ("better", "worse", "neutral", "same", NOISE, "n/a")
+
+
+def z_score(delta: float, se_ref: float, se_run: float) -> float:
+    """z = Δ/√(se_ref² + se_run²), the change in units of its standard error; NaN when an SE
+    is missing, 0 when Δ = 0, ±inf when Δ ≠ 0 with both SEs 0.
+
+    >>> z_score(1.0, 0.3, 0.4), z_score(0.0, 0.0, 0.0), z_score(1.0, float("nan"), 0.1)
+    (2.0, 0.0, nan)
+    """
+    if not (math.isfinite(delta) and math.isfinite(se_ref) and math.isfinite(se_run)):
+        return math.nan
+    if delta == 0:
+        return 0.0
+    scale = math.hypot(se_ref, se_run)
+    return delta / scale if scale > 0 else math.copysign(math.inf, delta)
 
 
 def classify(delta: float, direction: str) -> str:
@@ -107,6 +134,7 @@ class Comparison:
     inputs: dict[str, list[InputResult]]
     notes: list[str] = field(default_factory=list)
     only: list[str] | None = None  #: show just these metrics (default: every shared one)
+    noise_z: float = NOISE_Z  #: |z| below this is "within noise"
 
     @property
     def layered(self) -> bool:
@@ -126,8 +154,14 @@ class Comparison:
         return len({(r.n, r.d) for r in self.inputs[key]}) > 1
 
     @property
+    def has_se(self) -> bool:
+        """Whether any run carries jackknife standard errors (``analyze --uncertainty``)."""
+        return any(r.uncertainty for results in self.inputs.values() for r in results)
+
+    @property
     def frame(self) -> pd.DataFrame:
-        """Columns: input, metric, direction, run, n, d, value, delta, delta_pct, change."""
+        """Columns: input, metric, direction, run, n, d, value, delta, delta_pct, change; with
+        standard errors also se (of the value) and z (of the change)."""
         rows = []
         for key, results in self.inputs.items():
             for name in self.metric_names:
@@ -136,10 +170,16 @@ class Comparison:
                 for label, res in zip(self.runs, results, strict=True):
                     value = res.metrics.get(name, math.nan)
                     delta = value - ref
-                    rows.append({"input": key, "metric": name, "direction": direction,
-                                 "run": label, "n": res.n, "d": res.d, "value": value,
-                                 "delta": delta, "delta_pct": relative_change(value, ref),
-                                 "change": classify(delta, direction)})
+                    row = {"input": key, "metric": name, "direction": direction,
+                           "run": label, "n": res.n, "d": res.d, "value": value,
+                           "delta": delta, "delta_pct": relative_change(value, ref),
+                           "change": classify(delta, direction)}
+                    if self.has_se:
+                        z = z_score(delta, results[0].se(name), res.se(name))
+                        row.update(se=res.se(name), z=z if res is not results[0] else math.nan)
+                        if abs(row["z"]) < self.noise_z and row["change"] not in ("same", "n/a"):
+                            row["change"] = NOISE
+                    rows.append(row)
         return pd.DataFrame(rows)
 
     def verdict(self) -> str:
@@ -148,7 +188,8 @@ class Comparison:
         parts = []
         for label in self.runs[1:]:
             part = frame[frame["run"] == label]
-            parts.append(f"{label} vs {self.runs[0]}: {_run_verdict(part, self.layered)}")
+            parts.append(f"{label} vs {self.runs[0]}: "
+                         f"{_run_verdict(part, self.layered, self.noise_z)}")
         return " | ".join(parts) if parts else f"{self.runs[0]}: nothing to compare against"
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,17 +210,18 @@ class Comparison:
         """One markdown table per input: value per run, then Δ and Δ% of each later run."""
         frame = self.frame
         blocks = []
+        extra = ["z"] if self.has_se else []
         for key, results in self.inputs.items():
             header = ["metric", *self.runs]
             for label in self.runs[1:]:
-                header += [f"Δ {label}", f"Δ% {label}"]
+                header += [f"Δ {label}", f"Δ% {label}", *[f"{e} {label}" for e in extra]]
             rows = [["N × d", *[f"{r.n} × {r.d}" for r in results]]
-                    + ["", ""] * (len(self.runs) - 1)]
+                    + [""] * (2 + len(extra)) * (len(self.runs) - 1)]
             for name in self.metric_names:
                 part = frame[(frame["input"] == key) & (frame["metric"] == name)]
-                cells = [name, *[format_value(v) for v in part["value"]]]
+                cells = [name, *[metric_cell(r, name) for r in results]]
                 for _, row in part.iloc[1:].iterrows():
-                    cells += [format_signed(row["delta"]), format_signed(row["delta_pct"], True)]
+                    cells += change_cells(row)
                 rows.append(cells)
             title = f"### {key}\n\n" if self.layered else ""
             blocks.append(title + markdown_table(header, rows))
@@ -201,6 +243,16 @@ class Comparison:
 
             written += save_compare_plots(self, out, plot_format)
         return written
+
+
+def change_cells(row: pd.Series) -> list[str]:
+    """Δ, Δ% (and z, with standard errors; ``≈`` marks a change within noise) of one row of
+    :attr:`Comparison.frame`."""
+    cells = [format_signed(row["delta"]), format_signed(row["delta_pct"], True)]
+    if "z" in row:
+        mark = " ≈" if row["change"] == NOISE else ""
+        cells.append(format_signed(round(row["z"], 1)) + mark)
+    return cells
 
 
 def format_signed(value: float, percent: bool = False) -> str:
@@ -225,31 +277,46 @@ def _json_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _run_verdict(part: pd.DataFrame, layered: bool) -> str:
+def _run_verdict(part: pd.DataFrame, layered: bool, noise_z: float = NOISE_Z) -> str:
+    """Tallies and the largest changes of one run; changes within noise are only counted."""
     if (part["delta"] == 0).all():
         return "identical (every Δ = 0)"
-    moved = part[part["delta_pct"].abs() >= VERDICT_TOLERANCE_PCT]
+    noise = int((part["change"] == NOISE).sum())
+    real = part[part["change"] != NOISE]
+    moved = real[real["delta_pct"].abs() >= VERDICT_TOLERANCE_PCT]
     counts = moved["change"].value_counts()
     tally = ", ".join(f"{int(counts[c])} {c}" for c in ("worse", "better", "neutral")
-                      if c in counts) or "no metric moved"
-    top = part.reindex(part["delta_pct"].abs().sort_values(ascending=False).index)
+                      if c in counts) or ("no real change" if noise else "no metric moved")
+    top = real.reindex(real["delta_pct"].abs().sort_values(ascending=False).index)
     top = top[top["delta_pct"].abs() > 0].head(VERDICT_TOP)
     named = ", ".join(
         f"{(row['input'] + '/') if layered else ''}{row['metric']} "
-        f"{format_signed(row['delta_pct'], True)} ({row['change']})" for _, row in top.iterrows())
-    return (f"{tally} (|Δ| ≥ {VERDICT_TOLERANCE_PCT:g}%)"
-            + (f"; largest: {named}" if named else ""))
+        f"{format_signed(row['delta_pct'], True)} ({row['change']}"
+        + (f", z = {format_signed(round(row['z'], 1))}" if math.isfinite(row.get("z", math.nan))
+           else "") + ")"
+        for _, row in top.iterrows())
+    gauge = f"|Δ| ≥ {VERDICT_TOLERANCE_PCT:g}%" + (f", |z| ≥ {noise_z:g}" if "z" in part
+                                                    else "")
+    within = f"; {noise} within noise (|z| < {noise_z:g})" if noise else ""
+    return f"{tally} ({gauge}){within}" + (f"; largest: {named}" if named else "")
 
 
 def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
-            labels: Sequence[str] | None = None, **analyze_options: Any) -> Comparison:
+            labels: Sequence[str] | None = None, noise_z: float = NOISE_Z,
+            **analyze_options: Any) -> Comparison:
     """Compare two or more runs against the first.
 
     Each run is a run folder (``report.json``), a report file, an embedding file or tensor
     (analyzed with :func:`reprdiag.analyze` and ``analyze_options``), or a :class:`Report`.
     ``keys`` picks the inputs to compare and ``metrics`` (an analyze option) the metrics
-    shown. A path given twice is read once.
+    shown. A path given twice is read once. With standard errors (runs analyzed with
+    ``uncertainty=True``), changes with |z| < ``noise_z`` are "within noise".
     """
+    if not (math.isfinite(noise_z) and noise_z > 0):
+        from reprdiag.errors import UsageError
+
+        raise UsageError(f"--noise-z must be a positive number, got {noise_z}",
+                         hint=f"the default is {NOISE_Z:g} standard errors")
     if len(runs) < 2:
         from reprdiag.errors import UsageError
 
@@ -262,7 +329,7 @@ def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
     names = unique_labels(labels or [run_label(run, i) for i, run in enumerate(runs)])
     matched, notes = match_inputs(reports, names)
     comparison = Comparison(runs=names, inputs=matched, notes=notes,
-                            only=list(only) if only else None)
+                            only=list(only) if only else None, noise_z=noise_z)
     for key, results in matched.items():
         if comparison.shapes_differ(key):
             shapes = ", ".join(f"{lab} {r.n}×{r.d}" for lab, r in zip(names, results,

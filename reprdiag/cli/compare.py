@@ -17,7 +17,7 @@ from reprdiag.cli.options import (
     PlotFormatOption,
     with_analysis_options,
 )
-from reprdiag.compare import Comparison
+from reprdiag.compare import NOISE_Z, Comparison
 from reprdiag.compare import compare as run_compare
 from reprdiag.report.table import comparison_tables
 
@@ -53,10 +53,14 @@ def compare(
     fmt: FormatOption = Format.table,
     plot_format: PlotFormatOption = PlotFormat.png,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")] = False,
+    noise_z: Annotated[float, typer.Option("--noise-z", help="With standard errors "
+                                           "(--uncertainty): |z| below this is within "
+                                           "noise.")] = NOISE_Z,
     analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
-    comparison = run_compare(runs, metrics=split_csv(metrics), **analysis.api_kwargs())
+    comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z,
+                             **analysis.api_kwargs())
     warn_results(r for results in comparison.inputs.values() for r in results)
     if out is not None:
         comparison.save(out, plots=not no_plots, plot_format=plot_format.value)

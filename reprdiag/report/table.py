@@ -98,14 +98,14 @@ def metrics_list_table() -> Table:
 
 #: Rich styles of a change by the metric's direction (compare) and of a gate check.
 CHANGE_STYLES = {"better": "green", "worse": "bold red", "neutral": "yellow", "same": "dim",
-                 "n/a": "dim"}
+                 "within noise": "dim", "n/a": "dim"}
 
 
 def comparison_tables(comparison: Comparison) -> list[Table]:
     """``reprdiag compare``'s tables, one per matched input: a row per metric with its value
     in each run, then Δ and Δ% of each later run against the first, coloured by whether the
     change is better or worse for that metric."""
-    from reprdiag.compare import format_signed
+    from reprdiag.compare import change_cells
 
     frame = comparison.frame
     tables = []
@@ -113,9 +113,11 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
         shapes = "  ".join(f"{lab}: {r.n:,}×{r.d}" for lab, r in zip(
             comparison.runs, results, strict=True))
         differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
+        noise = (f" · z = Δ/SE, ≈ within noise (|z| < {comparison.noise_z:g})"
+                 if comparison.has_se else "")
         table = Table(title=escape(f"{key}  ·  {shapes}{differ}"),
                       caption="Δ against " + escape(comparison.runs[0]) + " · green better, "
-                      "red worse, yellow neutral direction")
+                      "red worse, yellow neutral direction" + noise)
         table.add_column("metric", style="bold")
         table.add_column("", justify="center")
         for label in comparison.runs:
@@ -123,15 +125,16 @@ def comparison_tables(comparison: Comparison) -> list[Table]:
         for label in comparison.runs[1:]:
             table.add_column(escape(f"Δ {label}"), justify="right", overflow="fold")
             table.add_column("Δ%", justify="right")
+            if comparison.has_se:
+                table.add_column("z", justify="right")
         for name in comparison.metric_names:
             part = frame[(frame["input"] == key) & (frame["metric"] == name)]
             info = METRICS.get(name)
             cells = [name, _ARROWS.get(info.direction, "") if info else "",
-                     *[format_value(v) for v in part["value"]]]
+                     *[metric_cell(r, name) for r in results]]
             for _, row in part.iloc[1:].iterrows():
                 style = CHANGE_STYLES[row["change"]]
-                cells += [f"[{style}]{format_signed(row['delta'])}[/]",
-                          f"[{style}]{format_signed(row['delta_pct'], True)}[/]"]
+                cells += [f"[{style}]{escape(c)}[/]" for c in change_cells(row)]
             table.add_row(*cells)
         tables.append(table)
     return tables
