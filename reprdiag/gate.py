@@ -24,7 +24,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -34,7 +34,7 @@ import pandas as pd
 from reprdiag.compare import match_inputs
 from reprdiag.errors import ConfigError, InputError, UsageError
 from reprdiag.metrics import resolve
-from reprdiag.report.export import atomic_write, format_value, markdown_table
+from reprdiag.report.export import atomic_write, format_estimate, format_value, markdown_table
 from reprdiag.report.model import InputResult, Report
 from reprdiag.runs import RunLike, input_key, load_run, run_label
 
@@ -45,8 +45,13 @@ FRAC_SUFFIX = "_frac"
 ABSOLUTE = ("min", "max")
 RELATIVE = ("max_drop", "max_rise")
 KINDS = ABSOLUTE + RELATIVE
-#: Keys of the gate table; the rules go in its ``rules`` sub-table.
-TABLE_KEYS = ("rules", "fail_if", "preset", "baseline")
+#: Modifiers of a rule, in standard errors (runs analyzed with ``--uncertainty``):
+#: ``margin_se`` fails only when the bound is crossed by more than that many SEs; ``max_se``
+#: fails a rule whose SE is above it (too noisy to decide).
+MODIFIERS = ("margin_se", "max_se")
+#: Keys of the gate table; the rules go in its ``rules`` sub-table; ``margin_se``/``max_se``
+#: here are defaults for every rule.
+TABLE_KEYS = ("rules", "fail_if", "preset", "baseline", *MODIFIERS)
 CONFIG_NAME = "reprdiag.toml"
 
 
@@ -91,6 +96,19 @@ def metric_value(result: InputResult, name: str, source: str = "") -> float:
     return value / min(result.n, result.d) if base != name else value
 
 
+def metric_se(result: InputResult, name: str) -> float:
+    """The standard error of what a rule reads (NaN when the run carries none).
+
+    >>> r = InputResult("x", n=100, d=50, dtype="f", metrics={"rankme": 25.0}, spectra={},
+    ...                 solver={}, uncertainty={"rankme": {"se": 2.0}})
+    >>> metric_se(r, "rankme"), metric_se(r, "rankme_frac"), metric_se(r, "vne")
+    (2.0, 0.04, nan)
+    """
+    base = base_metric(name)
+    se = result.se(base)
+    return se / min(result.n, result.d) if base != name else se
+
+
 def check_metric(name: str, source: str) -> None:
     """Fail with the list of valid names when ``name`` is not a metric a rule can bound."""
     valid = metric_names()
@@ -114,10 +132,14 @@ class Rule:
     (value ≥ baseline − bound·|baseline|) or ``max_rise`` (value ≤ baseline +
     bound·|baseline|). ``strict`` makes ``min``/``max`` exclusive (``--fail-if "x <= 3"``).
     ``origin`` says where the rule came from (a config file, ``--fail-if``, a preset).
-    (A later ``margin_se`` field will widen the bound by that many standard errors.)
+    With standard errors: ``margin_se`` = m fails only when the bound is crossed by more than
+    m SEs (value < bound − m·SE for a lower bound); ``max_se`` fails the rule when the SE is
+    above it, too noisy to decide.
 
     >>> Rule("rankme", "min", 64).describe(), Rule("vne", "max_drop", 0.05).describe()
     ('rankme ≥ 64', 'vne drop ≤ 5% vs baseline')
+    >>> Rule("rankme", "min", 64, margin_se=2, max_se=1.5).describe()
+    'rankme ≥ 64 (margin 2 SE, SE ≤ 1.5)'
     """
 
     metric: str
@@ -125,18 +147,46 @@ class Rule:
     bound: float
     strict: bool = False
     origin: str = ""
+    margin_se: float = field(default=0.0, repr=False)
+    max_se: float | None = field(default=None, repr=False)
 
     @property
     def relative(self) -> bool:
         return self.kind in RELATIVE
 
+    @property
+    def needs_se(self) -> bool:
+        """Whether checking this rule needs the run's standard errors."""
+        return self.margin_se > 0 or self.max_se is not None
+
+    @property
+    def lower(self) -> bool:
+        """Whether the bound is a lower one (``min``, ``max_drop``)."""
+        return self.kind in ("min", "max_drop")
+
     def describe(self) -> str:
+        return self._describe_bound() + self._describe_se()
+
+    def _describe_bound(self) -> str:
         if self.kind == "min":
             return f"{self.metric} {'>' if self.strict else '≥'} {format_value(self.bound)}"
         if self.kind == "max":
             return f"{self.metric} {'<' if self.strict else '≤'} {format_value(self.bound)}"
         word = "drop" if self.kind == "max_drop" else "rise"
         return f"{self.metric} {word} ≤ {100 * self.bound:.4g}% vs baseline"
+
+    def _describe_se(self) -> str:
+        parts = ([f"margin {self.margin_se:g} SE"] if self.margin_se else []) + (
+            [f"SE ≤ {format_value(self.max_se)}"] if self.max_se is not None else [])
+        return f" ({', '.join(parts)})" if parts else ""
+
+    def threshold_se(self, baseline: float | None, se_baseline: float) -> float:
+        """How much of the baseline's SE reaches a relative rule's threshold
+        (d threshold / d baseline = 1 ∓ bound·sign(baseline)); 0 for absolute rules."""
+        if not self.relative or baseline is None:
+            return 0.0
+        sign = -1.0 if self.kind == "max_drop" else 1.0
+        return abs(1.0 + sign * self.bound * math.copysign(1.0, baseline)) * se_baseline
 
     def threshold(self, baseline: float | None) -> float:
         """The bound on the value itself (relative rules need the baseline's value)."""
@@ -147,13 +197,15 @@ class Rule:
         step = self.bound * abs(baseline)
         return baseline - step if self.kind == "max_drop" else baseline + step
 
-    def holds(self, value: float, threshold: float) -> bool:
-        """Whether ``value`` satisfies the rule; a missing (NaN) value never does."""
-        if math.isnan(value):
+    def holds(self, value: float, threshold: float, se: float = 0.0) -> bool:
+        """Whether ``value`` satisfies the rule, the bound moved ``margin_se``·``se`` in the
+        value's favour; a missing (NaN) value never does, nor an SE above ``max_se``."""
+        if math.isnan(value) or (self.max_se is not None and not se <= self.max_se):
             return False
-        if self.kind in ("min", "max_drop"):
-            return value > threshold if self.strict else value >= threshold
-        return value < threshold if self.strict else value <= threshold
+        slack = self.margin_se * se if self.margin_se else 0.0
+        if self.lower:
+            return value > threshold - slack if self.strict else value >= threshold - slack
+        return value < threshold + slack if self.strict else value <= threshold + slack
 
 
 #: Built-in rule sets. ``collapse`` is the default (README: "Gate" explains each threshold).
@@ -178,22 +230,37 @@ class Check:
     threshold: float
     baseline: float | None
     passed: bool
+    se: float = math.nan  #: SE of value − threshold (run's, and baseline's for relative rules)
+
+    @property
+    def too_noisy(self) -> bool:
+        """Failed because the SE is above the rule's ``max_se``."""
+        return self.rule.max_se is not None and not self.se <= self.rule.max_se
 
     def bound_text(self) -> str:
-        """The bound as a comparison, with the baseline for relative rules."""
+        """The bound as a comparison, with the baseline for relative rules and the margin."""
         op = {"min": ">" if self.rule.strict else "≥", "max": "<" if self.rule.strict else "≤",
               "max_drop": "≥", "max_rise": "≤"}[self.rule.kind]
         text = f"{op} {format_value(self.threshold)}"
         if self.baseline is not None:
             sign = "−" if self.rule.kind == "max_drop" else "+"
             text += f" (baseline {format_value(self.baseline)} {sign} {100 * self.rule.bound:.4g}%)"
+        if self.rule.margin_se and math.isfinite(self.se):
+            slack = self.rule.margin_se * self.se
+            moved = self.threshold - slack if self.rule.lower else self.threshold + slack
+            text += (f" {'−' if self.rule.lower else '+'} {self.rule.margin_se:g}·SE "
+                     f"= {format_value(moved)}")
         return text
 
     def message(self) -> str:
         """Why it failed (or that it passed), in one line."""
         verdict = "meets" if self.passed else "violates"
-        return (f"{self.input}: {self.rule.metric} = {format_value(self.value)} {verdict} "
+        se = f" ± {self.se:.2g}" if math.isfinite(self.se) else ""
+        text = (f"{self.input}: {self.rule.metric} = {format_value(self.value)}{se} {verdict} "
                 f"the bound {self.bound_text()}")
+        if self.too_noisy:
+            text += f"; SE {self.se:.2g} > max_se {format_value(self.rule.max_se)}: too noisy"
+        return text
 
 
 @dataclass
@@ -232,6 +299,8 @@ class GateResult:
         """One row per check: input, rule, metric, kind, value, bound, baseline, result."""
         return pd.DataFrame([{"input": c.input, "rule": c.rule.describe(),
                               "metric": c.rule.metric, "kind": c.rule.kind, "value": c.value,
+                              "se": c.se, "margin_se": c.rule.margin_se,
+                              "max_se": c.rule.max_se, "too_noisy": c.too_noisy,
                               "threshold": c.threshold, "bound": c.bound_text(),
                               "baseline": c.baseline, "origin": c.rule.origin,
                               "result": "PASS" if c.passed else "FAIL"} for c in self.checks])
@@ -245,7 +314,7 @@ class GateResult:
     def markdown(self) -> str:
         """A markdown table of the checks (for ``GITHUB_STEP_SUMMARY`` and ``--format``)."""
         header = ["input", "rule", "value", "bound", "result"]
-        rows = [[c.input, c.rule.describe(), format_value(c.value), c.bound_text(),
+        rows = [[c.input, c.rule.describe(), format_estimate(c.value, c.se), c.bound_text(),
                  "✅ PASS" if c.passed else "❌ FAIL"] for c in self.checks]
         title = f"### reprdiag gate {self.run}: {self.summary()}"
         return f"{title}\n\n{markdown_table(header, rows)}\n"
@@ -273,8 +342,31 @@ def _unknown_key(key: str, valid: Iterable[str], where: str, source: str) -> Con
     return ConfigError(f"unknown key {key!r} in {where}", source=source, hint=hint)
 
 
-def parse_rules(table: object, source: str, where: str = "[gate.rules]") -> list[Rule]:
-    """Rules from ``{metric: {min|max|max_drop|max_rise: number}}``.
+def se_modifiers(table: Mapping[str, Any], where: str, source: str,
+                 defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``margin_se`` (≥ 0) and ``max_se`` (> 0) of a table, over ``defaults``.
+
+    >>> se_modifiers({"min": 1, "margin_se": 2}, "rankme", "cfg", {"max_se": 0.5})
+    {'max_se': 0.5, 'margin_se': 2.0}
+    """
+    out = dict(defaults or {})
+    if "margin_se" in table:
+        out["margin_se"] = _number(table["margin_se"], f"{where}.margin_se", source)
+        if out["margin_se"] < 0:
+            raise ConfigError(f"{where}.margin_se must be ≥ 0, got {table['margin_se']!r}",
+                              source=source, hint="a number of standard errors, e.g. 2")
+    if "max_se" in table:
+        out["max_se"] = _number(table["max_se"], f"{where}.max_se", source)
+        if out["max_se"] <= 0:
+            raise ConfigError(f"{where}.max_se must be > 0, got {table['max_se']!r}",
+                              source=source, hint="the largest standard error to accept")
+    return out
+
+
+def parse_rules(table: object, source: str, where: str = "[gate.rules]",
+                defaults: Mapping[str, Any] | None = None) -> list[Rule]:
+    """Rules from ``{metric: {min|max|max_drop|max_rise: number, margin_se|max_se: number}}``
+    (``defaults``: the gate table's own ``margin_se``/``max_se``).
 
     >>> parse_rules({"rankme_frac": {"min": 0.1}, "vne": {"max_drop": 0.05}}, "cfg")
     ... # doctest: +NORMALIZE_WHITESPACE
@@ -286,17 +378,20 @@ def parse_rules(table: object, source: str, where: str = "[gate.rules]") -> list
     rules = []
     for name, bounds in table.items():
         check_metric(name, source)
-        if not isinstance(bounds, Mapping) or not bounds:
+        if not isinstance(bounds, Mapping) or not [k for k in bounds if k not in MODIFIERS]:
             raise ConfigError(f"{where} {name} must be a table such as {{ min = 0.1 }}",
-                              source=source, hint="keys: " + ", ".join(KINDS))
+                              source=source, hint="keys: " + ", ".join(KINDS + MODIFIERS))
+        mods = se_modifiers(bounds, name, source, defaults)
         for kind, raw in bounds.items():
+            if kind in MODIFIERS:
+                continue
             if kind not in KINDS:
-                raise _unknown_key(kind, KINDS, f"{where} {name}", source)
+                raise _unknown_key(kind, KINDS + MODIFIERS, f"{where} {name}", source)
             value = _number(raw, f"{name}.{kind}", source)
             if kind in RELATIVE and value < 0:
                 raise ConfigError(f"{name}.{kind} must be a fraction ≥ 0, got {raw!r}",
                                   source=source, hint="e.g. 0.05 for 5%")
-            rules.append(Rule(name, kind, value, origin=source))
+            rules.append(Rule(name, kind, value, origin=source, **mods))
         if "min" in bounds and "max" in bounds and float(bounds["min"]) > float(bounds["max"]):
             raise ConfigError(f"{name}: min {bounds['min']} is above max {bounds['max']}",
                               source=source)
@@ -337,20 +432,21 @@ def parse_gate_table(table: object, source: str, base_dir: Path | None = None) -
     for key in table:
         if key not in TABLE_KEYS:
             raise _unknown_key(key, TABLE_KEYS, "the gate table", source)
-    rules = parse_rules(table.get("rules", {}), source)
+    defaults = se_modifiers(table, "[gate]", source)
+    rules = parse_rules(table.get("rules", {}), source, defaults=defaults)
     fail_if = table.get("fail_if", [])
     if isinstance(fail_if, str):
         fail_if = [fail_if]
     if not isinstance(fail_if, list) or not all(isinstance(e, str) for e in fail_if):
         raise ConfigError("fail_if must be a list of strings such as \"rankme < 64\"",
                           source=source)
-    rules += [parse_fail_if(e, source) for e in fail_if]
+    rules += [replace(parse_fail_if(e, source), **defaults) for e in fail_if]
     preset = table.get("preset")
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}", source=source,
                               hint="valid: " + ", ".join(PRESETS))
-        rules = [*PRESETS[preset], *rules]
+        rules = [*(replace(r, **defaults) for r in PRESETS[preset]), *rules]
     baseline = table.get("baseline")
     if baseline is not None and not isinstance(baseline, str):
         raise ConfigError("baseline must be a path (a string)", source=source)
@@ -451,8 +547,16 @@ def evaluate(report: Report, rules: Sequence[Rule], baseline: Report | None = No
             base = metric_value(pair[1], rule.metric, baseline_name or "baseline") if (
                 rule.relative and pair) else None
             threshold = rule.threshold(base)
+            se = metric_se(result, rule.metric)
+            if base is not None:
+                se = math.hypot(se, rule.threshold_se(base, metric_se(pair[1], rule.metric)))
+            if rule.needs_se and math.isnan(se):
+                raise InputError(f"has no standard error of {base_metric(rule.metric)!r}, "
+                                 f"which rule {rule.describe()!r} needs",
+                                 source=run or result.name, hint="analyze it with "
+                                 "--uncertainty (an embedding file given to gate is)")
             checks.append(Check(rule, input_key(result), value, threshold, base,
-                                rule.holds(value, threshold)))
+                                rule.holds(value, threshold, se), se))
     return GateResult(checks, run=run, baseline=baseline_name, notes=notes)
 
 
@@ -465,7 +569,8 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
     there are none. ``baseline`` (or the config's) is the reference of relative rules.
 
     Runs and baselines that are embedding files are analyzed with ``analyze_options``,
-    computing only the metrics the rules read. ``label`` names the run in the output.
+    computing only the metrics the rules read (with standard errors when a rule has
+    ``margin_se`` or ``max_se``). ``label`` names the run in the output.
     """
     if config is not None and not isinstance(config, GateConfig):
         config = load_config(config)
@@ -476,6 +581,8 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
     if baseline is None and relative:
         raise no_baseline(relative[0])
     analyze_options.setdefault("metrics", needed_metrics(rule_list))
+    if any(r.needs_se for r in rule_list):
+        analyze_options["uncertainty"] = True
     report = load_run(run, keys, **analyze_options)
     base_report = load_run(baseline, keys, **analyze_options) if baseline is not None else None
     result = evaluate(report, rule_list, base_report, run=label or run_label(run, 0),

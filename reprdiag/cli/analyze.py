@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -108,6 +109,8 @@ def analyze(
     if config is not None and names:  # the gate's metrics are computed too
         names = list(dict.fromkeys([*names, *needed_metrics(resolve_rules(config))]))
     a = analysis
+    if config is not None and any(r.needs_se for r in resolve_rules(config)):
+        a = replace(a, uncertainty=True)  # margin_se / max_se rules read standard errors
     if model is not None or data is not None:
         if files:
             raise UsageError("pass embedding FILES or --model/--data, not both")

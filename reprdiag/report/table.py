@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reprdiag.metrics import METRICS
-from reprdiag.report.export import format_value, metric_cell
+from reprdiag.report.export import format_estimate, metric_cell
 from reprdiag.report.model import Report
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def gate_table(result: GateResult) -> Table:
         table.add_column(col, justify="right" if col == "value" else "left")
     for check in result.checks:
         verdict = "[bold green]PASS[/]" if check.passed else "[bold red]FAIL[/]"
-        cells = [escape(check.rule.describe()), format_value(check.value),
+        cells = [escape(check.rule.describe()), format_estimate(check.value, check.se),
                  escape(check.bound_text()), verdict]
         table.add_row(*([escape(check.input)] if several else []), *cells)
     return table
