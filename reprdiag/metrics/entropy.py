@@ -46,8 +46,11 @@ def vne(stats: Statistics) -> float:
     >>> round(vne(torch.eye(4)), 9)  # four orthogonal rows: ln 4
     1.386294361
     """
-    # No renormalization: as in the official get_vne, zero rows (z = 0) leave trace(ρ) < 1.
-    return float(spectral_entropy(stats.autocorr_eigenvalues))
+    # ρ is taken at trace 1: zero rows (z = 0, counted and reported as a warning) are left
+    # out, which keeps VNE inside [0, ln min(N, d)] and removes the rounding of float32 z.
+    eta = stats.autocorr_eigenvalues
+    total = eta.sum()
+    return float(spectral_entropy(eta / total)) if total > 0 else 0.0
 
 
 @metric("vne_normalized", summary="vne / ln min(N,d)", range="[0, 1]", direction="higher",
@@ -72,11 +75,17 @@ def _er_entropy_deleted(stats: Statistics, labels: torch.Tensor, blocks: int,
                                        estimator=er_estimator, compat=er_compat)
 
 
+def _er_ceiling(d: int) -> float:
+    """ln area(S^{d−1}) plus float32 rounding room (the blockwise sums run in float32)."""
+    top = pairwise.log_sphere_area(d)
+    return top + 1e-6 * max(1.0, abs(top))
+
+
 @metric("er_entropy",
         summary="vMF kernel density entropy of the normalized sample (ER bound), κ=10",
         range="(−∞, ln|S^{d−1}|]", direction="higher",
         citation="Rodríguez-Gálvez et al., ICML 2023 (official entropy())",
-        bounds=lambda n, d: (-math.inf, pairwise.log_sphere_area(d) + 1e-9), uses_sample=True,
+        bounds=lambda n, d: (-math.inf, _er_ceiling(d)), uses_sample=True,
         deleted=_er_entropy_deleted)
 def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plugin",
                er_compat: str = "exact") -> float:

@@ -110,10 +110,12 @@ def test_registry_entries_are_documented() -> None:
         assert info.citation and info.summary and info.range
 
 
-def test_vne_with_zero_rows_follows_the_official_recipe() -> None:
-    # get_vne: Z = normalize(H) (zero rows stay 0), ρ = ZᵀZ/N, −Σ η ln η, no renormalization
-    x = torch.cat([_gaussian(40, 6, seed=9), torch.zeros(10, 6, dtype=torch.float64)])
-    z = torch.nn.functional.normalize(x, dim=1)
-    eta = torch.linalg.eigvalsh(z.T @ z / len(x)).clamp_min(0)
+def test_vne_leaves_zero_rows_out() -> None:
+    # zero rows normalize to z = 0; ρ is taken at trace 1, i.e. over the non-zero rows only
+    rows = _gaussian(40, 6, seed=9)
+    x = torch.cat([rows, torch.zeros(10, 6, dtype=torch.float64)])
+    z = torch.nn.functional.normalize(rows, dim=1)
+    eta = torch.linalg.eigvalsh(z.T @ z / len(rows)).clamp_min(0)
     eta = eta[eta > 0]
     assert M.vne(x) == pytest.approx(float(-(eta * eta.log()).sum()), rel=1e-12)
+    assert M.vne(torch.tensor([[0.0], [-1.0]])) == 0.0  # d = 1: inside [0, ln 1]
