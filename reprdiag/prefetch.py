@@ -11,6 +11,7 @@ unchanged; at most ``depth`` chunks wait ahead, so memory stays O((depth + 1)·c
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import torch
 
 Chunk = tuple[int, torch.Tensor]
+MIN_PREFETCH_BYTES = 4 * 2**20  # smaller CPU chunks are read inline (see :func:`prefetch`)
 _DONE = object()
 
 
@@ -63,19 +65,31 @@ def _produce(chunks: Iterator[Chunk], out: queue.Queue, stop: threading.Event,
         _offer(out, _Failure(exc), stop)
 
 
-def prefetch(chunks: Iterator[Chunk], device: torch.device | str = "cpu",
-             depth: int = 1) -> Iterator[Chunk]:
+def prefetch(chunks: Iterator[Chunk], device: torch.device | str = "cpu", depth: int = 1,
+             min_bytes: int = MIN_PREFETCH_BYTES) -> Iterator[Chunk]:
     """Yield the chunks of ``chunks`` unchanged, reading up to ``depth`` chunks ahead.
 
     On a CUDA ``device`` the rows come back already on the device (copied asynchronously
     from pinned memory); elsewhere they are returned as read. Exceptions of the reader are
-    re-raised here; leaving the loop early stops the reader thread.
+    re-raised here; leaving the loop early stops the reader thread. Off CUDA, when the first
+    chunk is smaller than ``min_bytes`` no thread is started: handing a tiny chunk between
+    threads (the GIL switch) costs more than the read it would hide.
 
     >>> [(first, rows.tolist()) for first, rows in prefetch(iter([(0, torch.ones(1)),
     ...                                                              (1, torch.zeros(1))]))]
     [(0, [1.0]), (1, [0.0])]
     """
     device = torch.device(device)
+    chunks = iter(chunks)
+    if device.type != "cuda":
+        head = next(chunks, None)
+        if head is None:
+            return
+        if head[1].nbytes < min_bytes:
+            yield head
+            yield from chunks
+            return
+        chunks = itertools.chain([head], chunks)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     out: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
