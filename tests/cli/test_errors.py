@@ -452,6 +452,13 @@ def _mapped(pid: int, path: Path) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/maps")
+def _default_sigint() -> None:
+    # A job started in the background inherits SIGINT as ignored, and Python then never
+    # installs its KeyboardInterrupt handler: restore the default so the test means the same
+    # in a terminal, in CI and under `&`.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_and_leaves_no_report(tmp_path: Path) -> None:
     """SIGINT once the file is being read: exit 130, one line, no report.json, no temp files."""
     np.save(tmp_path / "big.npy", np.random.default_rng(0).standard_normal(
@@ -460,7 +467,7 @@ def test_ctrl_c_exits_130_and_leaves_no_report(tmp_path: Path) -> None:
     proc = subprocess.Popen([PYTHON, "-m", "reprdiag", "analyze", str(tmp_path / "big.npy"),
                              "--chunk-size", "16", "--out", str(out), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=run_cli_env())
+                            env=run_cli_env(), preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not _mapped(proc.pid, tmp_path / "big.npy") and proc.poll() is None:
         assert time.monotonic() < deadline, "the file was never opened"
