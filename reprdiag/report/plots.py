@@ -135,6 +135,18 @@ def _jackknife_band(ax: Axes, result: InputResult, lam: np.ndarray) -> None:
                     f"({method.get('blocks', '?')} blocks)")
 
 
+def panel_grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+    """A figure with ``count`` panels in rows of at most ``columns``; spare cells hidden."""
+    cols = min(columns, max(1, count))
+    rows = math.ceil(count / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
+                             constrained_layout=True)
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_visible(False)
+    return fig, flat[:count]
+
+
 def metric_series_figure(series: dict[str, list[InputResult]], title: str,
                          metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
     """One panel per metric: its value across inputs (layers), one line per series (run).
@@ -144,13 +156,10 @@ def metric_series_figure(series: dict[str, list[InputResult]], title: str,
     """
     first = next(iter(series.values()))
     names = [m for m in metrics if any(m in r.metrics for rs in series.values() for r in rs)]
-    cols = min(3, max(1, len(names)))
-    rows = math.ceil(len(names) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = panel_grid(len(names))
     labels = short_names([r.name for r in first])
     x = np.arange(len(first))
-    for ax, name in zip(axes.flat, names, strict=False):
+    for ax, name in zip(axes, names, strict=False):
         for label, results in series.items():
             ax.plot(x, [r.metrics.get(name, math.nan) for r in results], "o-",
                     label=label or name)
@@ -160,8 +169,6 @@ def metric_series_figure(series: dict[str, list[InputResult]], title: str,
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(names):]:
-        ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -229,19 +236,14 @@ def history_figure(frame: pd.DataFrame, metrics: Sequence[str]) -> Figure:
     Each panel holds one line whose data are exactly the CSV's ``step`` and metric columns
     (NaN values leave gaps).
     """
-    cols = min(3, max(1, len(metrics)))
-    rows = math.ceil(len(metrics) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = panel_grid(len(metrics))
     steps = frame["step"].to_numpy(dtype=np.float64)
-    for ax, name in zip(axes.flat, metrics, strict=False):
+    for ax, name in zip(axes, metrics, strict=False):
         ax.plot(steps, frame[name].to_numpy(dtype=np.float64), ".-", ms=3, lw=1, label=name)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.set_visible(False)
     fig.suptitle("Metrics during training", fontsize=10)
     return fig
 
