@@ -12,6 +12,7 @@ for the caller (the CLI prints it as ``reprdiag: warning: ...``).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -142,13 +143,14 @@ class Accumulator:
         """Fold rows ``first … first+len(rows)−1`` into the moments and the sample."""
         t0 = time.perf_counter()
         x = rows.to(device=self.device, non_blocking=True)
-        if self.dtype == torch.float64 or not _within(x, FLOAT32_SAFE):
+        lo, hi = _finite_range(x)
+        if self.dtype == torch.float64 or not FLOAT32_SAFE[0] <= lo <= hi <= FLOAT32_SAFE[1]:
             x = x.to(torch.float64)  # float32 squares of these values would over/underflow
         else:
             x = x.to(self.dtype)
         keep = self.bad.scan(first, x)
         if keep is None and self.bad.count == 0:
-            self._track_magnitude(x)
+            self.max_abs = max(self.max_abs, hi)  # every value is finite here
             self._fold(first, x, None)
             self.reservoir.update(first, x)
         elif self.opts.nan == "drop":
@@ -199,14 +201,20 @@ class Accumulator:
                            self.seconds, blocks=self.blocks)
 
 
-def _within(x: torch.Tensor, bounds: tuple[float, float]) -> bool:
-    """Whether every finite non-zero |x| lies inside ``bounds`` (NaN/Inf are judged later)."""
-    if x.numel() == 0 or not (x.is_floating_point() or x.dtype == torch.int64):
-        return True  # 8-32-bit integers and bools always fit float32's range
-    mags = x.abs().to(torch.float64)
+def _finite_range(x: torch.Tensor) -> tuple[float, float]:
+    """(smallest, largest) finite non-zero |x|, or (inf, 0) when there is none.
+
+    One pass in the chunk's own dtype (|x| is exact in every float format); NaN/Inf are
+    judged by the NaN scan.
+
+    >>> _finite_range(torch.tensor([[0.0, -3.0], [float("nan"), 0.5]]))
+    (0.5, 3.0)
+    """
+    mags = (x if x.is_floating_point() else x.to(torch.float64)).abs()
     mags = mags[torch.isfinite(mags) & (mags > 0)]
-    return mags.numel() == 0 or (float(mags.min()) >= bounds[0]
-                                 and float(mags.max()) <= bounds[1])
+    if mags.numel() == 0:
+        return math.inf, 0.0
+    return float(mags.min()), float(mags.max())
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
