@@ -24,7 +24,7 @@ import torch
 
 from reprdiag import __version__
 from reprdiag.device import describe, resolve_device
-from reprdiag.distributed import DistributedContext, launched, refuse_in_memory, session
+from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
     NAN_POLICIES,
     Accumulated,
@@ -217,12 +217,8 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     return result
 
 
-def check_blocks(uncertainty: bool, blocks: int,
-                 distributed: bool | DistributedContext | None = False) -> None:
-    """Refuse ``blocks`` < 5, and ``uncertainty`` in a distributed run (not supported yet)."""
-    if uncertainty and distributed is not False and (distributed or launched()):
-        raise UsageError("--uncertainty does not run under torchrun yet",
-                         hint="run it in one process")
+def check_blocks(uncertainty: bool, blocks: int) -> None:
+    """Refuse ``blocks`` < 5 when ``uncertainty`` asks for the jackknife."""
     if uncertainty and blocks < MIN_BLOCKS:
         raise UsageError(f"--blocks must be at least {MIN_BLOCKS}, got {blocks}",
                          hint=f"the jackknife needs several blocks (default {DEFAULT_BLOCKS})")
@@ -278,7 +274,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     validate_stream(stream)
-    check_blocks(uncertainty, blocks, distributed)
+    check_blocks(uncertainty, blocks)
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (
@@ -287,8 +283,10 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
         else:
             refuse_in_memory(inputs)
             stream.device = dev = ctx.device
-            pairs = ctx.accumulate_each(lambda: gather_sources(inputs, keys, pool, concat),
-                                        stream, progress, check=check_shape)
+            pairs = ctx.accumulate_each(
+                lambda: gather_sources(inputs, keys, pool, concat), stream, progress,
+                check=check_shape,
+                stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks))
         results = [summarize(source, acc, metrics, metric_opts, progress)
                    for source, acc in pairs]
         world_size = ctx.world_size if ctx else 1

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from reprdiag.distributed import joined
 from reprdiag.errors import InputError
 from reprdiag.metrics import METRICS, resolve
 from reprdiag.report.export import (
@@ -325,7 +326,8 @@ def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
     only = analyze_options.get("metrics")
     if only:
         resolve(only)  # unknown names fail before any reading
-    reports = _load_all(runs, keys, analyze_options)
+    with joined(analyze_options) as options:  # torchrun: one process group for every run
+        reports = _load_all(runs, keys, options)
     names = unique_labels(labels or [run_label(run, i) for i, run in enumerate(runs)])
     matched, notes = match_inputs(reports, names)
     comparison = Comparison(runs=names, inputs=matched, notes=notes,

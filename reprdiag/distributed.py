@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from reprdiag import errors
+from reprdiag.device import resolve_device
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, feed
 from reprdiag.errors import (
     InputError,
@@ -164,14 +165,17 @@ class _Share:
     bad_first: int | None
     rows_read: int
     seconds: float
+    blocks: list[tuple[int, int]] | None = None  # (rows, zero rows) per jackknife block
 
     @classmethod
     def of(cls, acc: Accumulator) -> _Share:
-        m, r = acc.moments, acc.reservoir
+        m = acc.moments if acc.blocks is None else acc.blocks.total()
+        r = acc.reservoir
+        blocks = None if acc.blocks is None else [(p.n, p.n_zero) for p in acc.blocks.parts]
         return cls(acc.label, m.d, m.n, m.n_zero,
                    None if m.shift is None else m.shift.detach().cpu(),
                    None if r.priority is None else r.priority.cpu(), r.seen, acc.bad.count,
-                   acc.bad.first, acc.rows_read, acc.seconds)
+                   acc.bad.first, acc.rows_read, acc.seconds, blocks)
 
 
 def sample_threshold(priorities: Sequence[torch.Tensor | None], capacity: int) -> int | None:
@@ -378,9 +382,16 @@ class DistributedContext:
         shares = self.all_gather(_Share.of(acc))
         with self._everywhere():
             _check_same_input(shares)
-        moments = self._reduce_moments(acc.moments, shares)
-        reservoir = self._gather_sample(acc.reservoir, shares, acc.device)
-        acc.moments, acc.reservoir = moments, reservoir
+        shift = common_shift(shares, acc.moments.d)
+        if acc.blocks is not None:  # finish() totals the merged blocks
+            counts = [tuple(map(sum, zip(*col, strict=True)))
+                      for col in zip(*(s.blocks or [] for s in shares), strict=True)]
+            acc.blocks.parts = [self._sum_about(part, shift, n, z, shares)
+                                for part, (n, z) in zip(acc.blocks.parts, counts, strict=True)]
+        else:
+            acc.moments = self._sum_about(acc.moments, shift, sum(s.n for s in shares),
+                                          sum(s.n_zero for s in shares), shares)
+        acc.reservoir = self._gather_sample(acc.reservoir, shares, acc.device)
         acc.rows_read = sum(s.rows_read for s in shares)
         acc.bad.count = sum(s.bad_count for s in shares)
         firsts = [s.bad_first for s in shares if s.bad_first is not None]
@@ -390,13 +401,12 @@ class DistributedContext:
         result.seconds = max(s.seconds for s in shares)
         return result
 
-    def _reduce_moments(self, local: StreamingMoments, shares: list[_Share]
-                        ) -> StreamingMoments:
-        shift = common_shift(shares, local.d)
+    def _sum_about(self, local: StreamingMoments, shift: torch.Tensor, n: int, n_zero: int,
+                   shares: list[_Share]) -> StreamingMoments:
+        """Every rank's ``local`` moments (one input, or one jackknife block of it) summed
+        about ``shift``; ``n``/``n_zero`` are the ranks' total row counts."""
         moved = local.rebased(shift.to(local.device))
-        out = StreamingMoments(local.d, local.dtype, local.device,
-                               n=sum(s.n for s in shares),
-                               n_zero=sum(s.n_zero for s in shares),
+        out = StreamingMoments(local.d, local.dtype, local.device, n=n, n_zero=n_zero,
                                shift=moved.shift if any(s.n for s in shares) else None)
         for name in ("sum_y", "sum_yy", "sum_z", "sum_zz"):
             total = getattr(moved, name).to(self.reduce_device)
@@ -427,13 +437,16 @@ class DistributedContext:
     # ---- the whole local phase of analyze ----
     def accumulate_each(self, open_inputs: Callable[[], list[ArraySource]],
                         opts: StreamOptions, progress: Progress | None = None,
-                        check: Callable[[ArraySource], object] | None = None
+                        check: Callable[[ArraySource], object] | None = None,
+                        stream_for: Callable[[ArraySource], StreamOptions] | None = None
                         ) -> Iterator[tuple[ArraySource, Accumulated]]:
         """Open the inputs, then for each: stream this rank's rows, agree on errors, merge.
 
         Yields ``(source, whole-input Accumulated)`` one input at a time, so only one
         input's statistics are held. ``check`` runs on each source before any reading
-        (e.g. a shape check) and must fail the same way on every rank.
+        (e.g. a shape check) and must fail the same way on every rank. ``stream_for`` gives
+        an input its own options (jackknife blocks fitted to memory); the ranks use the
+        fewest blocks any of them can hold.
         """
         with self.agree():
             sources = open_inputs()
@@ -447,7 +460,10 @@ class DistributedContext:
                                           "files and keys"))
         for source in sources:
             with self.agree():
-                acc = self.accumulate(source, opts, progress if self.rank == 0 else None)
+                mine = stream_for(source) if stream_for else opts
+            mine = replace(mine, blocks=min(self.all_gather(mine.blocks)))
+            with self.agree():
+                acc = self.accumulate(source, mine, progress if self.rank == 0 else None)
             yield source, self.merge(acc)
 
 
@@ -505,3 +521,21 @@ def session(device: torch.device, backend: str = "auto",
         yield ctx
     finally:
         ctx.close()
+
+
+@contextmanager
+def joined(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Analyze options whose analyses all run in one process group.
+
+    ``compare`` and ``gate`` analyze several runs; under ``torchrun`` they join the group once
+    (with ``options``' ``device``, ``backend`` and ``distributed``, as :func:`session`) and hand
+    each :func:`reprdiag.analyze` call the same context, instead of joining and leaving it per
+    run. Outside ``torchrun`` the options come back with ``distributed=False``.
+    """
+    given = options.get("distributed")
+    if given is False or isinstance(given, DistributedContext):
+        yield options
+        return
+    device = resolve_device(options.get("device", "auto"))
+    with session(device, options.get("backend", "auto"), given) as ctx:
+        yield {**options, "distributed": ctx if ctx is not None else False}

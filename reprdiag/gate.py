@@ -32,6 +32,7 @@ from xml.etree import ElementTree as ET
 import pandas as pd
 
 from reprdiag.compare import match_inputs
+from reprdiag.distributed import joined
 from reprdiag.errors import ConfigError, InputError, UsageError
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write, format_estimate, format_value, markdown_table
@@ -583,8 +584,9 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
     analyze_options.setdefault("metrics", needed_metrics(rule_list))
     if any(r.needs_se for r in rule_list):
         analyze_options["uncertainty"] = True
-    report = load_run(run, keys, **analyze_options)
-    base_report = load_run(baseline, keys, **analyze_options) if baseline is not None else None
+    with joined(analyze_options) as options:  # torchrun: one process group for both runs
+        report = load_run(run, keys, **options)
+        base_report = load_run(baseline, keys, **options) if baseline is not None else None
     result = evaluate(report, rule_list, base_report, run=label or run_label(run, 0),
                       baseline_name=run_label(baseline, 1) if baseline is not None else None)
     result.inputs = [*report.inputs, *(base_report.inputs if base_report else [])]

@@ -1,6 +1,7 @@
 """One rank of the multi-process scenarios in tests/test_distributed.py (not a test module).
 
-Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` with torchrun's environment
+Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` (or ``--stall sleep|exit OUT_DIR``,
+see :func:`stall`) with torchrun's environment
 variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Joins a gloo group of every rank
 plus a sub-group of ranks 0–1, runs each scenario of SPEC through ``reprdiag.analyze`` on
 the group its ``world`` names, and writes what this rank saw to ``OUT_DIR/rank{R}.json``.
@@ -9,7 +10,10 @@ the group its ``world`` names, and writes what this rank saw to ``OUT_DIR/rank{R
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +80,32 @@ def _sample_index(scenario: dict[str, Any], ctx: Any) -> list[list[int]]:
     return [acc.reservoir.index.tolist() for _, acc in pairs]
 
 
+def stall(how: str, out_dir: Path) -> None:
+    """Rank 1 stops answering (``sleep``: for longer than the 3 s timeout; ``exit``: dies)
+    after joining; rank 0 records what its next collective raised and how long it took."""
+    dist.init_process_group("gloo", timeout=timedelta(seconds=3))
+    ctx = DistributedContext(torch.device("cpu"))
+    if ctx.rank == 1:
+        if how == "exit":
+            os._exit(0)
+        time.sleep(12)
+        os._exit(0)
+    t0 = time.perf_counter()
+    try:
+        with ctx.agree():
+            pass
+        outcome: dict[str, Any] = {"ok": True}
+    except Exception as exc:
+        outcome = {"error": type(exc).__name__, "message": str(exc),
+                   "exit_code": getattr(exc, "exit_code", None)}
+    outcome["seconds"] = time.perf_counter() - t0
+    (out_dir / "rank0.json").write_text(json.dumps(outcome))
+    os._exit(0)  # leaving the group would wait for the silent rank
+
+
 def main() -> None:
+    if sys.argv[1] == "--stall":
+        stall(sys.argv[2], Path(sys.argv[3]))
     spec = json.loads(Path(sys.argv[1]).read_text())
     out_dir = Path(sys.argv[2])
     torch.set_num_threads(1)

@@ -182,6 +182,12 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
                                    "index": True},
         "nan_drop": {"world": 3, "files": nan, "options": {**shards, "nan": "drop"}},
         "nan_error": {"world": 3, "files": nan, "options": shards},
+        "uncertainty_w3": {"world": 3, "files": uneven,
+                           "options": {**shards, "uncertainty": True, "blocks": 6}},
+        "uncertainty_w2": {"world": 2, "files": [MINILM],
+                           "options": {**f64, "sample_size": 400, "chunk_rows": 300,
+                                       "uncertainty": True, "blocks": 5,
+                                       "metrics": ["vne", "rankme", "er_entropy"]}},
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
@@ -243,6 +249,27 @@ def test_ranks_equal_single_process_in_float64(name: str, scenario_results: Any)
     for other in ranks[1:spec[name]["world"]]:  # every rank returns the same values
         assert [r["metrics"] for r in other[name]["inputs"]] == [
             r["metrics"] for r in multi["inputs"]]
+
+
+@pytest.mark.parametrize("name", ["uncertainty_w3", "uncertainty_w2"])
+def test_jackknife_under_ranks_equals_single_process(name: str, scenario_results: Any
+                                                     ) -> None:
+    """Block labels hash the global row index, so each block's moments all-reduce exactly:
+    the standard errors, bias and intervals are the single process's."""
+    spec, ranks = scenario_results
+    single = _single(spec[name])
+    multi = ranks[0][name]
+    assert "error" not in multi, multi
+    _assert_same(single, multi, rtol=1e-10)
+    for one, many in zip(single.inputs, multi["inputs"], strict=True):
+        assert one.uncertainty_method["blocks"] == many["uncertainty_method"]["blocks"]
+        assert set(one.uncertainty) == set(many["uncertainty"]) and "vne" in one.uncertainty
+        for metric, est in one.uncertainty.items():
+            for field, value in est.items():
+                got = many["uncertainty"][metric][field]
+                assert got == pytest.approx(value, rel=1e-8, abs=1e-12), (metric, field)
+        np.testing.assert_allclose(many["spectra_se"]["covariance"],
+                                   one.spectra_se["covariance"], rtol=1e-8, atol=1e-14)
 
 
 def test_default_precision_agrees_to_float32_accuracy(scenario_results: Any) -> None:
@@ -328,3 +355,55 @@ def test_library_refuses_distributed_true_outside_torchrun() -> None:
     with pytest.raises(UsageError, match="torchrun"):
         reprdiag.analyze(torch.randn(5, 2), device="cpu", distributed=True)
 
+
+
+@pytest.mark.parametrize("how", ["sleep", "exit"])
+def test_a_silent_rank_fails_the_others_within_the_timeout(tmp_path: Path, how: str) -> None:
+    """A rank that stops answering (or dies) is a resource error after the process group's
+    timeout on the others, not a hang."""
+    runs = _run_ranks([str(WORKER), "--stall", how, str(tmp_path)], 2)
+    assert runs[0].returncode == 0, runs[0].stderr[-2000:]
+    outcome = json.loads((tmp_path / "rank0.json").read_text())
+    assert outcome["error"] == "ResourceError" and outcome["exit_code"] == 3, outcome
+    assert "with the other ranks failed" in outcome["message"]
+    assert outcome["seconds"] < 30
+
+
+COLLAPSED = str(SAMPLE / "collapsed.safetensors")
+F64 = ["--precision", "float64", "-q"]
+
+
+def test_compare_under_ranks_prints_once_and_equals_single_process() -> None:
+    runs = _run_ranks(["-m", "reprdiag", "compare", MINILM, COLLAPSED, "-f", "json", *F64,
+                       "-m", "vne,rankme,avg_cosine"], 2)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert runs[1].stdout == ""
+    printed = json.loads(runs[0].stdout)
+    single = reprdiag.compare([MINILM, COLLAPSED], metrics=["vne", "rankme", "avg_cosine"],
+                              precision="float64", device="cpu", distributed=False)
+    rows = {(r["run"], r["metric"]): r for r in printed["rows"]}
+    assert len(rows) == len(single.frame) == 6
+    for _, row in single.frame.iterrows():
+        got = rows[(row["run"], row["metric"])]
+        assert got["value"] == pytest.approx(row["value"], rel=1e-10)
+        assert got["change"] == row["change"]
+
+
+def _gate_config(tmp_path: Path) -> Path:
+    config = tmp_path / "gate.toml"
+    config.write_text(f'[gate]\nbaseline = "{MINILM}"\n[gate.rules]\n'
+                      + "vne = { max_drop = 0.05 }\n")
+    return config
+
+
+@pytest.mark.parametrize("command", ["gate", "analyze"])
+def test_failing_gate_under_ranks_exits_1_on_every_rank(tmp_path: Path, command: str) -> None:
+    """The run and its baseline file are analyzed in one process group; every rank exits 1,
+    rank 0 alone prints the checks."""
+    config = _gate_config(tmp_path)
+    flag = "--config" if command == "gate" else "--gate"
+    runs = _run_ranks(["-m", "reprdiag", command, COLLAPSED, flag, str(config), *F64], 2)
+    assert [r.returncode for r in runs] == [1, 1], [r.stderr[-2000:] for r in runs]
+    assert runs[1].stdout == "" and runs[1].stderr == ""
+    assert "vne" in runs[0].stdout
+    assert runs[0].stderr.startswith("reprdiag: gate failed: ")

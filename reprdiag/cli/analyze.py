@@ -32,8 +32,8 @@ from reprdiag.cli.options import (
     PlotFormatOption,
     with_analysis_options,
 )
-from reprdiag.distributed import is_main_process
-from reprdiag.errors import UsageError
+from reprdiag.distributed import is_main_process, joined
+from reprdiag.errors import EXIT_GATE_FAILED, UsageError
 from reprdiag.extract import analyze_model
 from reprdiag.gate import gate as run_gate
 from reprdiag.gate import load_config, needed_metrics, resolve_rules
@@ -82,9 +82,6 @@ def analyze(
     plot_format: PlotFormatOption = PlotFormat.png,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")
                         ] = False,
-    backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
-                                         "every rank has a GPU, else gloo)|nccl|gloo.")
-                       ] = "auto",
     list_metrics_flag: Annotated[bool, typer.Option("--list-metrics", help="List the "
                                                     "metrics and exit.")] = False,
     model: ModelOpt = None, weights: WeightsOpt = None, model_arg: ModelArgOpt = None,
@@ -111,31 +108,32 @@ def analyze(
     a = analysis
     if config is not None and any(r.needs_se for r in resolve_rules(config)):
         a = replace(a, uncertainty=True)  # margin_se / max_se rules read standard errors
-    if model is not None or data is not None:
-        if files:
-            raise UsageError("pass embedding FILES or --model/--data, not both")
-        run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit,
-                        a.pool, a.device)
-        if list_layers_flag:
-            print_layers(run)
-            return
-        report = analyze_model(
-            run, metrics=names, precision=a.precision, sample_size=a.sample_size, seed=a.seed,
-            kappa=a.kappa, er_estimator=a.er_estimator, er_compat=a.er_compat, nan=a.nan,
-            uncertainty=a.uncertainty, blocks=a.blocks,
-            progress=RichProgress(enabled=not a.quiet, unit="batches"))
-    elif not files:
+    if model is None and data is None and not files:
         raise UsageError("no input file given", hint="reprdiag analyze FILE [FILE ...]")
-    else:
-        report = run_analysis(files, metrics=names, concat=concat, backend=backend,
-                              **a.api_kwargs())
-    if not is_main_process():  # under torchrun, rank 0 alone prints and writes
+    if files and (model is not None or data is not None):
+        raise UsageError("pass embedding FILES or --model/--data, not both")
+    run = None if files else model_run(model, data, weights, model_arg, data_key, layer,
+                                       batch_size, limit, a.pool, a.device)
+    if run is not None and list_layers_flag:
+        print_layers(run)
         return
+    with joined(a.api_kwargs()) as options:  # torchrun: every rank runs this block alike
+        if run is not None:
+            report = analyze_model(
+                run, metrics=names, precision=a.precision, sample_size=a.sample_size,
+                seed=a.seed, kappa=a.kappa, er_estimator=a.er_estimator,
+                er_compat=a.er_compat, nan=a.nan, uncertainty=a.uncertainty, blocks=a.blocks,
+                progress=RichProgress(enabled=not a.quiet, unit="batches"))
+        else:
+            report = run_analysis(files, metrics=names, concat=concat, **options)
+        label = ", ".join(f.name for f in files) if files else str(model)
+        result = (None if config is None else
+                  run_gate(report, config=config, label=label, **options))
+    if not is_main_process():  # under torchrun, rank 0 alone prints and writes
+        raise typer.Exit(0 if result is None or result.passed else EXIT_GATE_FAILED)
     warn_report(report)
     if out is not None:
         report.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(report, fmt)
-    if config is not None:
-        label = ", ".join(f.name for f in files) if files else str(model)
-        result = run_gate(report, config=config, label=label, **a.api_kwargs())
+    if result is not None:
         finish(result, Format.table, junit, stdout if fmt is Format.table else stderr)

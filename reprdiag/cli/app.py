@@ -23,7 +23,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from reprdiag.distributed import printed_by_rank0
+from reprdiag.distributed import is_main_process, printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
 
 if TYPE_CHECKING:
@@ -75,7 +75,10 @@ def fail(message: str, code: int, quiet: bool = False) -> typer.Exit:
 
 def _warn_one_line(message: Warning | str, category: type[Warning], *_: Any,
                    **__: Any) -> None:
-    """Show a warning as ``reprdiag: warning: MESSAGE``, one line on stderr."""
+    """Show a warning as ``reprdiag: warning: MESSAGE``, one line on stderr (under
+    ``torchrun``, on rank 0 only: every rank meets the same warnings)."""
+    if not is_main_process():
+        return
     sys.stderr.write(f"reprdiag: warning: {' '.join(str(message).split())}\n")
     sys.stderr.flush()
 

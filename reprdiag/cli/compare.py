@@ -19,6 +19,7 @@ from reprdiag.cli.options import (
 )
 from reprdiag.compare import NOISE_Z, Comparison
 from reprdiag.compare import compare as run_compare
+from reprdiag.distributed import is_main_process
 from reprdiag.report.table import comparison_tables
 
 
@@ -61,6 +62,8 @@ def compare(
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
     comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z,
                              **analysis.api_kwargs())
+    if not is_main_process():  # under torchrun, rank 0 alone prints and writes
+        return
     warn_results(r for results in comparison.inputs.values() for r in results)
     if out is not None:
         comparison.save(out, plots=not no_plots, plot_format=plot_format.value)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
+from reprdiag.distributed import is_main_process
 from reprdiag.errors import EXIT_GATE_FAILED
 from reprdiag.gate import GateConfig, GateResult, find_config, load_config, write_junit
 from reprdiag.gate import gate as run_gate
@@ -85,5 +86,7 @@ def gate(
     """
     result = run_gate(run, rules=fail_if or (), config=read_config(config), baseline=baseline,
                       **analysis.api_kwargs())
+    if not is_main_process():  # under torchrun, rank 0 alone prints; every rank exits alike
+        raise typer.Exit(0 if result.passed else EXIT_GATE_FAILED)
     warn_results(result.inputs)
     finish(result, fmt, junit)

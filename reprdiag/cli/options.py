@@ -64,6 +64,7 @@ class AnalysisOptions:
     nan: str = "error"
     uncertainty: bool = False
     blocks: int = DEFAULT_BLOCKS
+    backend: str = "auto"
     quiet: bool = False
 
     def api_kwargs(self) -> dict[str, Any]:
@@ -104,6 +105,8 @@ _PARAMETERS = (
             help="Jackknife standard errors, bias and 95% intervals of every metric."),
     _option("blocks", int, "--blocks", help="Jackknife blocks K (≥ 5; costs K more "
             "eigendecompositions and K×2 d×d moment matrices)."),
+    _option("backend", str, "--backend", help="Under torchrun: auto (NCCL when every rank "
+            "has a GPU, else gloo)|nccl|gloo."),
     _option("quiet", bool, "--quiet", "-q", help="No progress bar."),
 )
 

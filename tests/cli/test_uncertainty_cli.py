@@ -77,13 +77,3 @@ def test_memory_budget_too_small_is_resource_error(emb: Path) -> None:
     assert proc.returncode == 3
     assert proc.stderr.startswith("reprdiag: error:") and proc.stderr.count("\n") == 1
     assert "memory budget" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_refused_under_torchrun(emb: Path) -> None:
-    """Under torchrun (its environment), every rank refuses before joining a group."""
-    proc = run("analyze", str(emb), "--uncertainty",
-               env={"TORCHELASTIC_RUN_ID": "reprdiag-test", "RANK": "0", "WORLD_SIZE": "2",
-                    "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"})
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("reprdiag: error:") and "torchrun" in proc.stderr
-    assert proc.stderr.count("\n") == 1
