@@ -1,0 +1,158 @@
+"""One process against W torchrun ranks on the same shards, side by side: where the time goes.
+
+Writes S float32 row shards of an N × d dataset (a random rotation of a power-law spectrum),
+then times, for each configuration, the three phases of ``analyze --concat``:
+
+* ``pass``: reading the rows and streaming them into moments and the row sample (each rank
+  its own shards; the maximum over ranks is shown);
+* ``merge``: the exact merge (all_reduce of the float64 moments, gather of the sample);
+  zero for one process;
+* ``metrics``: spectra and every metric (every rank computes them; rank 0's time).
+
+Configurations: one process with 1 thread, one process with T threads, and W gloo ranks with
+T/W threads each (the same cores). The last column is the largest relative difference of any
+metric from the one-process run (``--precision float64``: ~1e-12; default precision: ~1e-6).
+
+    python bench/distributed.py                          # N = 400k, d = 256, 4 shards, W = 2
+    python bench/distributed.py --rows 2000000 --dim 768 --shards 8 --ranks 4 --threads 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from reprdiag.api import MetricOptions, gather_sources, summarize
+from reprdiag.distributed import DistributedContext
+from reprdiag.engine import StreamOptions, accumulate
+
+
+def write_shards(folder: Path, n: int, d: int, shards: int, seed: int = 0) -> list[str]:
+    """S shards of rows x = g · diag(i^-1/2) · Q + 1 (g Gaussian, Q a random rotation)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    scale = torch.arange(1, d + 1, dtype=torch.float64).pow(-0.5)
+    basis = (scale[:, None] * q).float()
+    paths = []
+    for i in range(shards):
+        lo, hi = n * i // shards, n * (i + 1) // shards
+        rows = torch.randn(hi - lo, d, generator=gen) @ basis + 1.0
+        path = folder / f"shard-{i:03d}.safetensors"
+        save_file({"emb": rows.contiguous()}, str(path))
+        paths.append(str(path))
+    return paths
+
+
+def phases(files: list[str], precision: str, ctx: DistributedContext | None
+           ) -> tuple[dict[str, float], dict[str, float]]:
+    """(seconds per phase, metric values) of one analysis, in this process."""
+    source = gather_sources(files, concat=True)[0]
+    opts = StreamOptions(torch.device("cpu"), precision)
+    t0 = time.perf_counter()
+    if ctx is None:
+        acc = accumulate(source, opts)
+        t1 = time.perf_counter()
+    else:
+        local = ctx.accumulate(source, opts)
+        t1 = time.perf_counter()
+        acc = ctx.merge(local)
+    t2 = time.perf_counter()
+    result = summarize(source, acc, None, MetricOptions())
+    t3 = time.perf_counter()
+    return {"pass": t1 - t0, "merge": t2 - t1, "metrics": t3 - t2}, result.metrics
+
+
+def worker(files: list[str], precision: str, out: Path) -> None:
+    """One rank: time the phases, gather the pass times, rank 0 writes them."""
+    ctx = DistributedContext.from_env(torch.device("cpu"), "gloo")
+    try:
+        seconds, metrics = phases(files, precision, ctx)
+        passes = ctx.all_gather(seconds["pass"])
+        if ctx.rank == 0:
+            seconds["pass"] = max(passes)
+            out.write_text(json.dumps({"seconds": seconds, "metrics": metrics}))
+    finally:
+        ctx.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(files: list[str], precision: str, ranks: int, threads: int,
+              folder: Path) -> tuple[dict[str, float], dict[str, float], float]:
+    """Launch ``ranks`` gloo ranks with torchrun; (phases, metrics, wall seconds)."""
+    out = folder / "ranks.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+           "--master-port", str(free_port()), __file__, "--worker", "--precision", precision,
+           "--out", str(out), *files]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    data = json.loads(out.read_text())
+    return data["seconds"], data["metrics"], wall
+
+
+def max_rel_diff(a: dict[str, float], b: dict[str, float]) -> float:
+    diffs = [abs(a[k] - b[k]) / max(abs(b[k]), 1e-300) for k in b
+             if math.isfinite(b[k]) and k in a and math.isfinite(a[k])]
+    return max(diffs, default=math.nan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*")
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="cores to use in all")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.files, args.precision, args.out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = write_shards(folder, args.rows, args.dim, args.shards)
+        rows: list[tuple[str, dict[str, float], float, dict[str, float]]] = []
+        reference: dict[str, float] = {}
+        for threads in sorted({1, args.threads}):
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            seconds, metrics = phases(files, args.precision, None)
+            reference = reference or metrics
+            rows.append((f"1 process × {threads} thread(s)", seconds,
+                         time.perf_counter() - t0, metrics))
+        per_rank = max(1, args.threads // args.ranks)
+        seconds, metrics, wall = run_ranks(files, args.precision, args.ranks, per_rank, folder)
+        rows.append((f"{args.ranks} ranks × {per_rank} thread(s) (gloo)", seconds, wall,
+                     metrics))
+    print(f"N = {args.rows:,}, d = {args.dim}, {args.shards} shards, precision "
+          f"{args.precision}, torch {torch.__version__}")
+    print(f"{'configuration':<34}{'pass s':>9}{'merge s':>9}{'metrics s':>11}"
+          f"{'wall s':>9}{'max rel diff':>14}")
+    for name, sec, wall_s, values in rows:
+        print(f"{name:<34}{sec['pass']:>9.2f}{sec['merge']:>9.3f}{sec['metrics']:>11.2f}"
+              f"{wall_s:>9.2f}{max_rel_diff(values, reference):>14.2e}")
+    print("wall s of the ranks includes torchrun's start-up and each rank's imports.")
+
+
+if __name__ == "__main__":
+    main()
