@@ -6,6 +6,11 @@ more than two axes are pooled to rows (:func:`reprdiag.loaders.base.pool_rows`),
 layer's rows go into its own :class:`~reprdiag.engine.Accumulator`. Nothing N×d is held: memory
 is O(batch·d + d²) per layer. :func:`extract` writes the rows instead, incrementally.
 
+Under ``torchrun`` every rank loads the model and opens the data, runs the model on its share
+of the batches (:func:`reprdiag.checkpoint.data.assigned`), and the per-layer accumulators are
+merged exactly (:meth:`reprdiag.distributed.DistributedContext.merge`): every rank returns the
+report one process would give.
+
 >>> import torch
 >>> from reprdiag.extract import ModelRun, analyze_model
 >>> run = ModelRun("reprdiag.examples.digits:build", "reprdiag.examples.digits:random_inputs",
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from reprdiag import __version__
 from reprdiag.api import (
@@ -34,19 +40,23 @@ from reprdiag.api import (
     summarize,
     validate_stream,
 )
-from reprdiag.checkpoint.data import Batches, DataSpec, examples, open_data, to_device
+from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data, to_device
 from reprdiag.checkpoint.hf import HFProbe
 from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
 from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
 from reprdiag.checkpoint.writer import open_writer, writer_format
 from reprdiag.device import resolve_device
-from reprdiag.engine import Accumulator, Progress, StreamOptions
-from reprdiag.errors import InputError
+from reprdiag.distributed import DistributedContext, launched, on_all_ranks
+from reprdiag.distributed import session as ranks_session
+from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
+from reprdiag.errors import InputError, ReprdiagError, UsageError
 from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
 from reprdiag.report.model import Report
+
+Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
 
 
 @dataclass(frozen=True)
@@ -94,10 +104,11 @@ class LayerInfo:
     file_size: int | None = None
 
 
-def open_session(run: ModelRun) -> Session:
-    """Load the model and open the data; unknown layer names fail before any batch runs."""
+def open_session(run: ModelRun, device: torch.device | None = None) -> Session:
+    """Load the model (on ``device``, default ``run.device``) and open the data; unknown
+    layer names fail before any batch runs."""
     check_pool(run.pool)
-    device = resolve_device(run.device)
+    device = resolve_device(run.device) if device is None else device
     kind = spec_kind(run.model)
     probe = load_model(ModelSpec(run.model, run.weights, run.model_args), device)
     if isinstance(probe, HFProbe):
@@ -123,14 +134,16 @@ def as_rows(name: str, output: torch.Tensor, pool: str | None, spec: str) -> tor
     return pool_rows(output, pool or "mean")
 
 
-def stream(session: Session, progress: Progress | None = None
-           ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield ``(first_row_index, {layer: rows})`` per batch, rows pooled to 2-D."""
-    run, probe, widths, first = session.run, session.probe, {}, 0
+def stream(session: Session, progress: Progress | None = None, rank: int = 0,
+           world_size: int = 1) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(first_row_index, {layer: rows})`` per batch, rows pooled to 2-D; with
+    ``world_size`` > 1, only rank ``rank``'s batches (global row indices kept)."""
+    run, probe, widths = session.run, session.probe, {}
+    batches, total = assigned(session.batches, rank, world_size)
     if progress:
-        progress.start(session.batches.label, session.batches.total or 0)
+        progress.start(session.batches.label, total or 0)
     try:
-        for batch in session.batches:
+        for first, batch in batches:
             with torch.inference_mode():
                 outs = probe.run(to_device(batch, session.device, probe.float_dtype),
                                  session.layers)
@@ -141,7 +154,6 @@ def stream(session: Session, progress: Progress | None = None
                                      f"{r.shape[1]} between batches", source=run.model,
                                      hint="use --pool mean, or inputs of one length")
             yield first, rows
-            first += examples(batch)
             if progress:
                 progress.advance(1)
     finally:
@@ -149,40 +161,143 @@ def stream(session: Session, progress: Progress | None = None
             progress.finish()
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What every layer's accumulator is built with."""
+
+    opts: StreamOptions
+    uncertainty: bool
+    blocks: int
+
+    def on(self, device: torch.device) -> _Pass:
+        """The same pass computing on ``device``."""
+        return replace(self, opts=replace(self.opts, device=device))
+
+    def accumulator(self, model: str, layer: str, d: int, dtype: torch.dtype) -> Accumulator:
+        """An empty accumulator for ``layer`` of width ``d``."""
+        label = f"{model}[{layer}]"
+        return Accumulator(d, dtype, blocked_stream(self.opts, d, label, self.uncertainty,
+                                                    self.blocks), label)
+
+
+def _accumulate(session: Session, how: _Pass, progress: Progress | None, rank: int = 0,
+                world_size: int = 1) -> tuple[dict[str, Accumulator], Shapes]:
+    """Run the model over this rank's batches into one accumulator per layer (created on a
+    layer's first batch, so a rank without batches returns none)."""
+    accs: dict[str, Accumulator] = {}
+    shapes: Shapes = {}
+    for first, rows in stream(session, progress, rank, world_size):
+        for name, r in rows.items():
+            if name not in accs:
+                shapes[name] = (r.shape[1], r.dtype)
+                accs[name] = how.accumulator(session.run.model, name, r.shape[1], r.dtype)
+            accs[name].add(first, r)
+    return accs, shapes
+
+
+def agreed_shapes(per_rank: Sequence[Shapes], layers: Sequence[str], data: str) -> Shapes:
+    """Each layer's (width, dtype), from the ranks that ran batches; they must agree.
+
+    >>> f32 = torch.float32
+    >>> agreed_shapes([{}, {"fc1": (8, f32)}, {"fc1": (8, f32)}], ["fc1"], "x")
+    {'fc1': (8, torch.float32)}
+    >>> agreed_shapes([{"fc1": (8, f32)}, {"fc1": (6, f32)}], ["fc1"], "x")
+    Traceback (most recent call last):
+    reprdiag.errors.InputError: x: layer 'fc1' gives different rows on the ranks: rank 0: 8 \
+wide float32, rank 1: 6 wide float32; every rank must see the same model and data
+    """
+    out: Shapes = {}
+    for layer in layers:
+        seen = {rank: shapes[layer] for rank, shapes in enumerate(per_rank) if layer in shapes}
+        if not seen:
+            raise InputError("gave no batches", source=data, hint="check --data and --limit")
+        if len(set(seen.values())) > 1:
+            detail = ", ".join(f"rank {r}: {d} wide {str(t).removeprefix('torch.')}"
+                               for r, (d, t) in seen.items())
+            raise InputError(f"layer {layer!r} gives different rows on the ranks: {detail}",
+                             source=data, hint="every rank must see the same model and data")
+        out[layer] = next(iter(seen.values()))
+    return out
+
+
+def _alone(run: ModelRun, how: _Pass, progress: Progress | None
+           ) -> tuple[Session, Iterator[tuple[LayerInfo, Accumulated]]]:
+    """One process: every batch, then each layer's finished statistics."""
+    session = open_session(run)
+    accs, shapes = _accumulate(session, how.on(session.device), progress)
+    if not accs:
+        raise InputError("gave no batches", source=run.data, hint="check --data and --limit")
+    return session, ((_layer_info(run, name, shapes[name]), accs[name].finish())
+                     for name in session.layers)
+
+
+def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
+                  progress: Progress | None
+                  ) -> tuple[Session, Iterator[tuple[LayerInfo, Accumulated]]]:
+    """Each rank runs its batches; the ranks agree on errors and on every layer's width,
+    then merge layer by layer (a collective each, in ``session.layers`` order)."""
+    with ctx.agree():
+        session = open_session(run, ctx.device)
+        how = how.on(session.device)
+        accs, shapes = _accumulate(session, how, progress if ctx.rank == 0 else None,
+                                   ctx.rank, ctx.world_size)
+    try:
+        agreed = agreed_shapes(ctx.all_gather(shapes), session.layers, run.data)
+    except ReprdiagError as exc:  # computed from gathered data: alike on every rank
+        raise on_all_ranks(exc) from None
+    for name, (d, dtype) in agreed.items():
+        if name not in accs:  # this rank ran no batches
+            accs[name] = how.accumulator(run.model, name, d, dtype)
+    return session, ((_layer_info(run, name, agreed[name]), ctx.merge(accs[name]))
+                     for name in session.layers)
+
+
+def _layer_info(run: ModelRun, layer: str, shape: tuple[int, torch.dtype]) -> LayerInfo:
+    return LayerInfo(layer, run.model, layer, str(shape[1]).removeprefix("torch."))
+
+
 def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
                   precision: str = "auto", sample_size: int = 16384, seed: int = 0,
                   kappa: float = 10.0, er_estimator: str = "plugin", er_compat: str = "exact",
                   nan: str = "error", uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
-                  progress: Progress | None = None) -> Report:
+                  progress: Progress | None = None, backend: str = "auto",
+                  distributed: bool | DistributedContext | None = None) -> Report:
     """Run ``run.model`` over ``run.data`` and analyze each layer: one report row per layer,
-    in the order asked for. The metric options mirror :func:`reprdiag.analyze`."""
+    in the order asked for. The metric options mirror :func:`reprdiag.analyze`.
+
+    Under ``torchrun`` (``distributed``, ``backend``: see :func:`reprdiag.distributed.session`)
+    every rank loads the model on its device (``cuda:LOCAL_RANK`` for CUDA) and runs it on its
+    share of the data: a contiguous run of whole batches when the data has random access, else
+    every ``world_size``-th batch (each rank then loads every batch). Every rank returns the
+    same report, equal to one process's up to float64 rounding of the merged moments.
+    """
     start = time.perf_counter()
     metric_opts = MetricOptions(kappa, er_estimator, er_compat)
     metric_opts.validate()
     resolve(metrics)
-    session = open_session(run)
-    opts = StreamOptions(session.device, precision, None, sample_size, seed, nan)
-    validate_stream(opts)
-    check_blocks(uncertainty, blocks)
-    accs: dict[str, Accumulator] = {}
-    dtypes: dict[str, str] = {}
-    for first, rows in stream(session, progress):
-        for name, r in rows.items():
-            if name not in accs:
-                dtypes[name] = str(r.dtype).removeprefix("torch.")
-                label = f"{run.model}[{name}]"
-                accs[name] = Accumulator(r.shape[1], r.dtype, blocked_stream(
-                    opts, r.shape[1], label, uncertainty, blocks), label)
-            accs[name].add(first, r)
-    if not accs:
-        raise InputError("gave no batches", source=run.data, hint="check --data and --limit")
-    results = [summarize(LayerInfo(name, run.model, name, dtypes[name]), accs[name].finish(),
-                         metrics, metric_opts, progress) for name in session.layers]
+    check_blocks(uncertainty, blocks, distributed)
+    how = _Pass(StreamOptions(torch.device("cpu"), precision, None, sample_size, seed, nan),
+                uncertainty, blocks)
+    validate_stream(how.opts)
+    with ranks_session(resolve_device(run.device), backend, distributed) as ctx:
+        session, layers = (_alone(run, how, progress) if ctx is None
+                           else _across_ranks(run, how, ctx, progress))
+        results = [summarize(info, acc, metrics, metric_opts, progress)
+                   for info, acc in layers]
+        world_size = ctx.world_size if ctx else 1
     options = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                "precision": precision, "nan": nan, "metrics": list(metrics) if metrics else None,
                "uncertainty": uncertainty, "blocks": blocks if uncertainty else None,
                **run.options()}
-    return make_report(results, options, session.device, start)
+    return make_report(results, options, session.device, start, world_size)
+
+
+def refuse_under_torchrun() -> None:
+    """``extract`` writes one file from one process: refuse it on every rank of a group."""
+    if launched() or (dist.is_available() and dist.is_initialized()):
+        raise on_all_ranks(UsageError(
+            "extract writes one file and does not run under torchrun",
+            hint="run it in one process, or use analyze --model under torchrun"))
 
 
 def extract(run: ModelRun, out: str | Path,
@@ -190,6 +305,7 @@ def extract(run: ModelRun, out: str | Path,
     """Write each layer's rows to ``out`` (``.safetensors`` or ``.h5``), one (N, d) tensor per
     layer named as the layer, written incrementally and renamed into place when complete.
     Returns ``{layer: (N, d, dtype)}``."""
+    refuse_under_torchrun()
     out = Path(out)
     fmt = writer_format(out)
     session = open_session(run)

@@ -5,22 +5,29 @@ A tensor file is read by row ranges through the embedding loaders (any supported
 in name order. A function returns a ``Dataset`` (batched with ``--batch-size``), a tensor, a
 list of texts, or an iterable of ready batches (used as they come). ``--limit N`` stops after
 the first N examples, cutting the last batch.
+
+Under ``torchrun`` each rank runs the model on its share of the batches
+(:func:`assigned`): data with random access and a known length (tensor files and folders, a
+tensor, a list of texts, a sized ``Dataset``, a text file) gives each rank a contiguous run
+of whole batches, read alone; an iterable of ready batches is dealt round-robin, and every
+rank loads every batch (only its own go through the model).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from reprdiag.checkpoint.load import call_user, import_object, is_object_spec
+from reprdiag.checkpoint.load import call_user, first_line, import_object, is_object_spec
 from reprdiag.checkpoint.probes import Batch
-from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.distributed import even_slices
+from reprdiag.errors import InputError, ReprdiagError, UsageError, source_label
 from reprdiag.loaders import (
     ArraySource,
     ConcatSource,
@@ -46,16 +53,125 @@ class DataSpec:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
 
 
+class Share(NamedTuple):
+    """A rank's rows ``[start, stop)``: ``batches`` whole batches of the one-process run."""
+
+    start: int
+    stop: int
+    batches: int
+
+
+def share_rows(segments: Sequence[int], batch_size: int, rank: int, world_size: int) -> Share:
+    """The contiguous rows of rank ``rank`` of ``world_size``, cut on batch boundaries.
+
+    A one-process run batches each segment (a shard of a folder; one segment otherwise) in
+    ``batch_size`` rows from its start. The B batches are split into ``world_size``
+    contiguous runs whose lengths differ by at most one, so every rank feeds the model the
+    very batches one process would (bit-identical activations). O(S) for S segments.
+
+    >>> share_rows([100], 32, 1, 2)  # batches [0,32) [32,64) | [64,96) [96,100)
+    Share(start=64, stop=100, batches=2)
+    >>> share_rows([5], 32, 0, 2)  # more ranks than batches: an empty share
+    Share(start=0, stop=0, batches=0)
+    >>> share_rows([70, 40], 32, 1, 2)  # [0,32) [32,64) | [64,70) and shard 2: [70,102) ...
+    Share(start=64, stop=110, batches=3)
+    """
+    counts = [math.ceil(n / batch_size) for n in segments]
+    total = sum(counts)
+    lo, hi = even_slices(total, world_size)[rank]
+    return Share(_batch_start(segments, counts, batch_size, lo),
+                 _batch_start(segments, counts, batch_size, hi), hi - lo)
+
+
+def _batch_start(segments: Sequence[int], counts: Sequence[int], batch_size: int,
+                 index: int) -> int:
+    """The row where batch ``index`` starts (the row count when ``index`` is past the end)."""
+    row = 0
+    for n, count in zip(segments, counts, strict=True):
+        if index < count:
+            return row + index * batch_size
+        row, index = row + n, index - count
+    return row
+
+
+@dataclass(frozen=True)
+class RowAccess:
+    """Random access to a dataset of known length.
+
+    ``read(a, b)`` yields the batches of examples ``[a, b)``; when ``a`` starts a batch of
+    the one-process run they are the same batches (see :func:`share_rows`).
+    """
+
+    segments: tuple[int, ...]
+    batch_size: int
+    read: Callable[[int, int], Iterable[Batch]]
+
+    @property
+    def rows(self) -> int:
+        """Number of examples."""
+        return sum(self.segments)
+
+    def limited(self, limit: int | None) -> RowAccess:
+        """The first ``limit`` examples only."""
+        if limit is None:
+            return self
+        cut = [max(0, min(n, limit - sum(self.segments[:i])))
+               for i, n in enumerate(self.segments)]
+        return replace(self, segments=tuple(n for n in cut if n))
+
+
 @dataclass
 class Batches:
-    """An iterable of batches with a name and, when known, how many batches there are."""
+    """An iterable of batches with a name and, when known, how many batches there are.
+
+    ``access`` (when the data allows it) reads any run of whole batches alone, so ranks can
+    split the data; ``items`` is what one process iterates.
+    """
 
     label: str
     items: Iterable[Batch]
     total: int | None = None
+    access: RowAccess | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.items)
+
+
+def assigned(batches: Batches, rank: int = 0, world_size: int = 1
+             ) -> tuple[Iterator[tuple[int, Batch]], int | None]:
+    """This rank's batches as ``(global index of the first example, batch)``, and how many.
+
+    One process iterates every batch. Under ``world_size`` ranks, data with random access
+    gives each rank the contiguous run of whole batches :func:`share_rows` names (only those
+    are loaded); other iterables are dealt round-robin, batch i to rank i mod ``world_size``:
+    every rank loads every batch (counting its examples, so indices stay global).
+
+    >>> data = Batches("x", [torch.zeros(3, 1), torch.zeros(2, 1), torch.zeros(4, 1)], 3)
+    >>> mine, total = assigned(data, rank=1, world_size=2)
+    >>> [(first, len(b)) for first, b in mine], total
+    ([(3, 2)], 1)
+    >>> rows = torch.arange(9.0).reshape(9, 1)
+    >>> data.access = RowAccess((9,), 3, lambda a, b: rows[a:b].split(3))
+    >>> mine, total = assigned(data, rank=1, world_size=2)
+    >>> [(first, b.flatten().tolist()) for first, b in mine], total
+    ([(3, [3.0, 4.0, 5.0]), (6, [6.0, 7.0, 8.0])], 2)
+    """
+    access = batches.access
+    if world_size > 1 and access is not None:
+        share = share_rows(access.segments, access.batch_size, rank, world_size)
+        items = access.read(share.start, share.stop) if share.batches else ()
+        return _numbered(items, share.start, 0, 1), share.batches
+    total = None if batches.total is None else len(range(rank, batches.total, world_size))
+    return _numbered(batches.items, 0, rank, world_size), total
+
+
+def _numbered(items: Iterable[Batch], first: int, rank: int, world_size: int
+              ) -> Iterator[tuple[int, Batch]]:
+    """Batch i of ``items`` with its first example's index, for i mod ``world_size`` = rank."""
+    for i, batch in enumerate(items):
+        if i % world_size == rank:
+            yield first, batch
+        first += examples(batch)
 
 
 def examples(batch: Batch) -> int:
@@ -133,8 +249,14 @@ def tensor_source(path: Path, key: str | None) -> ArraySource:
 
 def _source_batches(source: ArraySource, data: DataSpec) -> Batches:
     n = source.shape[0] if data.limit is None else min(source.shape[0], data.limit)
-    chunks = (rows for _, rows in source.iter_chunks(data.batch_size, 0, n))
-    return Batches(source.label, chunks, math.ceil(n / data.batch_size))
+
+    def read(start: int, stop: int) -> Iterator[torch.Tensor]:
+        return (rows for _, rows in source.iter_chunks(data.batch_size, start, stop))
+
+    sizes = ([p.shape[0] for p in source.parts] if isinstance(source, ConcatSource)
+             else [source.shape[0]])  # ConcatSource's chunks restart at each shard
+    access = RowAccess(tuple(sizes), data.batch_size, read).limited(n)
+    return Batches(source.label, read(0, n), math.ceil(n / data.batch_size), access)
 
 
 def _text_batches(path: Path, data: DataSpec) -> Batches:
@@ -142,11 +264,16 @@ def _text_batches(path: Path, data: DataSpec) -> Batches:
         raise InputError("no such text file", source=source_label(path),
                          hint="hf: models read text, one example per line")
 
-    def lines() -> Iterator[str]:
+    def lines(start: int = 0, stop: int | None = None) -> Iterator[str]:
         with open(path, encoding="utf-8") as fh:
-            yield from (line.rstrip("\n") for line in fh if line.strip())
+            examples = (line.rstrip("\n") for line in fh if line.strip())
+            yield from itertools.islice(examples, start, stop)
 
-    return Batches(str(path), _chunked(lines(), data.batch_size))
+    n = sum(1 for _ in lines())
+    access = RowAccess((n,), data.batch_size,
+                       lambda a, b: _chunked(lines(a, b), data.batch_size))
+    return Batches(str(path), _chunked(lines(), data.batch_size),
+                   math.ceil(n / data.batch_size), access)
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -155,20 +282,55 @@ def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def _texts(texts: list[str], data: DataSpec) -> Batches:
+    access = RowAccess((len(texts),), data.batch_size,
+                       lambda a, b: _chunked(texts[a:b], data.batch_size))
+    return Batches(data.spec, _chunked(texts, data.batch_size),
+                   math.ceil(len(texts) / data.batch_size), access)
+
+
+def _dataset(dataset: torch.utils.data.Dataset, data: DataSpec) -> Batches:
+    def read(start: int, stop: int) -> Iterable[Batch]:
+        subset = torch.utils.data.Subset(dataset, range(start, stop))
+        return _guarded(torch.utils.data.DataLoader(subset, batch_size=data.batch_size),
+                        data.spec)
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
+    access = RowAccess((len(dataset),), data.batch_size, read)  # type: ignore[arg-type]
+    return Batches(data.spec, _guarded(loader, data.spec), len(loader), access)
+
+
+def _guarded(items: Iterable[Batch], spec: str) -> Iterator[Batch]:
+    """``items``, with an exception raised while loading a batch turned into a one-line
+    :class:`InputError` that names the data function."""
+    it = iter(items)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ReprdiagError:
+            raise
+        except Exception as exc:
+            raise InputError(f"loading a batch raised {type(exc).__name__}: "
+                             f"{first_line(exc)}", source=spec,
+                             hint="fix the data function or its dataset") from exc
+        yield batch
+
+
 def _object_batches(data: DataSpec) -> Batches:
     fn = import_object(data.spec, "data function")
     result = call_user(data.spec, fn, "data function")
     if isinstance(result, torch.Tensor):
         return _source_batches(TensorSource(result, data.spec), data)
     if isinstance(result, list) and result and isinstance(result[0], str):
-        return Batches(data.spec, _chunked(result, data.batch_size),
-                       math.ceil(len(result) / data.batch_size))
+        return _texts(result, data)
     if isinstance(result, torch.utils.data.Dataset) and hasattr(result, "__len__"):
-        loader = torch.utils.data.DataLoader(result, batch_size=data.batch_size)
-        return Batches(data.spec, loader, len(loader))
+        return _dataset(result, data)
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | Mapping):
         total = len(result) if hasattr(result, "__len__") and data.limit is None else None
-        return Batches(data.spec, result, total)  # ready batches: --batch-size does not apply
+        # ready batches: --batch-size does not apply, and ranks deal them round-robin
+        return Batches(data.spec, _guarded(result, data.spec), total)
     raise InputError(f"returned {type(result).__name__}", source=data.spec,
                      hint="return a Dataset, a tensor, a list of texts or an iterable of batches")
 
@@ -185,5 +347,6 @@ def open_data(data: DataSpec, text: bool = False) -> Batches:
     if data.limit is not None:
         total = None if batches.total is None else min(
             batches.total, math.ceil(data.limit / data.batch_size))
-        batches = Batches(batches.label, limited(batches.items, data.limit), total)
+        access = None if batches.access is None else batches.access.limited(data.limit)
+        batches = Batches(batches.label, limited(batches.items, data.limit), total, access)
     return batches

@@ -56,7 +56,7 @@ def import_object(spec: str, what: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise InputError(f"cannot import module {module_name!r} ({type(exc).__name__}: "
-                         f"{_first_line(exc)})", source=spec,
+                         f"{first_line(exc)})", source=spec,
                          hint=f"check the {what}'s module is importable (PYTHONPATH)") from exc
     obj: Any = module
     for part in attr.split("."):
@@ -75,11 +75,11 @@ def call_user(spec: str, fn: Callable[..., Any], what: str, **kwargs: Any) -> An
     try:
         return fn(**kwargs)
     except Exception as exc:
-        raise InputError(f"{what} raised {type(exc).__name__}: {_first_line(exc)}", source=spec,
+        raise InputError(f"{what} raised {type(exc).__name__}: {first_line(exc)}", source=spec,
                          hint=f"fix the {what} or its arguments") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else "(no message)"
 
@@ -151,7 +151,7 @@ def load_export(model: ModelSpec) -> Probe:
         with quiet_warnings():
             program = torch.export.load(model.spec)
     except Exception as exc:
-        raise InputError(f"cannot load the torch.export program ({_first_line(exc)})",
+        raise InputError(f"cannot load the torch.export program ({first_line(exc)})",
                          source=model.spec, hint="save it with torch.export.save") from exc
     with quiet_warnings():
         return HookProbe(torch.export.unflatten(program), model.spec)
@@ -164,7 +164,7 @@ def load_torchscript(model: ModelSpec) -> Probe:
         with quiet_warnings():
             module = torch.jit.load(model.spec, map_location="cpu")
     except Exception as exc:
-        raise InputError(f"cannot load the TorchScript file ({_first_line(exc)})",
+        raise InputError(f"cannot load the TorchScript file ({first_line(exc)})",
                          source=model.spec, hint="save it with torch.jit.save") from exc
     return ScriptProbe(module, model.spec)
 
@@ -207,7 +207,7 @@ def _load_weights(module: nn.Module, path: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"does not fit the model ({_first_line(exc)})", source=path,
+        raise InputError(f"does not fit the model ({first_line(exc)})", source=path,
                          hint="check --model-arg against the checkpoint's shapes") from exc
 
 
