@@ -3,8 +3,9 @@
 Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` (or ``--stall sleep|exit OUT_DIR``,
 see :func:`stall`) with torchrun's environment
 variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Joins a gloo group of every rank
-plus a sub-group of ranks 0–1, runs each scenario of SPEC through ``reprdiag.analyze`` on
-the group its ``world`` names, and writes what this rank saw to ``OUT_DIR/rank{R}.json``.
+plus a sub-group of ranks 0–1, runs each scenario of SPEC through ``reprdiag.analyze`` (or,
+for a ``model`` scenario, ``analyze_model`` / ``extract``) on the group its ``world`` names,
+and writes what this rank saw to ``OUT_DIR/rank{R}.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from reprdiag.api import gather_sources
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import StreamOptions, check_shape
 from reprdiag.errors import InputError
+from reprdiag.extract import ModelRun, analyze_model, extract
 from reprdiag.loaders import TensorSource
 
 
@@ -56,6 +58,8 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
             list(ctx.accumulate_each(lambda: [source], StreamOptions(chunk_rows=10),
                                      check=check_shape))
             return {"ok": True}
+        if "model" in scenario:
+            return run_model(scenario, ctx)
         report = reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu",
                                   **scenario.get("options", {}))
         out = report.to_dict()
@@ -65,6 +69,15 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
     except Exception as exc:
         return {"error": type(exc).__name__, "message": str(exc),
                 "all_ranks": bool(getattr(exc, "all_ranks", False))}
+
+
+def run_model(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """``analyze_model`` of the scenario's ``model`` run (a report dict), or its ``extract``."""
+    run = ModelRun(**scenario["model"])
+    if "extract" in scenario:
+        extract(run, scenario["extract"])
+        return {"ok": True}
+    return analyze_model(run, distributed=ctx, **scenario.get("options", {})).to_dict()
 
 
 def _sample_index(scenario: dict[str, Any], ctx: Any) -> list[list[int]]:

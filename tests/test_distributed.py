@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +32,8 @@ from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from tests.conftest import SAMPLE, run_cli_env
+from tests.ranks import WORKER, assert_same, free_port, run_ranks, run_worker
 
-WORKER = Path(__file__).with_name("dist_worker.py")
 SHARD_ROWS = [400, 1, 37, 250, 12, 300]  # whole shards over 3 ranks: [400] [1 37 250 12] [300]
 MINILM = str(SAMPLE / "minilm.safetensors")
 
@@ -108,35 +107,6 @@ def test_single_process_report_records_world_size_one() -> None:
 
 
 # -- real ranks ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rank_env(rank: int, world: int, port: int) -> dict[str, str]:
-    """What torchrun sets for a worker, on one node."""
-    env = run_cli_env()
-    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-               LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-               TORCHELASTIC_RUN_ID="reprdiag-test", OMP_NUM_THREADS="1",
-               REPRDIAG_DIST_TIMEOUT="90")
-    return env
-
-
-def _run_ranks(args: list[str], world: int) -> list[subprocess.CompletedProcess[str]]:
-    """Start ``world`` ranks of ``python ARGS`` and wait for all of them."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, *args], env=_rank_env(r, world, port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(world)]
-    done = []
-    for p in procs:
-        out, err = p.communicate(timeout=150)
-        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    return done
-
-
 def _write_shards(folder: Path, sizes: list[int], nan_rows: dict[int, list[int]] | None = None,
                   seed: int = 0) -> list[str]:
     """Row shards of one synthetic dataset with two keys: ``a`` (24 wide, mean 30, scales
@@ -192,13 +162,7 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
     }
-    (tmp / "spec.json").write_text(json.dumps(spec))
-    out = tmp / "out"
-    out.mkdir()
-    runs = _run_ranks([str(WORKER), str(tmp / "spec.json"), str(out)], 3)
-    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr[-2000:] for r in runs]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(3)]
-    return spec, ranks
+    return spec, run_worker(spec, tmp)
 
 
 def _single(scenario: dict[str, Any]) -> reprdiag.Report:
@@ -216,20 +180,6 @@ def _single_sample_index(scenario: dict[str, Any]) -> list[list[int]]:
             for s in gather_sources(scenario["files"], concat=opts.get("concat", False))]
 
 
-def _assert_same(single: reprdiag.Report, multi: dict[str, Any], rtol: float) -> None:
-    assert len(single.inputs) == len(multi["inputs"])
-    for one, many in zip(single.inputs, multi["inputs"], strict=True):
-        assert (one.n, one.d, one.sample_size, one.rows_dropped, one.zero_rows) == (
-            many["n"], many["d"], many["sample_size"], many["rows_dropped"], many["zero_rows"])
-        for name, value in one.metrics.items():
-            got = many["metrics"][name]
-            assert got is not None, name
-            assert got == pytest.approx(value, rel=rtol, abs=1e-300), name
-        for kind, values in one.spectra.items():
-            np.testing.assert_allclose(many["spectra"][kind], values, rtol=rtol,
-                                       atol=rtol * max(values))
-
-
 EXACT = ["minilm_w3", "uneven_w3", "uneven_w2", "one_per_rank",
          "more_ranks_than_shards", "nan_drop"]
 
@@ -241,7 +191,7 @@ def test_ranks_equal_single_process_in_float64(name: str, scenario_results: Any)
     multi = ranks[0][name]
     assert "error" not in multi, multi
     assert multi["world_size"] == spec[name]["world"]
-    _assert_same(single, multi, rtol=1e-10)
+    assert_same(single, multi, rtol=1e-10)
     if spec[name].get("index"):  # the same sampled rows, whatever the split
         assert multi["sample_index"] == _single_sample_index(spec[name])
     er = [r.metrics["er_entropy"] for r in single.inputs]
@@ -260,7 +210,7 @@ def test_jackknife_under_ranks_equals_single_process(name: str, scenario_results
     single = _single(spec[name])
     multi = ranks[0][name]
     assert "error" not in multi, multi
-    _assert_same(single, multi, rtol=1e-10)
+    assert_same(single, multi, rtol=1e-10)
     for one, many in zip(single.inputs, multi["inputs"], strict=True):
         assert one.uncertainty_method["blocks"] == many["uncertainty_method"]["blocks"]
         assert set(one.uncertainty) == set(many["uncertainty"]) and "vne" in one.uncertainty
@@ -276,7 +226,7 @@ def test_default_precision_agrees_to_float32_accuracy(scenario_results: Any) -> 
     spec, ranks = scenario_results
     scenario = spec["uneven_auto_w3"]
     single = _single(scenario)
-    _assert_same(single, ranks[0]["uneven_auto_w3"], rtol=1e-5)
+    assert_same(single, ranks[0]["uneven_auto_w3"], rtol=1e-5)
 
 
 def test_nan_rows_on_one_rank_fail_every_rank_alike(scenario_results: Any) -> None:
@@ -314,7 +264,7 @@ def test_torchrun_cli_writes_one_report_equal_to_single_process(tmp_path: Path) 
     shards = _write_shards(tmp_path / "s", [300, 5, 250], seed=4)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(_free_port()), *_cli("--concat", *shards, "--precision",
+           "--master-port", str(free_port()), *_cli("--concat", *shards, "--precision",
                                                       "float64", "--out", str(out),
                                                       "--no-plots", "-f", "json", "-q")]
     env = run_cli_env()
@@ -326,12 +276,12 @@ def test_torchrun_cli_writes_one_report_equal_to_single_process(tmp_path: Path) 
     assert printed["world_size"] == saved["world_size"] == 2
     single = reprdiag.analyze(shards, concat=True, precision="float64", device="cpu",
                               distributed=False)
-    _assert_same(single, saved, rtol=1e-10)
+    assert_same(single, saved, rtol=1e-10)
 
 
 def test_bad_shard_on_one_rank_exits_every_rank_with_code_2(tmp_path: Path) -> None:
     shards = _write_shards(tmp_path / "s", [40, 40], nan_rows={1: [3]}, seed=5)
-    runs = _run_ranks(_cli("--concat", *shards, "-q", "-f", "json"), 2)
+    runs = run_ranks(_cli("--concat", *shards, "-q", "-f", "json"), 2)
     assert [r.returncode for r in runs] == [2, 2]
     assert all(r.stdout == "" for r in runs)
     lines = [line for r in runs for line in r.stderr.splitlines() if "reprdiag" in line]
@@ -361,7 +311,7 @@ def test_library_refuses_distributed_true_outside_torchrun() -> None:
 def test_a_silent_rank_fails_the_others_within_the_timeout(tmp_path: Path, how: str) -> None:
     """A rank that stops answering (or dies) is a resource error after the process group's
     timeout on the others, not a hang."""
-    runs = _run_ranks([str(WORKER), "--stall", how, str(tmp_path)], 2)
+    runs = run_ranks([str(WORKER), "--stall", how, str(tmp_path)], 2)
     assert runs[0].returncode == 0, runs[0].stderr[-2000:]
     outcome = json.loads((tmp_path / "rank0.json").read_text())
     assert outcome["error"] == "ResourceError" and outcome["exit_code"] == 3, outcome
@@ -374,7 +324,7 @@ F64 = ["--precision", "float64", "-q"]
 
 
 def test_compare_under_ranks_prints_once_and_equals_single_process() -> None:
-    runs = _run_ranks(["-m", "reprdiag", "compare", MINILM, COLLAPSED, "-f", "json", *F64,
+    runs = run_ranks(["-m", "reprdiag", "compare", MINILM, COLLAPSED, "-f", "json", *F64,
                        "-m", "vne,rankme,avg_cosine"], 2)
     assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
     assert runs[1].stdout == ""
@@ -402,7 +352,7 @@ def test_failing_gate_under_ranks_exits_1_on_every_rank(tmp_path: Path, command:
     rank 0 alone prints the checks."""
     config = _gate_config(tmp_path)
     flag = "--config" if command == "gate" else "--gate"
-    runs = _run_ranks(["-m", "reprdiag", command, COLLAPSED, flag, str(config), *F64], 2)
+    runs = run_ranks(["-m", "reprdiag", command, COLLAPSED, flag, str(config), *F64], 2)
     assert [r.returncode for r in runs] == [1, 1], [r.stderr[-2000:] for r in runs]
     assert runs[1].stdout == "" and runs[1].stderr == ""
     assert "vne" in runs[0].stdout

@@ -1,0 +1,110 @@
+"""``analyze_model`` under torchrun: ranks run the model on their share of the data.
+
+One launch of 3 gloo ranks on loopback (and its 2-rank sub-group) runs every scenario; each
+is compared with ``analyze_model`` in this process. Ranks feed the model the very batches one
+process would, so float64 statistics agree to 1e-10 and the sampled rows exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
+from reprdiag.extract import ModelRun, analyze_model
+from tests.conftest import SAMPLE
+from tests.model_data import BAD_EXAMPLE
+from tests.ranks import assert_same, run_worker
+
+DIGITS = {"model": "reprdiag.examples.digits:build", "data": str(SAMPLE / "digits.safetensors"),
+          "weights": str(SAMPLE / "digits-mlp.safetensors"),
+          "layers": ["fc1", "fc2", "fc3", "head"], "device": "cpu"}
+SMALL = {**DIGITS, "layers": ["relu1", "head"], "batch_size": 32}
+F64 = {"precision": "float64", "sample_size": 500}
+
+
+def _data(name: str) -> dict[str, Any]:
+    return {**SMALL, "data": f"tests.model_data:{name}"}
+
+
+SCENARIOS: dict[str, Any] = {
+    "digits_w3": {"world": 3, "model": DIGITS, "options": F64},
+    "digits_w2": {"world": 2, "model": {**DIGITS, "batch_size": 100, "limit": 1000},
+                  "options": F64},
+    "fewer_rows_than_ranks": {"world": 3, "model": {**DIGITS, "limit": 2}, "options": F64},
+    "ready_batches": {"world": 3, "model": _data("ready_batches"), "options": F64},
+    "dataset": {"world": 3, "model": _data("dataset"), "options": F64},
+    "failing_dataset": {"world": 3, "model": _data("failing"), "options": F64},
+}
+EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "dataset"]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("dist-model")
+    spec = {**SCENARIOS, "extract": {"world": 2, "model": DIGITS,
+                                     "extract": str(tmp / "rows.safetensors")}}
+    return run_worker(spec, tmp)
+
+
+def _single(name: str) -> Any:
+    scenario = SCENARIOS[name]
+    return analyze_model(ModelRun(**scenario["model"]), distributed=False,
+                         **scenario["options"])
+
+
+@pytest.mark.parametrize("name", EQUAL)
+@pytest.mark.usefixtures("one_thread")  # as the ranks: float32 matmuls vary with threads
+def test_ranks_equal_one_process_in_float64(name: str, ranks: list[dict[str, Any]]) -> None:
+    single, world = _single(name), SCENARIOS[name]["world"]
+    reports = [r[name] for r in ranks[:world]]
+    assert all("error" not in r for r in reports), reports
+    assert [r["world_size"] for r in reports] == [world] * world
+    assert_same(single, reports[0], rtol=1e-10)
+    er = [r.metrics["er_entropy"] for r in single.inputs]
+    assert [i["metrics"]["er_entropy"] for i in reports[0]["inputs"]] == er  # bit for bit
+    for other in reports[1:]:  # every rank returns the same values
+        assert [i["metrics"] for i in other["inputs"]] == [
+            i["metrics"] for i in reports[0]["inputs"]]
+
+
+def test_a_data_error_on_one_rank_is_raised_by_every_rank(ranks: list[dict[str, Any]]
+                                                          ) -> None:
+    outcomes = [r["failing_dataset"] for r in ranks]
+    assert {o["error"] for o in outcomes} == {"InputError"}
+    assert all(o["all_ranks"] for o in outcomes)
+    assert {o["message"] for o in outcomes} == {
+        f"tests.model_data:failing: loading a batch raised ValueError: example {BAD_EXAMPLE} "
+        "is corrupt; fix the data function or its dataset"}
+
+
+def test_extract_is_refused_on_every_rank(ranks: list[dict[str, Any]]) -> None:
+    outcomes = [r["extract"] for r in ranks[:2]]
+    assert {o["error"] for o in outcomes} == {"UsageError"}
+    assert all("does not run under torchrun" in o["message"] for o in outcomes)
+
+
+def _shares(batches: Batches, world: int) -> list[tuple[int, list[float]]]:
+    """Every rank's ``(first index, example values)`` per batch, ranks in order."""
+    return [(first, b.flatten().tolist()) for r in range(world)
+            for first, b in assigned(batches, r, world)[0]]
+
+
+@pytest.mark.parametrize("limit", [None, 75, 2])
+def test_every_example_goes_to_exactly_one_rank_as_one_process_batches_it(
+        tmp_path: Path, limit: int | None) -> None:
+    values = torch.arange(100.0).reshape(100, 1)  # example i holds the value i
+    np.save(tmp_path / "a.npy", values[:60].numpy())
+    np.save(tmp_path / "b.npy", values[60:].numpy())
+    data = open_data(DataSpec(str(tmp_path), batch_size=32, limit=limit))
+    ready = Batches("ready", list(values[:limit].split(7)))  # no random access: round-robin
+    for batches in (data, ready):
+        alone = _shares(batches, 1)
+        for world in (2, 3, 5, 8):
+            assert sorted(_shares(batches, world)) == alone  # the same batches, shared out
+        assert all(b[0] == first for first, b in alone)  # global indices
+        assert sum(len(b) for _, b in alone) == (limit or 100)
