@@ -220,10 +220,10 @@ wide float32, rank 1: 6 wide float32; every rank must see the same model and dat
     return out
 
 
-def _alone(run: ModelRun, how: _Pass, progress: Progress | None
+def _alone(run: ModelRun, how: _Pass, device: torch.device, progress: Progress | None
            ) -> tuple[Session, Iterator[tuple[LayerInfo, Accumulated]]]:
     """One process: every batch, then each layer's finished statistics."""
-    session = open_session(run)
+    session = open_session(run, device)
     accs, shapes = _accumulate(session, how.on(session.device), progress)
     if not accs:
         raise InputError("gave no batches", source=run.data, hint="check --data and --limit")
@@ -253,6 +253,7 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
 
 
 def _layer_info(run: ModelRun, layer: str, shape: tuple[int, torch.dtype]) -> LayerInfo:
+    """The provenance of ``layer``'s report row."""
     return LayerInfo(layer, run.model, layer, str(shape[1]).removeprefix("torch."))
 
 
@@ -279,8 +280,9 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     how = _Pass(StreamOptions(torch.device("cpu"), precision, None, sample_size, seed, nan),
                 uncertainty, blocks)
     validate_stream(how.opts)
-    with ranks_session(resolve_device(run.device), backend, distributed) as ctx:
-        session, layers = (_alone(run, how, progress) if ctx is None
+    device = resolve_device(run.device)
+    with ranks_session(device, backend, distributed) as ctx:
+        session, layers = (_alone(run, how, device, progress) if ctx is None
                            else _across_ranks(run, how, ctx, progress))
         results = [summarize(info, acc, metrics, metric_opts, progress)
                    for info, acc in layers]

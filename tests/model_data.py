@@ -49,3 +49,8 @@ def dataset() -> Examples:
 def failing() -> Examples:
     """A Dataset one of whose examples (in rank 1's share) raises when loaded."""
     return Examples(bad=BAD_EXAMPLE)
+
+
+def texts() -> list[str]:
+    """100 texts, text i reading ``str(i)``."""
+    return [str(i) for i in range(100)]

@@ -7,6 +7,7 @@ process would, so float64 statistics agree to 1e-10 and the sampled rows exactly
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,21 +91,33 @@ def test_extract_is_refused_on_every_rank(ranks: list[dict[str, Any]]) -> None:
 
 def _shares(batches: Batches, world: int) -> list[tuple[int, list[float]]]:
     """Every rank's ``(first index, example values)`` per batch, ranks in order."""
-    return [(first, b.flatten().tolist()) for r in range(world)
-            for first, b in assigned(batches, r, world)[0]]
+    return [(first, b.flatten().tolist() if isinstance(b, torch.Tensor) else list(map(float, b)))
+            for r in range(world) for first, b in assigned(batches, r, world)[0]]
 
 
+def _open(kind: str, folder: Path, limit: int | None) -> Batches:
+    """100 examples, example i holding the value i, as data of ``kind``."""
+    values = torch.arange(100.0).reshape(100, 1)
+    spec = DataSpec(str(folder), batch_size=32, limit=limit)
+    if kind == "shards":  # random access; batches restart at the second shard
+        np.save(folder / "a.npy", values[:60].numpy())
+        np.save(folder / "b.npy", values[60:].numpy())
+    elif kind == "text":  # random access after counting the non-empty lines
+        spec = replace(spec, spec=str(folder / "t.txt"))
+        Path(spec.spec).write_text("".join(f"{i}\n\n" if i % 7 else f"{i}\n" for i in range(100)))
+    elif kind == "texts":
+        spec = replace(spec, spec="tests.model_data:texts")
+    else:  # ready batches of uneven sizes: no random access, dealt round-robin
+        return Batches("ready", list(values[:limit].split(7)))
+    return open_data(spec, text=kind == "text")
+
+
+@pytest.mark.parametrize("kind", ["shards", "text", "texts", "ready"])
 @pytest.mark.parametrize("limit", [None, 75, 2])
 def test_every_example_goes_to_exactly_one_rank_as_one_process_batches_it(
-        tmp_path: Path, limit: int | None) -> None:
-    values = torch.arange(100.0).reshape(100, 1)  # example i holds the value i
-    np.save(tmp_path / "a.npy", values[:60].numpy())
-    np.save(tmp_path / "b.npy", values[60:].numpy())
-    data = open_data(DataSpec(str(tmp_path), batch_size=32, limit=limit))
-    ready = Batches("ready", list(values[:limit].split(7)))  # no random access: round-robin
-    for batches in (data, ready):
-        alone = _shares(batches, 1)
-        for world in (2, 3, 5, 8):
-            assert sorted(_shares(batches, world)) == alone  # the same batches, shared out
-        assert all(b[0] == first for first, b in alone)  # global indices
-        assert sum(len(b) for _, b in alone) == (limit or 100)
+        tmp_path: Path, kind: str, limit: int | None) -> None:
+    alone = _shares(_open(kind, tmp_path, limit), 1)
+    assert all(b[0] == first for first, b in alone)  # global indices
+    assert sum(len(b) for _, b in alone) == (limit or 100)
+    for world in (2, 3, 5, 8):  # the same batches, shared out
+        assert sorted(_shares(_open(kind, tmp_path, limit), world)) == alone

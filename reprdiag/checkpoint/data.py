@@ -106,26 +106,25 @@ class RowAccess:
     batch_size: int
     read: Callable[[int, int], Iterable[Batch]]
 
-    @property
-    def rows(self) -> int:
-        """Number of examples."""
-        return sum(self.segments)
-
     def limited(self, limit: int | None) -> RowAccess:
-        """The first ``limit`` examples only."""
+        """The first ``limit`` examples only (segments cut where the limit falls).
+
+        >>> RowAccess((60, 40), 32, list).limited(75).segments
+        (60, 15)
+        """
         if limit is None:
             return self
-        cut = [max(0, min(n, limit - sum(self.segments[:i])))
-               for i, n in enumerate(self.segments)]
-        return replace(self, segments=tuple(n for n in cut if n))
+        starts = itertools.accumulate(self.segments, initial=0)
+        cut = (min(n, limit - lo) for n, lo in zip(self.segments, starts, strict=False))
+        return replace(self, segments=tuple(n for n in cut if n > 0))
 
 
 @dataclass
 class Batches:
     """An iterable of batches with a name and, when known, how many batches there are.
 
-    ``access`` (when the data allows it) reads any run of whole batches alone, so ranks can
-    split the data; ``items`` is what one process iterates.
+    ``items`` is what one process iterates. ``access`` (when the data allows it, with
+    ``--limit`` applied) reads any run of whole batches alone, so ranks can split the data.
     """
 
     label: str
@@ -266,8 +265,8 @@ def _text_batches(path: Path, data: DataSpec) -> Batches:
 
     def lines(start: int = 0, stop: int | None = None) -> Iterator[str]:
         with open(path, encoding="utf-8") as fh:
-            examples = (line.rstrip("\n") for line in fh if line.strip())
-            yield from itertools.islice(examples, start, stop)
+            texts = (line.rstrip("\n") for line in fh if line.strip())
+            yield from itertools.islice(texts, start, stop)
 
     n = sum(1 for _ in lines())
     access = RowAccess((n,), data.batch_size,
