@@ -225,12 +225,13 @@ def check_blocks(uncertainty: bool, blocks: int) -> None:
 
 
 def blocked_stream(stream: StreamOptions, d: int, label: str, uncertainty: bool,
-                   blocks: int) -> StreamOptions:
+                   blocks: int, budget: int | None = None) -> StreamOptions:
     """The stream options of one input of width ``d``: with ``uncertainty``, K jackknife blocks
-    fitted to the memory budget (see :func:`reprdiag.jackknife.fit_blocks`)."""
+    fitted to the memory budget, ``budget`` bytes if given (see
+    :func:`reprdiag.jackknife.fit_blocks`)."""
     if not uncertainty:
         return stream
-    return replace(stream, blocks=fit_blocks(blocks, d, stream.device, label))
+    return replace(stream, blocks=fit_blocks(blocks, d, stream.device, label, budget))
 
 
 def _stream_for(source: ArraySource, stream: StreamOptions, uncertainty: bool,

@@ -50,7 +50,7 @@ from reprdiag.distributed import DistributedContext, launched, on_all_ranks
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
 from reprdiag.errors import InputError, ReprdiagError, UsageError
-from reprdiag.jackknife import DEFAULT_BLOCKS
+from reprdiag.jackknife import DEFAULT_BLOCKS, memory_budget
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
@@ -168,16 +168,18 @@ class _Pass:
     opts: StreamOptions
     uncertainty: bool
     blocks: int
+    budget: int | None = None  # bytes for jackknife blocks (None: this device's budget)
 
     def on(self, device: torch.device) -> _Pass:
         """The same pass computing on ``device``."""
         return replace(self, opts=replace(self.opts, device=device))
 
     def accumulator(self, model: str, layer: str, d: int, dtype: torch.dtype) -> Accumulator:
-        """An empty accumulator for ``layer`` of width ``d``."""
+        """An empty accumulator for ``layer`` of width ``d`` (with ``uncertainty``, K
+        jackknife blocks fitted to the budget: a function of d and the budget alone)."""
         label = f"{model}[{layer}]"
         return Accumulator(d, dtype, blocked_stream(self.opts, d, label, self.uncertainty,
-                                                    self.blocks), label)
+                                                    self.blocks, self.budget), label)
 
 
 def _accumulate(session: Session, how: _Pass, progress: Progress | None, rank: int = 0,
@@ -235,7 +237,10 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
                   progress: Progress | None
                   ) -> tuple[Session, Iterator[tuple[LayerInfo, Accumulated]]]:
     """Each rank runs its batches; the ranks agree on errors and on every layer's width,
-    then merge layer by layer (a collective each, in ``session.layers`` order)."""
+    then merge layer by layer (a collective each, in ``session.layers`` order). Jackknife
+    blocks are fitted to the smallest rank's memory budget, so every rank holds the same K."""
+    if how.uncertainty:
+        how = replace(how, budget=min(ctx.all_gather(memory_budget(ctx.device))))
     with ctx.agree():
         session = open_session(run, ctx.device)
         how = how.on(session.device)
@@ -276,7 +281,7 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     metric_opts = MetricOptions(kappa, er_estimator, er_compat)
     metric_opts.validate()
     resolve(metrics)
-    check_blocks(uncertainty, blocks, distributed)
+    check_blocks(uncertainty, blocks)
     how = _Pass(StreamOptions(torch.device("cpu"), precision, None, sample_size, seed, nan),
                 uncertainty, blocks)
     validate_stream(how.opts)

@@ -76,12 +76,15 @@ def memory_budget(device: torch.device) -> int:
         return 2**62
 
 
-def fit_blocks(blocks: int, d: int, device: torch.device, label: str = "<input>") -> int:
+def fit_blocks(blocks: int, d: int, device: torch.device, label: str = "<input>",
+               budget: int | None = None) -> int:
     """K, lowered (with a warning) to what the memory budget holds; never below 5.
 
-    Raises :class:`ResourceError` (exit 3) when even 5 blocks do not fit.
+    ``budget`` (bytes) replaces :func:`memory_budget` of ``device`` (e.g. the smallest of
+    several ranks', so they all fit the same K). Raises :class:`ResourceError` (exit 3) when
+    even 5 blocks do not fit.
     """
-    budget = memory_budget(device)
+    budget = memory_budget(device) if budget is None else budget
     if moment_bytes(d, blocks) <= budget:
         return blocks
     fits = budget // moment_bytes(d, 1)

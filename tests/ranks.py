@@ -78,3 +78,17 @@ def assert_same(single: reprdiag.Report, multi: dict[str, Any], rtol: float) -> 
         for kind, values in one.spectra.items():
             np.testing.assert_allclose(many["spectra"][kind], values, rtol=rtol,
                                        atol=rtol * max(values))
+
+
+def assert_same_uncertainty(single: reprdiag.Report, multi: dict[str, Any]) -> None:
+    """``multi`` has ``single``'s jackknife blocks, estimates and spectrum standard errors
+    (to 1e-8: each estimate differences K leave-one-block-out metric values)."""
+    for one, many in zip(single.inputs, multi["inputs"], strict=True):
+        assert one.uncertainty_method["blocks"] == many["uncertainty_method"]["blocks"]
+        assert set(one.uncertainty) == set(many["uncertainty"]) and "vne" in one.uncertainty
+        for metric, est in one.uncertainty.items():
+            for field, value in est.items():
+                got = many["uncertainty"][metric][field]
+                assert got == pytest.approx(value, rel=1e-8, abs=1e-12), (metric, field)
+        np.testing.assert_allclose(many["spectra_se"]["covariance"],
+                                   one.spectra_se["covariance"], rtol=1e-8, atol=1e-14)

@@ -32,7 +32,14 @@ from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from tests.conftest import SAMPLE, run_cli_env
-from tests.ranks import WORKER, assert_same, free_port, run_ranks, run_worker
+from tests.ranks import (
+    WORKER,
+    assert_same,
+    assert_same_uncertainty,
+    free_port,
+    run_ranks,
+    run_worker,
+)
 
 SHARD_ROWS = [400, 1, 37, 250, 12, 300]  # whole shards over 3 ranks: [400] [1 37 250 12] [300]
 MINILM = str(SAMPLE / "minilm.safetensors")
@@ -211,15 +218,7 @@ def test_jackknife_under_ranks_equals_single_process(name: str, scenario_results
     multi = ranks[0][name]
     assert "error" not in multi, multi
     assert_same(single, multi, rtol=1e-10)
-    for one, many in zip(single.inputs, multi["inputs"], strict=True):
-        assert one.uncertainty_method["blocks"] == many["uncertainty_method"]["blocks"]
-        assert set(one.uncertainty) == set(many["uncertainty"]) and "vne" in one.uncertainty
-        for metric, est in one.uncertainty.items():
-            for field, value in est.items():
-                got = many["uncertainty"][metric][field]
-                assert got == pytest.approx(value, rel=1e-8, abs=1e-12), (metric, field)
-        np.testing.assert_allclose(many["spectra_se"]["covariance"],
-                                   one.spectra_se["covariance"], rtol=1e-8, atol=1e-14)
+    assert_same_uncertainty(single, multi)
 
 
 def test_default_precision_agrees_to_float32_accuracy(scenario_results: Any) -> None:

@@ -19,7 +19,7 @@ from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
 from reprdiag.extract import ModelRun, analyze_model
 from tests.conftest import SAMPLE
 from tests.model_data import BAD_EXAMPLE
-from tests.ranks import assert_same, run_worker
+from tests.ranks import assert_same, assert_same_uncertainty, run_worker
 
 DIGITS = {"model": "reprdiag.examples.digits:build", "data": str(SAMPLE / "digits.safetensors"),
           "weights": str(SAMPLE / "digits-mlp.safetensors"),
@@ -40,8 +40,14 @@ SCENARIOS: dict[str, Any] = {
     "ready_batches": {"world": 3, "model": _data("ready_batches"), "options": F64},
     "dataset": {"world": 3, "model": _data("dataset"), "options": F64},
     "failing_dataset": {"world": 3, "model": _data("failing"), "options": F64},
+    "uncertainty_w3": {"world": 3, "model": {**DIGITS, "limit": 900},
+                       "options": {**F64, "uncertainty": True, "blocks": 6}},
+    "uncertainty_rank0_empty": {"world": 3, "model": {**DIGITS, "limit": 100},  # 2 batches
+                                "options": {**F64, "uncertainty": True, "blocks": 5}},
 }
-EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "dataset"]
+UNCERTAINTY = ["uncertainty_w3", "uncertainty_rank0_empty"]
+EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "dataset",
+         *UNCERTAINTY]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,8 @@ def test_ranks_equal_one_process_in_float64(name: str, ranks: list[dict[str, Any
     for other in reports[1:]:  # every rank returns the same values
         assert [i["metrics"] for i in other["inputs"]] == [
             i["metrics"] for i in reports[0]["inputs"]]
+    if name in UNCERTAINTY:  # blocks hash global row indices: the same jackknife
+        assert_same_uncertainty(single, reports[0])
 
 
 def test_a_data_error_on_one_rank_is_raised_by_every_rank(ranks: list[dict[str, Any]]
