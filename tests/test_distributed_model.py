@@ -7,6 +7,7 @@ process would, so float64 statistics agree to 1e-10 and the sampled rows exactly
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
 from reprdiag.extract import ModelRun, analyze_model
 from tests.conftest import SAMPLE
 from tests.model_data import BAD_EXAMPLE
-from tests.ranks import assert_same, assert_same_uncertainty, run_worker
+from tests.ranks import assert_same, assert_same_uncertainty, run_ranks, run_worker
 
 DIGITS = {"model": "reprdiag.examples.digits:build", "data": str(SAMPLE / "digits.safetensors"),
           "weights": str(SAMPLE / "digits-mlp.safetensors"),
@@ -129,3 +130,22 @@ def test_every_example_goes_to_exactly_one_rank_as_one_process_batches_it(
     assert sum(len(b) for _, b in alone) == (limit or 100)
     for world in (2, 3, 5, 8):  # the same batches, shared out
         assert sorted(_shares(_open(kind, tmp_path, limit), world)) == alone
+
+
+def test_cli_model_run_under_ranks_is_one_report() -> None:
+    """``analyze --model/--data`` through the CLI joins the group: rank 0 prints one report
+    over the whole dataset, recording the world size; rank 1 prints nothing."""
+    args = ["-m", "reprdiag", "analyze", "--model", DIGITS["model"], "--weights",
+            DIGITS["weights"], "--data", DIGITS["data"], "--layer", "fc1", "--layer", "head",
+            "--precision", "float64", "-m", "vne,rankme", "-f", "json", "-q"]
+    runs = run_ranks(args, 2)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert runs[1].stdout == ""
+    report = json.loads(runs[0].stdout)
+    assert report["world_size"] == 2
+    assert [(r["name"], r["n"]) for r in report["inputs"]] == [("fc1", 1797), ("head", 1797)]
+    single = analyze_model(ModelRun(**{**DIGITS, "layers": ["fc1", "head"]}),
+                           precision="float64", metrics=["vne", "rankme"], distributed=False)
+    for one, many in zip(single.inputs, report["inputs"], strict=True):
+        for name, value in one.metrics.items():  # float32 forward passes: threads may differ
+            assert many["metrics"][name] == pytest.approx(value, rel=1e-5), name

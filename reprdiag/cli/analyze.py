@@ -123,7 +123,8 @@ def analyze(
                 run, metrics=names, precision=a.precision, sample_size=a.sample_size,
                 seed=a.seed, kappa=a.kappa, er_estimator=a.er_estimator,
                 er_compat=a.er_compat, nan=a.nan, uncertainty=a.uncertainty, blocks=a.blocks,
-                progress=RichProgress(enabled=not a.quiet, unit="batches"))
+                progress=RichProgress(enabled=not a.quiet, unit="batches"),
+                backend=options["backend"], distributed=options["distributed"])
         else:
             report = run_analysis(files, metrics=names, concat=concat, **options)
         label = ", ".join(f.name for f in files) if files else str(model)
