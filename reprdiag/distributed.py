@@ -31,7 +31,15 @@ import torch.distributed as dist
 
 from reprdiag import errors
 from reprdiag.device import resolve_device
-from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions, feed
+from reprdiag.engine import (
+    Accumulated,
+    Accumulator,
+    Progress,
+    StreamOptions,
+    chunk_rows_for,
+    feed,
+    with_oom_fallback,
+)
 from reprdiag.errors import (
     InputError,
     ReprdiagError,
@@ -166,6 +174,7 @@ class _Share:
     rows_read: int
     seconds: float
     blocks: list[tuple[int, int]] | None = None  # (rows, zero rows) per jackknife block
+    notes: list[str] | None = None  # what this rank's pass fell back to
 
     @classmethod
     def of(cls, acc: Accumulator) -> _Share:
@@ -175,7 +184,7 @@ class _Share:
         return cls(acc.label, m.d, m.n, m.n_zero,
                    None if m.shift is None else m.shift.detach().cpu(),
                    None if r.priority is None else r.priority.cpu(), r.seen, acc.bad.count,
-                   acc.bad.first, acc.rows_read, acc.seconds, blocks)
+                   acc.bad.first, acc.rows_read, acc.seconds, blocks, list(acc.notes))
 
 
 def sample_threshold(priorities: Sequence[torch.Tensor | None], capacity: int) -> int | None:
@@ -368,9 +377,19 @@ class DistributedContext:
     def accumulate(self, source: ArraySource, opts: StreamOptions,
                    progress: Progress | None = None) -> Accumulator:
         """Stream this rank's rows of ``source`` into a fresh :class:`Accumulator`, keeping
-        global row indices. No checks: :meth:`merge` runs them on the whole."""
-        acc = Accumulator(source.shape[1], source.dtype, opts, source.label)
-        feed(acc, source, opts, progress, self.split(source))
+        global row indices. No checks: :meth:`merge` runs them on the whole. A device
+        out-of-memory restarts this rank's pass with smaller chunks, then on the CPU
+        (:func:`reprdiag.engine.with_oom_fallback`); ``acc.notes`` says so."""
+        ranges, notes = self.split(source), []
+
+        def one_pass(o: StreamOptions, chunk_rows: int) -> Accumulator:
+            acc = Accumulator(source.shape[1], source.dtype, o, source.label)
+            feed(acc, source, o, progress, ranges, chunk_rows)
+            return acc
+
+        acc = with_oom_fallback(one_pass, opts, chunk_rows_for(source.shape[1], opts),
+                                source.label, notes)
+        acc.notes = notes
         return acc
 
     def merge(self, acc: Accumulator) -> Accumulated:
@@ -399,6 +418,8 @@ class DistributedContext:
         with self._everywhere():
             result = acc.finish()
         result.seconds = max(s.seconds for s in shares)
+        result.notes = [f"rank {i}: {note}" for i, s in enumerate(shares)
+                        for note in s.notes or []] + result.notes
         return result
 
     def _sum_about(self, local: StreamingMoments, shift: torch.Tensor, n: int, n_zero: int,

@@ -138,6 +138,7 @@ class Accumulator:
         self.max_abs = 0.0  # largest |x| among the rows kept
         self.rows_read = 0
         self.seconds = 0.0
+        self.notes: list[str] = []  # fallbacks taken while filling it (out of memory, ...)
 
     def add(self, first: int, rows: torch.Tensor) -> None:
         """Fold rows ``first … first+len(rows)−1`` into the moments and the sample."""

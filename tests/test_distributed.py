@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 import reprdiag
 from reprdiag.api import gather_sources
 from reprdiag.distributed import (
+    DistributedContext,
     _Failure,
     even_slices,
     group_shards,
@@ -356,3 +357,43 @@ def test_failing_gate_under_ranks_exits_1_on_every_rank(tmp_path: Path, command:
     assert runs[1].stdout == "" and runs[1].stderr == ""
     assert "vne" in runs[0].stdout
     assert runs[0].stderr.startswith("reprdiag: gate failed: ")
+
+
+@pytest.fixture
+def one_rank_group() -> Any:
+    """A gloo process group of this process alone (world size 1)."""
+    import torch.distributed as dist
+
+    from tests.ranks import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        yield DistributedContext(torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_out_of_memory_on_a_rank_restarts_its_pass_and_is_reported(
+        one_rank_group: DistributedContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk over 300 rows 'does not fit' after the first: the rank restarts its share with
+    smaller chunks (no row counted twice), and the merged result names the rank's fallback."""
+    from reprdiag.stats import StreamingMoments
+
+    x = torch.randn(2000, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    real_update = StreamingMoments.update
+
+    def limited(self: StreamingMoments, rows: torch.Tensor, dtype: object = None) -> None:
+        if rows.shape[0] > 300 and self.n > 0:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        real_update(self, rows, dtype)
+
+    monkeypatch.setattr(StreamingMoments, "update", limited)
+    ctx = one_rank_group
+    result = ctx.merge(ctx.accumulate(TensorSource(x), StreamOptions(chunk_rows=1024)))
+    assert result.moments.n == result.rows_read == 2000
+    torch.testing.assert_close(result.moments.covariance(), torch.cov(x.T), rtol=1e-12,
+                               atol=1e-14)
+    assert result.notes == [
+        "rank 0: out of memory on cpu with 1024 rows per chunk; retried with 512",
+        "rank 0: out of memory on cpu with 512 rows per chunk; retried with 256"]
