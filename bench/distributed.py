@@ -5,8 +5,9 @@ then times, for each configuration, the three phases of ``analyze --concat``:
 
 * ``pass``: reading the rows and streaming them into moments and the row sample (each rank
   its own shards; the maximum over ranks is shown);
-* ``merge``: the exact merge (all_reduce of the float64 moments, gather of the sample);
-  zero for one process;
+* ``merge``: the exact merge (all_reduce of the float64 moments, gather of the sample),
+  timed after a barrier so that it excludes waiting for the slowest rank; zero for one
+  process;
 * ``metrics``: spectra and every metric (every rank computes them; rank 0's time).
 
 Configurations: one process with 1 thread, one process with T threads, and W gloo ranks with
@@ -62,15 +63,18 @@ def phases(files: list[str], precision: str, ctx: DistributedContext | None
     t0 = time.perf_counter()
     if ctx is None:
         acc = accumulate(source, opts)
-        t1 = time.perf_counter()
+        seconds = {"pass": time.perf_counter() - t0, "merge": 0.0}
     else:
         local = ctx.accumulate(source, opts)
+        seconds = {"pass": time.perf_counter() - t0}
+        ctx.all_gather(None)  # wait for the slowest rank, so "merge" is the merge alone
         t1 = time.perf_counter()
         acc = ctx.merge(local)
+        seconds["merge"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     result = summarize(source, acc, None, MetricOptions())
-    t3 = time.perf_counter()
-    return {"pass": t1 - t0, "merge": t2 - t1, "metrics": t3 - t2}, result.metrics
+    seconds["metrics"] = time.perf_counter() - t2
+    return seconds, result.metrics
 
 
 def worker(files: list[str], precision: str, out: Path) -> None:
