@@ -115,7 +115,8 @@ def analyze(
     run = None if files else model_run(model, data, weights, model_arg, data_key, layer,
                                        batch_size, limit, a.pool, a.device)
     if run is not None and list_layers_flag:
-        print_layers(run)
+        if is_main_process():  # under torchrun every rank would print the same list
+            print_layers(run)
         return
     with joined(a.api_kwargs()) as options:  # torchrun: every rank runs this block alike
         if run is not None:
