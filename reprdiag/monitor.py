@@ -28,6 +28,7 @@ O(sample·d) when a pairwise metric (``er_entropy``, ``partition_isotropy``) is 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,9 +36,11 @@ from typing import Any, Protocol
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from reprdiag.api import MetricOptions, validate_stream
-from reprdiag.engine import Accumulator, StreamOptions
+from reprdiag.distributed import DistributedContext
+from reprdiag.engine import Accumulated, Accumulator, StreamOptions
 from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
 from reprdiag.report.export import atomic_write, make_folder
@@ -46,6 +49,9 @@ __all__ = ["BOOKKEEPING", "WINDOWS", "SpectralMonitor", "history_metrics", "read
 
 #: ``window`` values (first = default).
 WINDOWS: tuple[str, ...] = ("reset", "cumulative")
+#: Distributed: rank r numbers its rows from r·RANK_ROWS, so the seeded sample's row indices
+#: never collide across ranks.
+RANK_ROWS = 1 << 40
 #: Columns of a history that are not metrics.
 BOOKKEEPING: tuple[str, ...] = ("step", "rows", "rows_dropped")
 
@@ -92,6 +98,13 @@ class SpectralMonitor:
             evaluation).
         options: metric options, e.g. ``{"kappa": 10.0, "er_estimator": "joe"}``.
         prefix: the TensorBoard tag prefix.
+        distributed: ``True`` under DDP/``torchrun`` (a process group is initialised), or a
+            :class:`~reprdiag.distributed.DistributedContext`: each evaluation merges every
+            rank's statistics exactly (all_reduce of the float64 moments, gather of the row
+            sample), so every rank logs the metrics of all ranks' rows (``rows`` counts them
+            all); rank 0 alone writes the CSV and TensorBoard. Evaluations are then
+            collectives: every rank must call :meth:`update`, :meth:`log` and :meth:`close`
+            in step (as DDP training steps are). Default ``False``: each rank its own rows.
     """
 
     def __init__(self, every_n_steps: int = 100, metrics: Sequence[str] | None = None, *,
@@ -99,7 +112,8 @@ class SpectralMonitor:
                  tensorboard: str | Path | ScalarWriter | None = None,
                  window: str = "reset", sample_size: int = 4096, seed: int = 0,
                  precision: str = "auto", nan: str = "drop",
-                 options: dict[str, Any] | None = None, prefix: str = "reprdiag"):
+                 options: dict[str, Any] | None = None, prefix: str = "reprdiag",
+                 distributed: bool | DistributedContext = False):
         if int(every_n_steps) < 1:
             raise UsageError(f"every_n_steps must be at least 1, got {every_n_steps}")
         check_choice(window, WINDOWS, "window")
@@ -126,6 +140,8 @@ class SpectralMonitor:
         self._rows_seen = 0
         self._pending = 0
         self._step = 0
+        self._ctx, self._rank = _join(distributed)
+        self._distributed = distributed is not False
 
     # -- feeding ----------------------------------------------------------------------------
     def update(self, embeddings: torch.Tensor, step: int | None = None) -> dict[str, float] | None:
@@ -144,7 +160,7 @@ class SpectralMonitor:
             raise InputError(f"embedding width changed from {self._acc.moments.d} to "
                              f"{rows.shape[1]}", hint="use one monitor per layer")
         with torch.no_grad():
-            self._acc.add(self._rows_seen, rows)
+            self._acc.add(self._rank * RANK_ROWS + self._rows_seen, rows)
         self._rows_seen += rows.shape[0]
         self.steps += 1
         self._pending += 1
@@ -160,20 +176,45 @@ class SpectralMonitor:
     # -- evaluating -------------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
         """The metrics over the current window, without logging or resetting it."""
-        if self._acc is None or self._acc.moments.n < 2:
-            if self._acc is not None and self._acc.bad.count and self.stream.nan == "error":
-                self._acc.finish()  # raises the NaN error
-            return {m.name: math.nan for m in self.infos}
-        acc = self._acc.finish()
-        return compute(Statistics(acc.moments, acc.reservoir), self.infos, self.options)
+        return self._evaluate()[2]
+
+    def _evaluate(self) -> tuple[int, int, dict[str, float]]:
+        """(rows, rows dropped, metrics) of the current window (NaN metrics below 2 rows);
+        every rank's rows when distributed."""
+        if self._acc is None:
+            return 0, 0, {m.name: math.nan for m in self.infos}
+        counts = [(self._acc.moments.n, self._acc.bad.count)]
+        if self._distributed:
+            counts = self._context().all_gather(counts[0])
+        rows, dropped = (sum(c) for c in zip(*counts, strict=True))
+        if rows < 2 and not (dropped and self.stream.nan == "error"):
+            return rows, dropped, {m.name: math.nan for m in self.infos}
+        acc = self._merged() if self._distributed else self._acc.finish()  # NaN rows raise
+        stats = Statistics(acc.moments, acc.reservoir)
+        return rows, dropped, compute(stats, self.infos, self.options)
+
+    def _context(self) -> DistributedContext:
+        if self._ctx is None:  # a collective: the first evaluation, on every rank alike
+            assert self._acc is not None
+            self._ctx = DistributedContext(self._acc.device)
+        return self._ctx
+
+    def _merged(self) -> Accumulated:
+        """All ranks' statistics of this window, merged; the local ones stay as they are
+        (a ``cumulative`` window goes on from them)."""
+        assert self._acc is not None
+        view = copy.copy(self._acc)
+        view.bad = copy.copy(self._acc.bad)
+        return self._context().merge(view)
 
     def log(self) -> dict[str, float] | None:
         """Evaluate now (e.g. at the end of an epoch), record and write the row; ``None``
         when no batch has come since the last evaluation."""
         if self._acc is None or self._pending == 0:
             return None
-        row: dict[str, float] = {"step": self._step, "rows": self._acc.moments.n,
-                                 "rows_dropped": self._acc.bad.count, **self.compute()}
+        rows, dropped, values = self._evaluate()
+        row: dict[str, float] = {"step": self._step, "rows": rows, "rows_dropped": dropped,
+                                 **values}
         self.history.append(row)
         self._pending = 0
         if self.window == "reset":
@@ -182,6 +223,8 @@ class SpectralMonitor:
         return row
 
     def _write(self, row: dict[str, float]) -> None:
+        if self._rank != 0:  # distributed: every rank has the same row; rank 0 writes it
+            return
         if self.csv is not None:
             path = self.csv
             try:
@@ -213,6 +256,20 @@ class SpectralMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close(flush=exc[0] is None)
+
+
+def _join(distributed: bool | DistributedContext) -> tuple[DistributedContext | None, int]:
+    """(the context if given, this process's rank) for ``SpectralMonitor(distributed=...)``."""
+    if isinstance(distributed, DistributedContext):
+        return distributed, distributed.rank
+    if not distributed:
+        return None, 0
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UsageError("distributed=True needs an initialised process group",
+                         hint="DDP and torchrun scripts call "
+                              "torch.distributed.init_process_group; or leave "
+                              "distributed=False to monitor each rank's own rows")
+    return None, dist.get_rank()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """One rank of the multi-process scenarios in tests/test_distributed.py (not a test module).
 
 Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` (or ``--stall sleep|exit OUT_DIR``,
-see :func:`stall`) with torchrun's environment
+see :func:`stall`, or ``--monitor OUT_DIR``, see :func:`monitor`) with torchrun's environment
 variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Joins a gloo group of every rank
 plus a sub-group of ranks 0–1, runs each scenario of SPEC through ``reprdiag.analyze`` (or,
 for a ``model`` scenario, ``analyze_model`` / ``extract``) on the group its ``world`` names,
@@ -116,9 +116,36 @@ def stall(how: str, out_dir: Path) -> None:
     os._exit(0)  # leaving the group would wait for the silent rank
 
 
+def monitor(out_dir: Path) -> None:
+    """Each rank feeds its own batches (6 steps of 40 + 10·rank rows) to two distributed
+    monitors (reset and cumulative windows, evaluated every 3 steps); writes its batches and
+    both histories to ``OUT_DIR/monitor{R}.pt``."""
+    from reprdiag.monitor import SpectralMonitor
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    gen = torch.Generator().manual_seed(100 + rank)
+    batches = [torch.randn(40 + 10 * rank, 12, generator=gen) * torch.linspace(3, 0.1, 12) + 2
+               for _ in range(6)]
+    common = {"metrics": ["vne", "rankme", "avg_cosine", "er_entropy"], "precision": "float64",
+              "sample_size": 1000, "distributed": True}
+    monitors = {window: SpectralMonitor(3, window=window, csv=out_dir / f"{window}{rank}.csv",
+                                        **common) for window in ("reset", "cumulative")}
+    for step, batch in enumerate(batches):
+        for mon in monitors.values():
+            mon.update(batch, step=step)
+    torch.save({"batches": batches, **{w: m.history for w, m in monitors.items()}},
+               out_dir / f"monitor{rank}.pt")
+    dist.destroy_process_group()
+
+
 def main() -> None:
     if sys.argv[1] == "--stall":
         stall(sys.argv[2], Path(sys.argv[3]))
+    if sys.argv[1] == "--monitor":
+        monitor(Path(sys.argv[2]))
+        return
     spec = json.loads(Path(sys.argv[1]).read_text())
     out_dir = Path(sys.argv[2])
     torch.set_num_threads(1)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+import reprdiag
 from reprdiag.errors import InputError, UsageError
 from reprdiag.monitor import SpectralMonitor, history_metrics, read_history
 from reprdiag.report.plots import history_figure
@@ -332,3 +333,30 @@ def test_lightning_callback(tmp_path: Path) -> None:
         assert [s for s, _ in logger.rows] == [3, 6, 7]
         assert logger.rows[0][1]["reprdiag/vne"] == history[0]["vne"]
         assert pd.read_csv(tmp_path / f"{next(iter(how))}.csv")["step"].tolist() == [3, 6, 7]
+
+
+def test_distributed_monitor_logs_every_ranks_rows(tmp_path: Path) -> None:
+    """Two gloo ranks feed different batches; each evaluation merges both ranks' statistics,
+    so every rank logs the metrics of the union of the window's rows (= analyze on them)."""
+    from tests.ranks import WORKER, run_ranks
+
+    runs = run_ranks([str(WORKER), "--monitor", str(tmp_path)], 2)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    ranks = [torch.load(tmp_path / f"monitor{r}.pt") for r in range(2)]
+    for window, first in (("reset", lambda k: 3 * k), ("cumulative", lambda k: 0)):
+        history = ranks[0][window]
+        assert history == ranks[1][window] and [h["step"] for h in history] == [2, 5]
+        for k, row in enumerate(history):
+            rows = torch.cat([b for r in ranks for b in r["batches"][first(k):3 * k + 3]])
+            assert row["rows"] == rows.shape[0]
+            want = reprdiag.analyze(rows, metrics=["vne", "rankme", "avg_cosine", "er_entropy"],
+                                    precision="float64", sample_size=1000, device="cpu").metrics
+            for name, value in want.items():
+                assert row[name] == pytest.approx(value, rel=1e-9), (window, k, name)
+        assert (tmp_path / f"{window}0.csv").exists()
+        assert not (tmp_path / f"{window}1.csv").exists()  # rank 0 alone writes
+
+
+def test_distributed_monitor_needs_a_process_group() -> None:
+    with pytest.raises(UsageError, match="process group"):
+        SpectralMonitor(distributed=True)

@@ -8,7 +8,9 @@ concatenated (two augmented views give one 2B-row batch). Every ``every_n_steps`
 steps the metrics are computed by :class:`~reprdiag.monitor.SpectralMonitor` and sent to
 each of the trainer's loggers (TensorBoard, CSV, W&B, ...) as ``{prefix}/{metric}`` at
 ``trainer.global_step``; the monitor's own CSV (``csv=``) is written as well. Under DDP each
-rank monitors its own batches and only rank 0 logs.
+rank monitors its own batches and only rank 0 logs; with ``distributed=True`` (passed on to
+the monitor) every evaluation merges all ranks' statistics first, so the logged metrics
+describe every rank's embeddings.
 
 >>> cb = SpectralMonitorCallback(every_n_steps=50, metrics=["vne", "rankme"], layer="encoder")
 >>> cb.monitor.every_n_steps, [m.name for m in cb.monitor.infos]
