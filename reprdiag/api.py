@@ -13,7 +13,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -217,6 +218,21 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     return result
 
 
+def summarize_all(pairs: Iterable[tuple[Described, Accumulated]],
+                  metric_names: Sequence[str] | None, metric_opts: MetricOptions,
+                  progress: Progress | None = None, ctx: DistributedContext | None = None
+                  ) -> list[InputResult]:
+    """:func:`summarize` each input as its statistics come. Under ``torchrun`` every rank
+    computes the same metrics from the merged statistics; a failure on one rank (e.g. device
+    memory in the eigen-solves) is raised on every rank before the next input's merge, so the
+    others do not wait at it until the timeout."""
+    results = []
+    for source, acc in pairs:
+        with ctx.agree() if ctx is not None else nullcontext():
+            results.append(summarize(source, acc, metric_names, metric_opts, progress))
+    return results
+
+
 def check_blocks(uncertainty: bool, blocks: int) -> None:
     """Refuse ``blocks`` < 5 when ``uncertainty`` asks for the jackknife."""
     if uncertainty and blocks < MIN_BLOCKS:
@@ -288,8 +304,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                 lambda: gather_sources(inputs, keys, pool, concat), stream, progress,
                 check=check_shape,
                 stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks))
-        results = [summarize(source, acc, metrics, metric_opts, progress)
-                   for source, acc in pairs]
+        results = summarize_all(pairs, metrics, metric_opts, progress, ctx)
         world_size = ctx.world_size if ctx else 1
     options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                                "precision": precision, "pool": pool, "nan": nan,

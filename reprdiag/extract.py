@@ -37,7 +37,7 @@ from reprdiag.api import (
     blocked_stream,
     check_blocks,
     make_report,
-    summarize,
+    summarize_all,
     validate_stream,
 )
 from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data, to_device
@@ -289,8 +289,7 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     with ranks_session(device, backend, distributed) as ctx:
         session, layers = (_alone(run, how, device, progress) if ctx is None
                            else _across_ranks(run, how, ctx, progress))
-        results = [summarize(info, acc, metrics, metric_opts, progress)
-                   for info, acc in layers]
+        results = summarize_all(layers, metrics, metric_opts, progress, ctx)
         world_size = ctx.world_size if ctx else 1
     options = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
                "precision": precision, "nan": nan, "metrics": list(metrics) if metrics else None,

@@ -25,7 +25,7 @@ import reprdiag
 from reprdiag.api import gather_sources
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import StreamOptions, check_shape
-from reprdiag.errors import InputError
+from reprdiag.errors import InputError, ResourceError
 from reprdiag.extract import ModelRun, analyze_model, extract
 from reprdiag.loaders import TensorSource
 
@@ -60,6 +60,8 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
             return {"ok": True}
         if "model" in scenario:
             return run_model(scenario, ctx)
+        if "metrics_fail_on" in scenario and ctx.rank == scenario["metrics_fail_on"]:
+            return _with_failing_metrics(scenario, ctx)
         report = reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu",
                                   **scenario.get("options", {}))
         out = report.to_dict()
@@ -69,6 +71,26 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
     except Exception as exc:
         return {"error": type(exc).__name__, "message": str(exc),
                 "all_ranks": bool(getattr(exc, "all_ranks", False))}
+
+
+def _with_failing_metrics(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    """The scenario on a rank whose metric step runs out of device memory (only here)."""
+    import reprdiag.api
+
+    real = reprdiag.api.summarize
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise ResourceError("out of memory on cuda:1 in the spectra", source="rank-local")
+
+    reprdiag.api.summarize = failing
+    try:
+        reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu")
+        return {"ok": True}
+    except Exception as exc:
+        return {"error": type(exc).__name__, "message": str(exc),
+                "all_ranks": bool(getattr(exc, "all_ranks", False))}
+    finally:
+        reprdiag.api.summarize = real
 
 
 def run_model(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:

@@ -169,6 +169,8 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
+        "metrics_fail": {"world": 3, "files": [MINILM, str(SAMPLE / "collapsed.safetensors")],
+                         "metrics_fail_on": 1},
     }
     return spec, run_worker(spec, tmp)
 
@@ -247,6 +249,17 @@ def test_read_error_on_one_rank_is_raised_by_every_rank(scenario_results: Any) -
     assert bug[2]["error"] == "ValueError"  # the failing rank keeps its own exception
     assert [b["error"] for b in bug[:2]] == ["RuntimeError", "RuntimeError"]
     assert all("boom at row 60" in b["message"] for b in bug)
+
+
+def test_a_metric_failure_on_one_rank_is_raised_by_every_rank(scenario_results: Any
+                                                              ) -> None:
+    """Rank 1 fails computing the first input's metrics; the others raise it too instead of
+    waiting at the second input's merge until the timeout."""
+    _, ranks = scenario_results
+    outcomes = [r["metrics_fail"] for r in ranks]
+    assert {o["error"] for o in outcomes} == {"ResourceError"}
+    assert {o["message"] for o in outcomes} == {
+        "rank-local: out of memory on cuda:1 in the spectra"}
 
 
 def test_in_memory_tensors_are_refused_on_every_rank(scenario_results: Any) -> None:
