@@ -44,7 +44,7 @@ from reprdiag.metrics import Statistics, compute, resolve
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.report.model import InputResult, Report
 from reprdiag.stats import PRECISIONS, ZERO_NORM
-from reprdiag.uncertainty import estimate
+from reprdiag.uncertainty import BlockMap, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 
@@ -193,9 +193,11 @@ def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: M
 
 
 def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
-              metric_opts: MetricOptions, progress: Progress | None = None) -> InputResult:
+              metric_opts: MetricOptions, progress: Progress | None = None,
+              block_map: BlockMap | None = None) -> InputResult:
     """Metrics and spectra of one accumulated source (with jackknife estimates when the
-    pass kept per-block moments)."""
+    pass kept per-block moments; ``block_map`` spreads the blocks, see
+    :func:`reprdiag.uncertainty.estimate`)."""
     stats, spectra, values, t_spectra, t_metrics = measure(acc, metric_names, metric_opts,
                                                            source.label)
     path = str(source.path) if source.path is not None else None
@@ -211,7 +213,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
         t0 = time.perf_counter()
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(metric_names),
                       asdict(metric_opts), values, stats.cov_eigenvalues, progress=progress,
-                      label=source.label)
+                      label=source.label, block_map=block_map)
         result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
         result.spectra_se = {"covariance": jk.spectrum_se}
         result.timings["uncertainty_s"] = time.perf_counter() - t0
@@ -223,13 +225,15 @@ def summarize_all(pairs: Iterable[tuple[Described, Accumulated]],
                   progress: Progress | None = None, ctx: DistributedContext | None = None
                   ) -> list[InputResult]:
     """:func:`summarize` each input as its statistics come. Under ``torchrun`` every rank
-    computes the same metrics from the merged statistics; a failure on one rank (e.g. device
-    memory in the eigen-solves) is raised on every rank before the next input's merge, so the
-    others do not wait at it until the timeout."""
+    computes the same metrics from the merged statistics, the jackknife's K blocks spread over
+    the ranks; a failure on one rank (e.g. device memory in the eigen-solves) is raised on
+    every rank before the next input's merge, so the others do not wait at it until the
+    timeout."""
     results = []
     for source, acc in pairs:
         with ctx.agree() if ctx is not None else nullcontext():
-            results.append(summarize(source, acc, metric_names, metric_opts, progress))
+            results.append(summarize(source, acc, metric_names, metric_opts, progress,
+                                     ctx.map_blocks if ctx is not None else None))
     return results
 
 

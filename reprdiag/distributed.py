@@ -358,20 +358,46 @@ class DistributedContext:
     def agree(self) -> Iterator[None]:
         """Run a rank's local work; if any rank raised, every rank raises the first error.
 
-        This is itself a collective: every rank must enter and leave it.
+        This is itself a collective: every rank must enter and leave it. An error that is
+        already raised on every rank (``all_ranks``, e.g. from :meth:`map_blocks` inside) is
+        passed on without another exchange.
         """
         mine: BaseException | None = None
         try:
             yield
         except Exception as exc:
+            if getattr(exc, "all_ranks", False):
+                raise
             mine = exc
-        failures = self.all_gather(None if mine is None else _Failure.of(mine, self.rank))
-        first = next((f for f in failures if f is not None), None)
+        self._settle(mine, None)
+
+    def _settle(self, mine: BaseException | None, result: T) -> list[T]:
+        """Exchange ``(failure, result)`` with every rank: every rank's result, or on every
+        rank the first rank's failure. The one payload shape of :meth:`agree` and
+        :meth:`map_blocks`, so a rank that failed before a ``map_blocks`` (and waits in
+        ``agree``) still pairs with the others' exchange."""
+        payload = self.all_gather((None if mine is None else _Failure.of(mine, self.rank),
+                                   result))
+        first = next((f for f, _ in payload if f is not None), None)
         if first is None:
-            return
+            return [r for _, r in payload]
         if mine is not None and first.rank == self.rank:
             raise on_all_ranks(mine)
         raise on_all_ranks(first.rebuild())
+
+    def map_blocks(self, f: Callable[[int], T], count: int) -> list[T]:
+        """``[f(0), …, f(count − 1)]`` with call i made on rank i mod W, then gathered (the
+        results must pickle); a failure on any rank is raised on every rank. One collective:
+        call it on every rank alike (e.g. the jackknife's K blocks, K/W per rank)."""
+        mine: dict[int, T] = {}
+        failure: BaseException | None = None
+        try:
+            for i in range(self.rank, count, self.world_size):
+                mine[i] = f(i)
+        except Exception as exc:
+            failure = exc
+        merged = {i: v for part in self._settle(failure, mine) for i, v in part.items()}
+        return [merged[i] for i in range(count)]
 
     # ---- accumulating ----
     def accumulate(self, source: ArraySource, opts: StreamOptions,

@@ -20,18 +20,22 @@ after the single streaming pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from reprdiag.engine import Progress
-from reprdiag.jackknife import BlockedMoments, block_labels, deleted_statistics
+from reprdiag.jackknife import BlockedMoments, block_labels, deleted_statistic
 from reprdiag.metrics import MetricInfo, Statistics, compute
 from reprdiag.metrics.registry import option_kwargs
 from reprdiag.stats import Reservoir, StreamingMoments
+
+T = TypeVar("T")
+#: ``block_map(f, K)`` → ``[f(0), …, f(K − 1)]``, however the calls are spread.
+BlockMap = Callable[[Callable[[int], Any], int], list[Any]]
 
 LEVEL = 0.95
 METHOD = "jackknife"
@@ -124,15 +128,24 @@ def _padded(values: torch.Tensor, length: int) -> np.ndarray:
     return out
 
 
+def serial_map(f: Callable[[int], T], count: int) -> list[T]:
+    """``[f(0), …, f(count − 1)]`` in this process (the default ``block_map``)."""
+    return [f(b) for b in range(count)]
+
+
 def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir,
              infos: Sequence[MetricInfo], options: dict[str, object],
              values: dict[str, float], eigenvalues: torch.Tensor, level: float = LEVEL,
-             progress: Progress | None = None, label: str = "<input>") -> JackknifeResult:
+             progress: Progress | None = None, label: str = "<input>",
+             block_map: BlockMap | None = None) -> JackknifeResult:
     """Recompute every continuous metric (not ``discrete`` ones) and the covariance spectrum
     on the K delete-one-block statistics and turn them into jackknife estimates.
 
     Moment metrics use the blocks' row counts; sample metrics (``uses_sample``) the blocks'
     counts within the sample. Complexity: K × (the metrics' own cost after the pass).
+    ``block_map(f, K)`` evaluates ``f`` on every block (default: :func:`serial_map`; under
+    ``torchrun``, :meth:`~reprdiag.distributed.DistributedContext.map_blocks` spreads the
+    blocks over the ranks, K/W each).
     """
     continuous = [i for i in infos if not i.discrete and i.name in values]
     deleted: dict[str, list[float]] = {i.name: [] for i in continuous}
@@ -146,21 +159,27 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     # partition_isotropy needs XᵀX's eigenvectors: decompose it once with vectors, so that
     # RankMe (evaluated before it) reuses those eigenvalues instead of a second solve
     with_vectors = any(i.name == "partition_isotropy" for i in one_by_one)
-    spectra = []
+
+    def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
+        stats = deleted_statistic(blocked, total, sample, b)
+        if with_vectors:
+            _ = stats.spectra.raw
+        found = compute(stats, one_by_one, options)
+        if progress:
+            progress.advance(1)
+        return found, _padded(stats.cov_eigenvalues, eigenvalues.numel())
+
     if progress:
         progress.start(f"{label} · jackknife", blocked.blocks, unit="blocks")
     try:
-        for stats in deleted_statistics(blocked, total, sample):
-            if with_vectors:
-                _ = stats.spectra.raw
-            for name, value in compute(stats, one_by_one, options).items():
-                deleted[name].append(value)
-            spectra.append(_padded(stats.cov_eigenvalues, eigenvalues.numel()))
-            if progress:
-                progress.advance(1)
+        per_block = (block_map or serial_map)(one_block, blocked.blocks)
     finally:
         if progress:
             progress.finish()
+    for found, _ in per_block:
+        for name, value in found.items():
+            deleted[name].append(value)
+    spectra = [spectrum for _, spectrum in per_block]
     in_sample = torch.bincount(labels.cpu(), minlength=blocked.blocks).tolist()
     out = {}
     for info in continuous:

@@ -60,7 +60,7 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
             return {"ok": True}
         if "model" in scenario:
             return run_model(scenario, ctx)
-        if "metrics_fail_on" in scenario and ctx.rank == scenario["metrics_fail_on"]:
+        if "fail_on" in scenario and ctx.rank == scenario["fail_on"]:
             return _with_failing_metrics(scenario, ctx)
         report = reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu",
                                   **scenario.get("options", {}))
@@ -74,23 +74,27 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
 
 def _with_failing_metrics(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """The scenario on a rank whose metric step runs out of device memory (only here)."""
+    """The scenario on a rank whose metric step (``fail_in``: ``summarize``, or ``compute``
+    in the jackknife's blocks) runs out of device memory, on this rank only."""
     import reprdiag.api
+    import reprdiag.uncertainty
 
-    real = reprdiag.api.summarize
+    module = reprdiag.api if scenario["fail_in"] == "summarize" else reprdiag.uncertainty
+    real = getattr(module, scenario["fail_in"])
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         raise ResourceError("out of memory on cuda:1 in the spectra", source="rank-local")
 
-    reprdiag.api.summarize = failing
+    setattr(module, scenario["fail_in"], failing)
     try:
-        reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu")
+        reprdiag.analyze(scenario["files"], distributed=ctx, device="cpu",
+                         **scenario.get("options", {}))
         return {"ok": True}
     except Exception as exc:
         return {"error": type(exc).__name__, "message": str(exc),
                 "all_ranks": bool(getattr(exc, "all_ranks", False))}
     finally:
-        reprdiag.api.summarize = real
+        setattr(module, scenario["fail_in"], real)
 
 
 def run_model(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:

@@ -170,7 +170,10 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
         "metrics_fail": {"world": 3, "files": [MINILM, str(SAMPLE / "collapsed.safetensors")],
-                         "metrics_fail_on": 1},
+                         "fail_on": 1, "fail_in": "summarize"},
+        "jackknife_fail": {"world": 3, "files": [MINILM, str(SAMPLE / "collapsed.safetensors")],
+                           "fail_on": 1, "fail_in": "compute",
+                           "options": {"uncertainty": True, "blocks": 5, "metrics": ["vne"]}},
     }
     return spec, run_worker(spec, tmp)
 
@@ -256,10 +259,11 @@ def test_a_metric_failure_on_one_rank_is_raised_by_every_rank(scenario_results: 
     """Rank 1 fails computing the first input's metrics; the others raise it too instead of
     waiting at the second input's merge until the timeout."""
     _, ranks = scenario_results
-    outcomes = [r["metrics_fail"] for r in ranks]
-    assert {o["error"] for o in outcomes} == {"ResourceError"}
-    assert {o["message"] for o in outcomes} == {
-        "rank-local: out of memory on cuda:1 in the spectra"}
+    for name in ("metrics_fail", "jackknife_fail"):  # before, and inside, the block exchange
+        outcomes = [r[name] for r in ranks]
+        assert {o["error"] for o in outcomes} == {"ResourceError"}, outcomes
+        assert {o["message"] for o in outcomes} == {
+            "rank-local: out of memory on cuda:1 in the spectra"}
 
 
 def test_in_memory_tensors_are_refused_on_every_rank(scenario_results: Any) -> None:
