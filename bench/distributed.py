@@ -8,7 +8,8 @@ then times, for each configuration, the three phases of ``analyze --concat``:
 * ``merge``: the exact merge (all_reduce of the float64 moments, gather of the sample),
   timed after a barrier so that it excludes waiting for the slowest rank; zero for one
   process;
-* ``metrics``: spectra and every metric (every rank computes them; rank 0's time).
+* ``metrics``: spectra and every metric (every rank computes them; rank 0's time), and with
+  ``--blocks K`` the jackknife's K re-evaluations (spread over the ranks, K/W each).
 
 Configurations: one process with 1 thread, one process with T threads, and W gloo ranks with
 T/W threads each (the same cores). The last column is the largest relative difference of any
@@ -55,11 +56,11 @@ def write_shards(folder: Path, n: int, d: int, shards: int, seed: int = 0) -> li
     return paths
 
 
-def phases(files: list[str], precision: str, ctx: DistributedContext | None
+def phases(files: list[str], precision: str, blocks: int, ctx: DistributedContext | None
            ) -> tuple[dict[str, float], dict[str, float]]:
     """(seconds per phase, metric values) of one analysis, in this process."""
     source = gather_sources(files, concat=True)[0]
-    opts = StreamOptions(torch.device("cpu"), precision)
+    opts = StreamOptions(torch.device("cpu"), precision, blocks=blocks)
     t0 = time.perf_counter()
     if ctx is None:
         acc = accumulate(source, opts)
@@ -72,16 +73,17 @@ def phases(files: list[str], precision: str, ctx: DistributedContext | None
         acc = ctx.merge(local)
         seconds["merge"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    result = summarize(source, acc, None, MetricOptions())
+    result = summarize(source, acc, None, MetricOptions(),
+                       block_map=ctx.map_blocks if ctx is not None else None)
     seconds["metrics"] = time.perf_counter() - t2
     return seconds, result.metrics
 
 
-def worker(files: list[str], precision: str, out: Path) -> None:
+def worker(files: list[str], precision: str, blocks: int, out: Path) -> None:
     """One rank: time the phases, gather the pass times, rank 0 writes them."""
     ctx = DistributedContext.from_env(torch.device("cpu"), "gloo")
     try:
-        seconds, metrics = phases(files, precision, ctx)
+        seconds, metrics = phases(files, precision, blocks, ctx)
         passes = ctx.all_gather(seconds["pass"])
         if ctx.rank == 0:
             seconds["pass"] = max(passes)
@@ -96,14 +98,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_ranks(files: list[str], precision: str, ranks: int, threads: int,
+def run_ranks(files: list[str], precision: str, blocks: int, ranks: int, threads: int,
               folder: Path) -> tuple[dict[str, float], dict[str, float], float]:
     """Launch ``ranks`` gloo ranks with torchrun; (phases, metrics, wall seconds)."""
     out = folder / "ranks.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
            "--master-port", str(free_port()), __file__, "--worker", "--precision", precision,
-           "--out", str(out), *files]
+           "--blocks", str(blocks), "--out", str(out), *files]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -126,11 +128,13 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="cores to use in all")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--blocks", type=int, default=0,
+                        help="K jackknife blocks (--uncertainty); 0: off")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.files, args.precision, args.out)
+        worker(args.files, args.precision, args.blocks, args.out)
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -140,16 +144,17 @@ def main() -> None:
         for threads in sorted({1, args.threads}):
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            seconds, metrics = phases(files, args.precision, None)
+            seconds, metrics = phases(files, args.precision, args.blocks, None)
             reference = reference or metrics
             rows.append((f"1 process × {threads} thread(s)", seconds,
                          time.perf_counter() - t0, metrics))
         per_rank = max(1, args.threads // args.ranks)
-        seconds, metrics, wall = run_ranks(files, args.precision, args.ranks, per_rank, folder)
+        seconds, metrics, wall = run_ranks(files, args.precision, args.blocks, args.ranks,
+                                           per_rank, folder)
         rows.append((f"{args.ranks} ranks × {per_rank} thread(s) (gloo)", seconds, wall,
                      metrics))
     print(f"N = {args.rows:,}, d = {args.dim}, {args.shards} shards, precision "
-          f"{args.precision}, torch {torch.__version__}")
+          f"{args.precision}, jackknife blocks {args.blocks}, torch {torch.__version__}")
     print(f"{'configuration':<34}{'pass s':>9}{'merge s':>9}{'metrics s':>11}"
           f"{'wall s':>9}{'max rel diff':>14}")
     for name, sec, wall_s, values in rows:
