@@ -28,6 +28,8 @@ def metric_tables(report: Report, width: int = 10_000) -> list[Table]:
 
 def _title(report: Report) -> str:
     title = f"reprdiag · device {report.device}"
+    if report.world_size > 1:
+        title += f" × {report.world_size} processes"
     methods = [r.uncertainty_method for r in report.inputs if r.uncertainty_method]
     if methods:
         blocks = "/".join(str(k) for k in sorted({m.get("blocks", 0) for m in methods}))
