@@ -414,3 +414,11 @@ def test_out_of_memory_on_a_rank_restarts_its_pass_and_is_reported(
     assert result.notes == [
         "rank 0: out of memory on cpu with 1024 rows per chunk; retried with 512",
         "rank 0: out of memory on cpu with 512 rows per chunk; retried with 256"]
+
+
+def test_nccl_without_a_gpu_is_a_usage_error() -> None:
+    """--backend nccl on a rank that computes on the CPU is refused before joining."""
+    runs = run_ranks(["-m", "reprdiag", "analyze", MINILM, "--backend", "nccl", "-q"], 1)
+    assert runs[0].returncode == 2 and runs[0].stdout == ""
+    assert runs[0].stderr.startswith("reprdiag: error: --backend nccl needs a CUDA GPU")
+    assert runs[0].stderr.count("\n") == 1
