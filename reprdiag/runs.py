@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from reprdiag.api import Input, analyze
+from reprdiag.distributed import DistributedContext
 from reprdiag.errors import InputError, source_label
 from reprdiag.report.model import InputResult, Report
 
@@ -51,12 +53,18 @@ def load_run(run: RunLike, keys: Sequence[str] | None = None, **analyze_options:
     """The :class:`Report` of one run.
 
     A folder or ``.json`` file is read as a saved report (``keys`` picks inputs); anything
-    else is analyzed with :func:`reprdiag.analyze` and ``analyze_options``.
+    else is analyzed with :func:`reprdiag.analyze` and ``analyze_options``. Under
+    ``torchrun`` (a ``DistributedContext`` as ``distributed``) the ranks agree on reading
+    it: a report one rank cannot read fails every rank, instead of leaving the others
+    waiting in the next analysis.
     """
     if isinstance(run, Report):
         return select(run, keys, "report")
     if isinstance(run, str | os.PathLike) and is_report_path(Path(run)):
-        return select(Report.load(run), keys, source_label(run))
+        ctx = analyze_options.get("distributed")
+        with ctx.agree() if isinstance(ctx, DistributedContext) else nullcontext():
+            report = Report.load(run)
+        return select(report, keys, source_label(run))
     return analyze(run, keys=keys, **analyze_options)
 
 

@@ -37,11 +37,14 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
     return env
 
 
-def run_ranks(args: list[str], world: int) -> list[subprocess.CompletedProcess[str]]:
-    """Start ``world`` ranks of ``python ARGS`` and wait for all of them."""
+def run_ranks(args: list[str], world: int, cwds: list[Path] | None = None
+              ) -> list[subprocess.CompletedProcess[str]]:
+    """Start ``world`` ranks of ``python ARGS`` (rank r in ``cwds[r]``, if given) and wait
+    for all of them."""
     port = free_port()
     procs = [subprocess.Popen([sys.executable, *args], env=rank_env(r, world, port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=cwds[r] if cwds else None, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for r in range(world)]
     done = []
     for p in procs:

@@ -422,3 +422,17 @@ def test_nccl_without_a_gpu_is_a_usage_error() -> None:
     assert runs[0].returncode == 2 and runs[0].stdout == ""
     assert runs[0].stderr.startswith("reprdiag: error: --backend nccl needs a CUDA GPU")
     assert runs[0].stderr.count("\n") == 1
+
+
+def test_a_run_folder_one_rank_cannot_read_fails_every_rank(tmp_path: Path,
+                                                           minilm_run: Path) -> None:
+    """compare RUN FILE where RUN (a relative path) exists on rank 0's node only: rank 1
+    analyzes it as a file and fails; both exit 2 at once, and the error is printed once."""
+    here, there = tmp_path / "node0", tmp_path / "node1"
+    here.mkdir(), there.mkdir()
+    (here / "run").symlink_to(minilm_run)
+    args = ["-m", "reprdiag", "compare", "run", MINILM, "-q"]
+    runs = run_ranks(args, 2, cwds=[here, there])
+    assert [r.returncode for r in runs] == [2, 2], [r.stderr[-2000:] for r in runs]
+    lines = [line for r in runs for line in r.stderr.splitlines()]
+    assert len(lines) == 1 and lines[0].startswith("reprdiag: error: run"), lines
