@@ -26,10 +26,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
 
 from reprdiag import __version__
 from reprdiag.api import (
@@ -46,10 +45,10 @@ from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
 from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
 from reprdiag.checkpoint.writer import open_writer, writer_format
 from reprdiag.device import resolve_device
-from reprdiag.distributed import DistributedContext, launched, on_all_ranks
+from reprdiag.distributed import DistributedContext, on_all_ranks
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
-from reprdiag.errors import InputError, ReprdiagError, UsageError
+from reprdiag.errors import InputError, ReprdiagError
 from reprdiag.jackknife import DEFAULT_BLOCKS, memory_budget
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
@@ -57,6 +56,7 @@ from reprdiag.report.export import atomic_write
 from reprdiag.report.model import Report
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
+D = TypeVar("D")  # how a dtype is named: a torch.dtype, or its name
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ def _accumulate(session: Session, how: _Pass, progress: Progress | None, rank: i
     return accs, shapes
 
 
-def agreed_shapes(per_rank: Sequence[Shapes], layers: Sequence[str], data: str) -> Shapes:
+def agreed_shapes(per_rank: Sequence[Mapping[str, tuple[int, D]]], layers: Sequence[str],
+                  data: str) -> dict[str, tuple[int, D]]:
     """Each layer's (width, dtype), from the ranks that ran batches; they must agree.
 
     >>> f32 = torch.float32
@@ -208,7 +209,7 @@ def agreed_shapes(per_rank: Sequence[Shapes], layers: Sequence[str], data: str) 
     reprdiag.errors.InputError: x: layer 'fc1' gives different rows on the ranks: rank 0: 8 \
 wide float32, rank 1: 6 wide float32; every rank must see the same model and data
     """
-    out: Shapes = {}
+    out: dict[str, tuple[int, D]] = {}
     for layer in layers:
         seen = {rank: shapes[layer] for rank, shapes in enumerate(per_rank) if layer in shapes}
         if not seen:
@@ -298,45 +299,110 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     return make_report(results, options, session.device, start, world_size)
 
 
-def refuse_under_torchrun() -> None:
-    """``extract`` writes one file from one process: refuse it on every rank of a group."""
-    if launched() or (dist.is_available() and dist.is_initialized()):
-        raise on_all_ranks(UsageError(
-            "extract writes one file and does not run under torchrun",
-            hint="run it in one process, or use analyze --model under torchrun"))
+Written = dict[str, tuple[int, int, str]]  # layer → (rows N, width d, dtype name)
 
 
-def extract(run: ModelRun, out: str | Path,
-            progress: Progress | None = None) -> dict[str, tuple[int, int, str]]:
+def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
+    """The file rank ``rank`` of ``world_size`` writes for ``extract --out OUT`` under
+    ``torchrun``.
+
+    >>> shard_path("runs/emb.safetensors", 1, 4).name
+    'emb-00001-of-00004.safetensors'
+    """
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{rank:05d}-of-{world_size:05d}{out.suffix}")
+
+
+def extract(run: ModelRun, out: str | Path, progress: Progress | None = None, *,
+            backend: str = "auto", distributed: bool | DistributedContext | None = None
+            ) -> Written:
     """Write each layer's rows to ``out`` (``.safetensors`` or ``.h5``), one (N, d) tensor per
     layer named as the layer, written incrementally and renamed into place when complete.
-    Returns ``{layer: (N, d, dtype)}``."""
-    refuse_under_torchrun()
+    Returns ``{layer: (N, d, dtype)}`` of the whole dataset.
+
+    Under ``torchrun`` (``distributed``, ``backend``: see :func:`reprdiag.distributed.session`)
+    each rank runs the model on its share of the batches, as :func:`analyze_model` does, and
+    writes its rows to its own shard :func:`shard_path` beside ``out`` (a rank without rows
+    writes none, and removes a stale shard of that name). The shards are renamed into place
+    only when every rank has written its own. In rank order they hold the dataset's rows in
+    order (for an iterable of ready batches: batch by batch, round-robin), so ``reprdiag
+    analyze --concat OUT_STEM-*-of-0000W.SUFFIX`` reads them as one dataset.
+    """
     out = Path(out)
     fmt = writer_format(out)
+    with ranks_session(resolve_device(run.device), backend, distributed) as ctx:
+        if ctx is None:
+            return _extract_file(run, out, fmt, progress)
+        return _extract_shards(run, out, fmt, progress, ctx)
+
+
+def _metadata(run: ModelRun, session: Session, **extra: str) -> dict[str, str]:
+    return {"producer": f"reprdiag {__version__} extract", "model": run.model,
+            "data": run.data, "layers": json.dumps(session.layers), **extra}
+
+
+def _write_rows(session: Session, fmt: str, path: Path, meta: dict[str, str],
+                progress: Progress | None, rank: int = 0, world_size: int = 1) -> Written:
+    """Stream this rank's batches into a new file at ``path``; what was written (``{}``: no
+    rows came, and the file is left unfinished for the caller to drop)."""
+    written: Written = {}
+    writer = open_writer(fmt, path, meta)
+    try:
+        for _, rows in stream(session, progress, rank, world_size):
+            for name, r in rows.items():
+                writer.add(name, r)
+                n, d, dtype = written.get(name, (0, r.shape[1], str(r.dtype)))
+                written[name] = (n + r.shape[0], d, dtype.removeprefix("torch."))
+    except BaseException:
+        writer.abort()
+        raise
+    if written:
+        writer.close()
+    else:
+        writer.abort()
+    return written
+
+
+def _extract_file(run: ModelRun, out: Path, fmt: str, progress: Progress | None) -> Written:
     session = open_session(run)
-    shapes: dict[str, tuple[int, int, str]] = {}
-    meta = {"producer": f"reprdiag {__version__} extract", "model": run.model,
-            "data": run.data, "layers": json.dumps(session.layers)}
+    written: Written = {}
 
     def write(tmp: Path) -> None:
-        writer = open_writer(fmt, tmp, meta)
-        try:
-            for _, rows in stream(session, progress):
-                for name, r in rows.items():
-                    writer.add(name, r)
-                    n, d, dtype = shapes.get(name, (0, r.shape[1], str(r.dtype)))
-                    shapes[name] = (n + r.shape[0], d, dtype.removeprefix("torch."))
-            if not shapes:
-                raise InputError("gave no batches", source=run.data,
-                                 hint="check --data and --limit")
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
+        written.update(_write_rows(session, fmt, tmp, _metadata(run, session), progress))
+        if not written:
+            raise InputError("gave no batches", source=run.data,
+                             hint="check --data and --limit")
 
     atomic_write(out, write)
-    return shapes
+    return written
+
+
+def _extract_shards(run: ModelRun, out: Path, fmt: str, progress: Progress | None,
+                    ctx: DistributedContext) -> Written:
+    """Every rank writes its shard; each is renamed into place once all ranks succeeded."""
+    with ctx.agree():
+        session = open_session(run, ctx.device)
+    path = shard_path(out, ctx.rank, ctx.world_size)
+    meta = _metadata(run, session, shard=f"{ctx.rank} of {ctx.world_size}")
+    mine: Written = {}
+
+    def write(tmp: Path) -> bool:
+        with ctx.agree():  # a rank's failure fails every rank before any shard is renamed
+            mine.update(_write_rows(session, fmt, tmp, meta, progress if ctx.rank == 0
+                                    else None, ctx.rank, ctx.world_size))
+            if not mine:
+                path.unlink(missing_ok=True)  # a stale shard from an earlier run
+        return bool(mine)
+
+    atomic_write(path, write)
+    per_rank = ctx.all_gather(mine)  # after every rank's rename
+    try:
+        agreed = agreed_shapes([{k: (d, t) for k, (_, d, t) in w.items()} for w in per_rank],
+                               session.layers, run.data)
+    except ReprdiagError as exc:  # computed from gathered data: alike on every rank
+        raise on_all_ranks(exc) from None
+    return {name: (sum(w[name][0] for w in per_rank if name in w), d, t)
+            for name, (d, t) in agreed.items()}
 
 
 def list_layers(run: ModelRun) -> list[tuple[str, str, tuple[int, ...] | None]]:

@@ -101,8 +101,8 @@ def run_model(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """``analyze_model`` of the scenario's ``model`` run (a report dict), or its ``extract``."""
     run = ModelRun(**scenario["model"])
     if "extract" in scenario:
-        extract(run, scenario["extract"])
-        return {"ok": True}
+        return {"out": scenario["extract"],
+                "written": extract(run, scenario["extract"], distributed=ctx)}
     return analyze_model(run, distributed=ctx, **scenario.get("options", {})).to_dict()
 
 

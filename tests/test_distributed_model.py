@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import reprdiag
 from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
-from reprdiag.extract import ModelRun, analyze_model
+from reprdiag.extract import ModelRun, analyze_model, extract
 from tests.conftest import SAMPLE
 from tests.model_data import BAD_EXAMPLE
 from tests.ranks import assert_same, assert_same_uncertainty, run_ranks, run_worker
@@ -54,8 +56,12 @@ EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "da
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("dist-model")
-    spec = {**SCENARIOS, "extract": {"world": 2, "model": DIGITS,
-                                     "extract": str(tmp / "rows.safetensors")}}
+    few = {**DIGITS, "limit": 2}  # one batch (on rank 2): ranks 0 and 1 write nothing
+    stale = tmp / "few-00000-of-00003.safetensors"
+    stale.write_bytes(b"from an earlier run")
+    spec = {**SCENARIOS,
+            "extract": {"world": 2, "model": DIGITS, "extract": str(tmp / "rows.safetensors")},
+            "extract_few": {"world": 3, "model": few, "extract": str(tmp / "few.safetensors")}}
     return run_worker(spec, tmp)
 
 
@@ -92,10 +98,32 @@ def test_a_data_error_on_one_rank_is_raised_by_every_rank(ranks: list[dict[str, 
         "is corrupt; fix the data function or its dataset"}
 
 
-def test_extract_is_refused_on_every_rank(ranks: list[dict[str, Any]]) -> None:
-    outcomes = [r["extract"] for r in ranks[:2]]
-    assert {o["error"] for o in outcomes} == {"UsageError"}
-    assert all("does not run under torchrun" in o["message"] for o in outcomes)
+@pytest.mark.usefixtures("one_thread")  # as the ranks: float32 matmuls vary with threads
+def test_extract_writes_one_shard_per_rank_that_together_are_the_dataset(
+        ranks: list[dict[str, Any]]) -> None:
+    folder = Path(ranks[0]["extract"]["out"]).parent
+    shards = [folder / f"rows-0000{r}-of-00002.safetensors" for r in range(2)]
+    totals = {"fc1": [1797, 128, "float32"], "fc2": [1797, 64, "float32"],
+              "fc3": [1797, 32, "float32"], "head": [1797, 10, "float32"]}
+    assert [r["extract"]["written"] for r in ranks[:2]] == [totals, totals]
+    assert not (folder / "rows.safetensors").exists()
+    single = folder / "single.safetensors"
+    extract(ModelRun(**DIGITS), single)
+    whole = load_file(single)
+    parts = [load_file(s) for s in shards]
+    assert 0 < parts[0]["fc1"].shape[0] < 1797
+    for layer in DIGITS["layers"]:  # in rank order, the rows of one process, in order
+        torch.testing.assert_close(torch.cat([p[layer] for p in parts]), whole[layer],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_extract_with_empty_ranks_writes_only_the_shards_with_rows(
+        ranks: list[dict[str, Any]]) -> None:
+    folder = Path(ranks[0]["extract_few"]["out"]).parent
+    assert [r["extract_few"]["written"]["head"] for r in ranks] == [[2, 10, "float32"]] * 3
+    # rank 0's stale shard from an earlier run is gone
+    assert sorted(p.name for p in folder.glob("few*")) == ["few-00002-of-00003.safetensors"]
+    assert load_file(folder / "few-00002-of-00003.safetensors")["head"].shape == (2, 10)
 
 
 def _shares(batches: Batches, world: int) -> list[tuple[int, list[float]]]:
@@ -149,3 +177,17 @@ def test_cli_model_run_under_ranks_is_one_report() -> None:
     for one, many in zip(single.inputs, report["inputs"], strict=True):
         for name, value in one.metrics.items():  # float32 forward passes: threads may differ
             assert many["metrics"][name] == pytest.approx(value, rel=1e-5), name
+
+
+def test_cli_extract_under_ranks_writes_shards_and_prints_once(tmp_path: Path) -> None:
+    out = tmp_path / "emb.h5"
+    args = ["-m", "reprdiag", "extract", "--model", DIGITS["model"], "--weights",
+            DIGITS["weights"], "--data", DIGITS["data"], "--layer", "head", "-o", str(out)]
+    runs = run_ranks(args, 2)
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert runs[1].stdout == ""
+    assert "emb-*-of-00002.h5" in runs[0].stdout and "1,797 × 10" in runs[0].stdout
+    shards = sorted(tmp_path.glob("emb-*-of-00002.h5"))
+    assert [s.name for s in shards] == ["emb-00000-of-00002.h5", "emb-00001-of-00002.h5"]
+    report = reprdiag.analyze(shards, concat=True, metrics=["vne"], device="cpu")
+    assert report.inputs[0].n == 1797

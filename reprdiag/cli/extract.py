@@ -11,8 +11,10 @@ from rich.table import Table
 
 from reprdiag.checkpoint.load import parse_model_args
 from reprdiag.cli.app import RichProgress, app, handle_errors, stdout
+from reprdiag.device import resolve_device
+from reprdiag.distributed import is_main_process, session
 from reprdiag.errors import UsageError
-from reprdiag.extract import ModelRun, extract, list_layers
+from reprdiag.extract import ModelRun, extract, list_layers, shard_path
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
@@ -81,22 +83,33 @@ def extract_command(
     device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
                       ] = "auto",
     list_layers_flag: ListLayersOpt = False,
+    backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
+                                         "every rank has a GPU, else gloo)|nccl|gloo.")
+                       ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
                      ] = False,
 ) -> None:
-    """Run a model over a dataset and save the rows of each named layer to one file."""
+    """Run a model over a dataset and save the rows of each named layer to one file (under
+    torchrun: one shard per rank, OUT_STEM-RRRRR-of-WWWWW.SUFFIX)."""
     run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit, pool,
                     device)
     if list_layers_flag:
-        print_layers(run)
+        if is_main_process():
+            print_layers(run)
         return
     if out is None:
         raise UsageError("no output file given", hint="pass -o emb.safetensors (or .h5)")
-    shapes = extract(run, out, progress=RichProgress(enabled=not quiet, unit="batches"))
-    if not quiet:
-        table = Table(title=escape(f"wrote {out}"))
+    with session(resolve_device(run.device), backend) as ctx:
+        shapes = extract(run, out, progress=RichProgress(enabled=not quiet, unit="batches"),
+                         distributed=ctx if ctx is not None else False)
+        world = ctx.world_size if ctx is not None else 1
+    if not quiet and is_main_process():
+        first = shard_path(out, 0, world)
+        target = out if world == 1 else first.with_name(first.name.replace("00000-of", "*-of"))
+        table = Table()
         for col in ("layer", "N × d", "dtype"):
             table.add_column(col)
         for name, (n, d, dtype) in shapes.items():
             table.add_row(escape(name), f"{n:,} × {d}", dtype)
+        stdout.print(f"wrote {target}", markup=False, soft_wrap=True)  # a path: never cut
         stdout.print(table)

@@ -31,8 +31,9 @@ def check_plot_format(fmt: str) -> None:
                          hint=f"use one of {', '.join(PLOT_FORMATS)}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` to a temporary name beside ``path``, then rename it into place.
+def atomic_write(path: Path, write: Callable[[Path], bool | None]) -> None:
+    """Write via ``write(tmp)`` to a temporary name beside ``path``, then rename it into place
+    (unless ``write`` returns ``False``: nothing to keep, the temporary file is removed).
 
     A reader never sees a half-written file, and an interrupted run leaves nothing behind
     under the final name.
@@ -43,7 +44,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise write_error(path, exc) from exc
     os.close(fd)
     try:
-        write(Path(tmp))
+        if write(Path(tmp)) is False:
+            Path(tmp).unlink(missing_ok=True)  # the writer may have removed it already
+            return
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
