@@ -11,12 +11,14 @@ then times, for each configuration, the three phases of ``analyze --concat``:
 * ``metrics``: spectra and every metric (every rank computes them; rank 0's time), and with
   ``--blocks K`` the jackknife's K re-evaluations (spread over the ranks, K/W each).
 
-Configurations: one process with 1 thread, one process with T threads, and W gloo ranks with
-T/W threads each (the same cores). The last column is the largest relative difference of any
-metric from the one-process run (``--precision float64``: ~1e-12; default precision: ~1e-6).
+Configurations: one process with 1 thread, one process with T threads, and W ranks with T/W
+threads each (the same cores; gloo on CPUs, NCCL with ``--device cuda``). The last column
+is the largest relative difference of any metric from the one-process run (``--precision
+float64``: ~1e-12; default precision: ~1e-6).
 
     python bench/distributed.py                          # N = 400k, d = 256, 4 shards, W = 2
     python bench/distributed.py --rows 2000000 --dim 768 --shards 8 --ranks 4 --threads 8
+    python bench/distributed.py --device cuda --ranks 1 --threads 8   # NCCL, one GPU
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -56,38 +59,47 @@ def write_shards(folder: Path, n: int, d: int, shards: int, seed: int = 0) -> li
     return paths
 
 
-def phases(files: list[str], precision: str, blocks: int, ctx: DistributedContext | None
-           ) -> tuple[dict[str, float], dict[str, float]]:
+def clock(device: torch.device) -> float:
+    """Seconds now, after the device's queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def phases(files: list[str], precision: str, blocks: int, device: torch.device,
+           ctx: DistributedContext | None) -> tuple[dict[str, float], dict[str, float]]:
     """(seconds per phase, metric values) of one analysis, in this process."""
     source = gather_sources(files, concat=True)[0]
-    opts = StreamOptions(torch.device("cpu"), precision, blocks=blocks)
-    t0 = time.perf_counter()
+    opts = StreamOptions(device, precision, blocks=blocks)
+    t0 = clock(device)
     if ctx is None:
         acc = accumulate(source, opts)
-        seconds = {"pass": time.perf_counter() - t0, "merge": 0.0}
+        seconds = {"pass": clock(device) - t0, "merge": 0.0}
     else:
         local = ctx.accumulate(source, opts)
-        seconds = {"pass": time.perf_counter() - t0}
+        seconds = {"pass": clock(device) - t0}
         ctx.all_gather(None)  # wait for the slowest rank, so "merge" is the merge alone
-        t1 = time.perf_counter()
+        t1 = clock(device)
         acc = ctx.merge(local)
-        seconds["merge"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
+        seconds["merge"] = clock(device) - t1
+    t2 = clock(device)
     result = summarize(source, acc, None, MetricOptions(),
                        block_map=ctx.map_blocks if ctx is not None else None)
-    seconds["metrics"] = time.perf_counter() - t2
+    seconds["metrics"] = clock(device) - t2
     return seconds, result.metrics
 
 
-def worker(files: list[str], precision: str, blocks: int, out: Path) -> None:
-    """One rank: time the phases, gather the pass times, rank 0 writes them."""
-    ctx = DistributedContext.from_env(torch.device("cpu"), "gloo")
+def worker(files: list[str], precision: str, blocks: int, device: str, out: Path) -> None:
+    """One rank: time the phases, gather the pass times, rank 0 writes them (NCCL when the
+    ranks compute on GPUs, gloo on CPUs)."""
+    ctx = DistributedContext.from_env(torch.device(device), "auto")
     try:
-        seconds, metrics = phases(files, precision, blocks, ctx)
+        seconds, metrics = phases(files, precision, blocks, ctx.device, ctx)
         passes = ctx.all_gather(seconds["pass"])
         if ctx.rank == 0:
             seconds["pass"] = max(passes)
-            out.write_text(json.dumps({"seconds": seconds, "metrics": metrics}))
+            out.write_text(json.dumps({"seconds": seconds, "metrics": metrics,
+                                       "backend": ctx.backend}))
     finally:
         ctx.close()
 
@@ -98,19 +110,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_ranks(files: list[str], precision: str, blocks: int, ranks: int, threads: int,
-              folder: Path) -> tuple[dict[str, float], dict[str, float], float]:
-    """Launch ``ranks`` gloo ranks with torchrun; (phases, metrics, wall seconds)."""
+def run_ranks(files: list[str], args: argparse.Namespace, threads: int, folder: Path
+              ) -> tuple[dict[str, Any], float]:
+    """Launch ``args.ranks`` ranks with torchrun; (what rank 0 wrote, wall seconds)."""
     out = folder / "ranks.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-           "--master-port", str(free_port()), __file__, "--worker", "--precision", precision,
-           "--blocks", str(blocks), "--out", str(out), *files]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.ranks),
+           "--master-port", str(free_port()), __file__, "--worker", "--precision",
+           args.precision, "--blocks", str(args.blocks), "--device", args.device, "--out",
+           str(out), *files]
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    data = json.loads(out.read_text())
-    return data["seconds"], data["metrics"], wall
+    return json.loads(out.read_text()), wall
 
 
 def max_rel_diff(a: dict[str, float], b: dict[str, float]) -> float:
@@ -130,11 +142,12 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--blocks", type=int, default=0,
                         help="K jackknife blocks (--uncertainty); 0: off")
+    parser.add_argument("--device", default="cpu", help="cpu|cuda (each rank: cuda:LOCAL_RANK)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.files, args.precision, args.blocks, args.out)
+        worker(args.files, args.precision, args.blocks, args.device, args.out)
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -144,17 +157,18 @@ def main() -> None:
         for threads in sorted({1, args.threads}):
             torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            seconds, metrics = phases(files, args.precision, args.blocks, None)
+            seconds, metrics = phases(files, args.precision, args.blocks,
+                                      torch.device(args.device), None)
             reference = reference or metrics
             rows.append((f"1 process × {threads} thread(s)", seconds,
                          time.perf_counter() - t0, metrics))
         per_rank = max(1, args.threads // args.ranks)
-        seconds, metrics, wall = run_ranks(files, args.precision, args.blocks, args.ranks,
-                                           per_rank, folder)
-        rows.append((f"{args.ranks} ranks × {per_rank} thread(s) (gloo)", seconds, wall,
-                     metrics))
+        ranks, wall = run_ranks(files, args, per_rank, folder)
+        rows.append((f"{args.ranks} ranks × {per_rank} thread(s) ({ranks['backend']})",
+                     ranks["seconds"], wall, ranks["metrics"]))
     print(f"N = {args.rows:,}, d = {args.dim}, {args.shards} shards, precision "
-          f"{args.precision}, jackknife blocks {args.blocks}, torch {torch.__version__}")
+          f"{args.precision}, jackknife blocks {args.blocks}, device {args.device}, "
+          f"torch {torch.__version__}")
     print(f"{'configuration':<34}{'pass s':>9}{'merge s':>9}{'metrics s':>11}"
           f"{'wall s':>9}{'max rel diff':>14}")
     for name, sec, wall_s, values in rows:

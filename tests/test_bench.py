@@ -1,4 +1,5 @@
-"""bench/run.py --quick runs end to end and prints its table (no timing asserts)."""
+"""bench/run.py --quick and bench/distributed.py run end to end and print their tables (no
+timing asserts)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def test_bench_quick_prints_a_table() -> None:
     assert "| 3,000 | 32 | safetensors | reprdiag |" in out
     assert "| 3,000 | 32 | safetensors | numpy-f64 |" in out
     assert "floor" in out and "eigenvalue accuracy" in out
+
+
+def test_distributed_bench_prints_one_process_and_ranks_side_by_side() -> None:
+    proc = subprocess.run([PYTHON, str(ROOT / "bench" / "distributed.py"), "--rows", "3000",
+                           "--dim", "8", "--shards", "2", "--precision", "float64"],
+                          capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    names = [line[:34].strip() for line in lines[2:5]]
+    assert names == ["1 process × 1 thread(s)", "1 process × 2 thread(s)",
+                     "2 ranks × 1 thread(s) (gloo)"]
+    assert all(float(line.split()[-1]) < 1e-10 for line in lines[3:5])  # float64: equal
