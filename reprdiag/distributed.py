@@ -2,8 +2,8 @@
 
 Under ``torchrun`` every rank opens the same inputs, reads only its share of the rows
 (:meth:`DistributedContext.split`: whole shards when there are at least as many shards as
-ranks, else a slice of every shard), streams them into its own :class:`Accumulator`, and
-:meth:`DistributedContext.merge` combines the ranks:
+ranks and they group evenly, else a slice of every shard), streams them into its own
+:class:`Accumulator`, and :meth:`DistributedContext.merge` combines the ranks:
 
 * moments: each rank re-expresses its float64 sums about one common shift (the first rank
   with rows, i.e. rank 0's first-chunk mean) and the sums are added with ``all_reduce``;
@@ -19,6 +19,7 @@ Cost: one pass over N/W rows per rank, then O(d²) all_reduce traffic and O(W·k
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,9 @@ from reprdiag.loaders import ArraySource, ConcatSource
 from reprdiag.stats import Reservoir, StreamingMoments
 
 BACKENDS = ("auto", "nccl", "gloo")
+#: Whole shards go to ranks only when the busiest rank reads at most this × N/W rows (e.g.
+#: 10 equal shards on 8 ranks would give two ranks twice the rows: row ranges instead).
+SHARD_SLACK = 1.1
 TIMEOUT_ENV = "REPRDIAG_DIST_TIMEOUT"  # seconds a rank waits for the others (default 1800)
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -100,11 +104,28 @@ def _greedy_cut(sizes: Sequence[int], cap: int, groups: int, force: bool) -> lis
     return [range(a, b) for a, b in zip(starts, [*starts[1:], len(sizes)], strict=True)]
 
 
+def whole_shards(sizes: Sequence[int], world_size: int) -> list[range] | None:
+    """Contiguous groups of whole shards, one per rank, when there are at least as many
+    shards as ranks and the busiest rank reads at most :data:`SHARD_SLACK` × its even share
+    of the rows; else ``None`` (the shards are then cut into row ranges).
+
+    >>> whole_shards([100, 100, 100, 100], 2)
+    [range(0, 2), range(2, 4)]
+    >>> whole_shards([100, 100, 100], 2) is None  # 2/3 of the rows on one rank
+    True
+    """
+    if len(sizes) < world_size:
+        return None
+    groups = group_shards(sizes, world_size)
+    busiest = max(sum(sizes[i] for i in g) for g in groups)
+    return groups if busiest <= SHARD_SLACK * math.ceil(sum(sizes) / world_size) else None
+
+
 def split_source(source: ArraySource, rank: int, world_size: int) -> Ranges:
     """The global row ranges rank ``rank`` of ``world_size`` reads from ``source``.
 
-    Shards of a :class:`ConcatSource` go whole to ranks when there are at least as many as
-    ranks (contiguous groups, balanced by rows); otherwise each shard (a plain source is one
+    Shards of a :class:`ConcatSource` go whole to ranks when :func:`whole_shards` finds a
+    balanced grouping (contiguous groups); otherwise each shard (a plain source is one
     shard) is sliced into ``world_size`` near-equal row ranges and a rank reads one of each.
 
     >>> import torch
@@ -115,8 +136,9 @@ def split_source(source: ArraySource, rank: int, world_size: int) -> Ranges:
     sizes = ([p.shape[0] for p in source.parts] if isinstance(source, ConcatSource)
              else [source.shape[0]])
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    if len(sizes) >= world_size:
-        mine = group_shards(sizes, world_size)[rank]
+    groups = whole_shards(sizes, world_size)
+    if groups is not None:
+        mine = groups[rank]
         return [(offsets[mine.start], offsets[mine.stop])]
     ranges = []
     for i, size in enumerate(sizes):

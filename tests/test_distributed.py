@@ -42,7 +42,7 @@ from tests.ranks import (
     run_worker,
 )
 
-SHARD_ROWS = [400, 1, 37, 250, 12, 300]  # whole shards over 3 ranks: [400] [1 37 250 12] [300]
+SHARD_ROWS = [400, 1, 37, 250, 12, 300]  # grouped whole, one rank would read 1.2× its share
 MINILM = str(SAMPLE / "minilm.safetensors")
 
 
@@ -80,9 +80,27 @@ def test_split_covers_every_row_once(sizes: list[int], world: int) -> None:
     ranges = [split_source(source, r, world) for r in range(world)]
     rows = sorted(i for mine in ranges for a, b in mine for i in range(a, b))
     assert rows == list(range(sum(sizes)))
-    if len(sizes) >= world:  # whole shards: a rank's one range starts and ends on boundaries
-        bounds = set(np.cumsum([0, *sizes]).tolist())
-        assert all(len(m) == 1 and {m[0][0], m[0][1]} <= bounds for m in ranges)
+    bounds = set(np.cumsum([0, *sizes]).tolist())
+    whole = all(len(m) == 1 and {m[0][0], m[0][1]} <= bounds for m in ranges)
+    even = math.ceil(sum(sizes) / world)
+    if len(sizes) >= world and _best_max(sizes, world) <= 1.1 * even:
+        assert whole  # balanced whole shards: a rank's one range starts and ends on boundaries
+    else:  # row ranges: every rank within a row per shard of its even share
+        assert max(sum(b - a for a, b in m) for m in ranges) <= even + len(sizes)
+
+
+@pytest.mark.parametrize(("sizes", "world", "whole"), [
+    ([100] * 8, 8, True), ([100] * 10, 8, False), ([100] * 100, 8, True),
+    ([100, 100, 100], 2, False), ([120, 80, 100, 100, 60, 140], 3, True)])
+def test_whole_shards_only_when_the_ranks_stay_even(sizes: list[int], world: int,
+                                                   whole: bool) -> None:
+    """10 equal shards on 8 ranks would put 2 on some ranks (1.6× the even share): those
+    are cut into row ranges instead; 100 shards on 8 ranks (13 vs 12.5) stay whole."""
+    source = ConcatSource([TensorSource(torch.zeros(n, 1)) for n in sizes])
+    ranges = [split_source(source, r, world) for r in range(world)]
+    assert all(len(m) == 1 for m in ranges) is whole
+    loads = [sum(b - a for a, b in m) for m in ranges]
+    assert max(loads) <= 1.1 * math.ceil(sum(sizes) / world)
 
 
 def test_even_slices_differ_by_at_most_one_row() -> None:
@@ -143,7 +161,8 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
     """Run every scenario once on 3 gloo ranks (and on a 2-rank sub-group)."""
     tmp = tmp_path_factory.mktemp("dist")
     uneven = _write_shards(tmp / "uneven", SHARD_ROWS)
-    three = _write_shards(tmp / "three", [120, 80, 100], seed=1)
+    three = _write_shards(tmp / "three", [100, 100, 100], seed=1)
+    even = _write_shards(tmp / "even", [120, 80, 100, 100, 60, 140], seed=6)
     two = _write_shards(tmp / "two", [150, 61], seed=2)
     nan = _write_shards(tmp / "nan", SHARD_ROWS, nan_rows={5: [7, 30]}, seed=3)  # rank 2's
     f64 = {"precision": "float64", "sample_size": 256, "chunk_rows": 64}
@@ -156,6 +175,7 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "uneven_auto_w3": {"world": 3, "files": uneven,
                            "options": {**shards, "precision": "auto"}},
         "one_per_rank": {"world": 3, "files": three, "options": shards},
+        "whole_shard_groups": {"world": 3, "files": even, "options": shards, "index": True},
         "more_ranks_than_shards": {"world": 3, "files": two, "options": shards,
                                    "index": True},
         "nan_drop": {"world": 3, "files": nan, "options": {**shards, "nan": "drop"}},
@@ -193,7 +213,7 @@ def _single_sample_index(scenario: dict[str, Any]) -> list[list[int]]:
             for s in gather_sources(scenario["files"], concat=opts.get("concat", False))]
 
 
-EXACT = ["minilm_w3", "uneven_w3", "uneven_w2", "one_per_rank",
+EXACT = ["minilm_w3", "uneven_w3", "uneven_w2", "one_per_rank", "whole_shard_groups",
          "more_ranks_than_shards", "nan_drop"]
 
 
