@@ -255,9 +255,9 @@ def blocked_stream(stream: StreamOptions, d: int, label: str, uncertainty: bool,
 
 
 def _stream_for(source: ArraySource, stream: StreamOptions, uncertainty: bool,
-                blocks: int) -> StreamOptions:
+                blocks: int, budget: int | None = None) -> StreamOptions:
     n, d = source.shape
-    out = blocked_stream(stream, d, source.label, uncertainty, blocks)
+    out = blocked_stream(stream, d, source.label, uncertainty, blocks, budget)
     if out.blocks:
         check_rows(n, out.blocks, source.label)  # before reading anything
     return out
@@ -304,10 +304,11 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
         else:
             refuse_in_memory(inputs)
             stream.device = dev = ctx.device
+            budget = ctx.memory_budget() if uncertainty else None  # the same K on every rank
             pairs = ctx.accumulate_each(
                 lambda: gather_sources(inputs, keys, pool, concat), stream, progress,
                 check=check_shape,
-                stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks))
+                stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks, budget))
         results = summarize_all(pairs, metrics, metric_opts, progress, ctx)
         world_size = ctx.world_size if ctx else 1
     options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,

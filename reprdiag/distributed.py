@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ from reprdiag.errors import (
     UsageError,
     check_choice,
 )
+from reprdiag.jackknife import memory_budget
 from reprdiag.loaders import ArraySource, ConcatSource
 from reprdiag.stats import Reservoir, StreamingMoments
 
@@ -421,6 +422,12 @@ class DistributedContext:
         merged = {i: v for part in self._settle(failure, mine) for i, v in part.items()}
         return [merged[i] for i in range(count)]
 
+    def memory_budget(self) -> int:
+        """The smallest of the ranks' memory budgets for jackknife blocks
+        (:func:`reprdiag.jackknife.memory_budget`): blocks fitted to it give every rank the
+        same K. A collective."""
+        return min(self.all_gather(memory_budget(self.device)))
+
     # ---- accumulating ----
     def accumulate(self, source: ArraySource, opts: StreamOptions,
                    progress: Progress | None = None) -> Accumulator:
@@ -514,8 +521,8 @@ class DistributedContext:
         Yields ``(source, whole-input Accumulated)`` one input at a time, so only one
         input's statistics are held. ``check`` runs on each source before any reading
         (e.g. a shape check) and must fail the same way on every rank. ``stream_for`` gives
-        an input its own options (jackknife blocks fitted to memory); the ranks use the
-        fewest blocks any of them can hold.
+        an input its own options (jackknife blocks fitted to :meth:`memory_budget`, so that
+        every rank holds the same K).
         """
         with self.agree():
             sources = open_inputs()
@@ -530,8 +537,6 @@ class DistributedContext:
         for source in sources:
             with self.agree():
                 mine = stream_for(source) if stream_for else opts
-            mine = replace(mine, blocks=min(self.all_gather(mine.blocks)))
-            with self.agree():
                 acc = self.accumulate(source, mine, progress if self.rank == 0 else None)
             yield source, self.merge(acc)
 

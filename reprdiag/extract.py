@@ -49,7 +49,7 @@ from reprdiag.distributed import DistributedContext, on_all_ranks
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
 from reprdiag.errors import InputError, ReprdiagError
-from reprdiag.jackknife import DEFAULT_BLOCKS, memory_budget
+from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
@@ -241,7 +241,7 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
     then merge layer by layer (a collective each, in ``session.layers`` order). Jackknife
     blocks are fitted to the smallest rank's memory budget, so every rank holds the same K."""
     if how.uncertainty:
-        how = replace(how, budget=min(ctx.all_gather(memory_budget(ctx.device))))
+        how = replace(how, budget=ctx.memory_budget())
     with ctx.agree():
         session = open_session(run, ctx.device)
         how = how.on(session.device)
