@@ -201,11 +201,16 @@ class _Share:
 
     @classmethod
     def of(cls, acc: Accumulator) -> _Share:
-        m = acc.moments if acc.blocks is None else acc.blocks.total()
         r = acc.reservoir
-        blocks = None if acc.blocks is None else [(p.n, p.n_zero) for p in acc.blocks.parts]
-        return cls(acc.label, m.d, m.n, m.n_zero,
-                   None if m.shift is None else m.shift.detach().cpu(),
+        if acc.blocks is None:
+            m = acc.moments
+            n, n_zero, shift, blocks = m.n, m.n_zero, m.shift, None
+        else:  # the blocks share one shift; their totals are summed in finish(), not here
+            blocks = [(p.n, p.n_zero) for p in acc.blocks.parts]
+            n, n_zero = (sum(c) for c in zip(*blocks, strict=True))
+            shift = acc.blocks.parts[0].shift
+        return cls(acc.label, acc.moments.d, n, n_zero,
+                   None if shift is None else shift.detach().cpu(),
                    None if r.priority is None else r.priority.cpu(), r.seen, acc.bad.count,
                    acc.bad.first, acc.rows_read, acc.seconds, blocks, list(acc.notes))
 
@@ -256,6 +261,16 @@ def on_all_ranks(exc: BaseException) -> BaseException:
     """Mark an error every rank raises alike, so ranks > 0 need not print it too."""
     exc.all_ranks = True  # type: ignore[attr-defined]
     return exc
+
+
+@contextmanager
+def alike() -> Iterator[None]:
+    """For work on data every rank gathered: its errors are alike on all ranks, so they are
+    marked :func:`on_all_ranks` (raised everywhere, printed by rank 0) without an exchange."""
+    try:
+        yield
+    except ReprdiagError as exc:
+        raise on_all_ranks(exc) from None
 
 
 def printed_by_rank0(exc: BaseException) -> bool:
@@ -368,15 +383,6 @@ class DistributedContext:
                                 f"than ${TIMEOUT_ENV} seconds; see the other ranks' logs"
                                 ) from exc
 
-    @staticmethod
-    @contextmanager
-    def _everywhere() -> Iterator[None]:
-        """Errors raised inside are computed from gathered data, hence alike on all ranks."""
-        try:
-            yield
-        except ReprdiagError as exc:
-            raise on_all_ranks(exc) from None
-
     @contextmanager
     def agree(self) -> Iterator[None]:
         """Run a rank's local work; if any rank raised, every rank raises the first error.
@@ -454,7 +460,7 @@ class DistributedContext:
         (NaN rows under ``--nan error``, fewer than 2 rows).
         """
         shares = self.all_gather(_Share.of(acc))
-        with self._everywhere():
+        with alike():
             _check_same_input(shares)
         shift = common_shift(shares, acc.moments.d)
         if acc.blocks is not None:  # finish() totals the merged blocks
@@ -470,7 +476,7 @@ class DistributedContext:
         acc.bad.count = sum(s.bad_count for s in shares)
         firsts = [s.bad_first for s in shares if s.bad_first is not None]
         acc.bad.first = min(firsts) if firsts else None
-        with self._everywhere():
+        with alike():
             result = acc.finish()
         result.seconds = max(s.seconds for s in shares)
         result.notes = [f"rank {i}: {note}" for i, s in enumerate(shares)

@@ -45,10 +45,10 @@ from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
 from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
 from reprdiag.checkpoint.writer import open_writer, writer_format
 from reprdiag.device import resolve_device
-from reprdiag.distributed import DistributedContext, on_all_ranks
+from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
-from reprdiag.errors import InputError, ReprdiagError
+from reprdiag.errors import InputError
 from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
@@ -247,10 +247,9 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
         how = how.on(session.device)
         accs, shapes = _accumulate(session, how, progress if ctx.rank == 0 else None,
                                    ctx.rank, ctx.world_size)
-    try:
-        agreed = agreed_shapes(ctx.all_gather(shapes), session.layers, run.data)
-    except ReprdiagError as exc:  # computed from gathered data: alike on every rank
-        raise on_all_ranks(exc) from None
+    per_rank = ctx.all_gather(shapes)
+    with alike():
+        agreed = agreed_shapes(per_rank, session.layers, run.data)
     for name, (d, dtype) in agreed.items():
         if name not in accs:  # this rank ran no batches
             accs[name] = how.accumulator(run.model, name, d, dtype)
@@ -396,11 +395,9 @@ def _extract_shards(run: ModelRun, out: Path, fmt: str, progress: Progress | Non
 
     atomic_write(path, write)
     per_rank = ctx.all_gather(mine)  # after every rank's rename
-    try:
+    with alike():
         agreed = agreed_shapes([{k: (d, t) for k, (_, d, t) in w.items()} for w in per_rank],
                                session.layers, run.data)
-    except ReprdiagError as exc:  # computed from gathered data: alike on every rank
-        raise on_all_ranks(exc) from None
     return {name: (sum(w[name][0] for w in per_rank if name in w), d, t)
             for name, (d, t) in agreed.items()}
 

@@ -173,12 +173,6 @@ class BlockedMoments:
         out.n, out.n_zero = sum(p.n for p in self.parts), sum(p.n_zero for p in self.parts)
         return out
 
-    def deleted(self, total: StreamingMoments | None = None) -> Iterator[StreamingMoments]:
-        """The K delete-one-block moments: every row except block b, for b = 0 … K−1."""
-        total = total if total is not None else self.total()
-        for part in self.parts:
-            yield remove(total, part)
-
 
 def without_block(sample: Reservoir, block: int, seed: int, blocks: int) -> Reservoir:
     """The row sample minus its rows of ``block`` (the same labels as the moments')."""
