@@ -119,7 +119,7 @@ def _join_shards(per_input: list[list[ArraySource]]) -> list[ArraySource]:
 
 
 def spectra_lists(stats: Statistics) -> dict[str, list[float]]:
-    """The spectra every report carries (DESIGN.md §3): λ, η and σ, descending."""
+    """The spectra every report carries (docs/design.md §3): λ, η and σ, descending."""
     sp = stats.spectra
     return {"covariance": sp.covariance.values.tolist(),
             "autocorrelation": sp.autocorrelation.values.tolist(),
