@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from reprdiag import __version__
+from reprdiag._version import __version__
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
