@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from reprdiag import __version__
+from reprdiag._version import __version__
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
@@ -119,7 +119,7 @@ def _join_shards(per_input: list[list[ArraySource]]) -> list[ArraySource]:
 
 
 def spectra_lists(stats: Statistics) -> dict[str, list[float]]:
-    """The spectra every report carries (DESIGN.md §3): λ, η and σ, descending."""
+    """The spectra every report carries (docs/design.md §3): λ, η and σ, descending."""
     sp = stats.spectra
     return {"covariance": sp.covariance.values.tolist(),
             "autocorrelation": sp.autocorrelation.values.tolist(),

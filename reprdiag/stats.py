@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ZERO_NORM = 1e-12  # rows with ‖x‖ ≤ this normalize to the zero vector (DESIGN.md §3)
+ZERO_NORM = 1e-12  # rows with ‖x‖ ≤ this normalize to the zero vector (docs/design.md §3)
 PRECISIONS = ("auto", "float32", "float64")
 
 _F64 = torch.float64
