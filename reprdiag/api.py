@@ -203,7 +203,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     path = str(source.path) if source.path is not None else None
     result = InputResult(
         name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
-        metrics=values, spectra=spectra, solver=stats.spectra.solvers(), path=path,
+        metrics=values, spectra=spectra, solver=stats.paths(), path=path,
         key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
         rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
         timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,
