@@ -1,6 +1,6 @@
 """Every failure of ``reprdiag analyze`` through the real CLI, in a subprocess.
 
-Each case checks the exit code (DESIGN.md §2), that stderr is exactly one
+Each case checks the exit code (docs/design.md §2), that stderr is exactly one
 ``reprdiag: error: ...`` line naming what is wrong, and that no traceback appears. The cases
 run concurrently (a module fixture), since each subprocess pays for importing torch.
 """
