@@ -11,7 +11,8 @@ go through the library API, and random byte corruptions of valid files through t
   there is no power law to fit, i.e. fewer than two positive covariance eigenvalues, and
   ``alpha_req_r2`` also when the fitted log-eigenvalues are all equal (a flat spectrum: the fit
   is exact with α = 0 and R² = 0/0); and ``er_entropy`` is NaN when every row of its sample is
-  zero (no row has a direction on the sphere; the zero-row warning says so).
+  zero (no row has a direction on the sphere; the zero-row warning says so), ``uniformity``
+  when fewer than two rows of its sample have a direction.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def nan_allowed(name: str, result: InputResult) -> bool:
         return True
     if name == "er_entropy":
         return result.zero_rows >= result.sample_size  # the sample may hold only zero rows
+    if name == "uniformity":  # the sample may hold fewer than two rows with a direction
+        return result.n - result.zero_rows < 2 or result.zero_rows >= result.sample_size - 1
     if name == "alpha_req_r2":
         return math.isfinite(result.metrics["alpha_req"]) and result.metrics["alpha_req"] == 0
     return False

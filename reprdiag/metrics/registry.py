@@ -44,7 +44,7 @@ METRICS: dict[str, MetricInfo] = {}
 DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
                  "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",
                  "partition_isotropy", "avg_cosine", "cov_offdiag", "cov_offdiag_frac",
-                 "vicreg_std", "std_normalized", "er_entropy")
+                 "vicreg_std", "std_normalized", "er_entropy", "uniformity")
 
 
 def metric(name: str, *, summary: str, range: str, direction: str, citation: str,

@@ -28,6 +28,7 @@ REFERENCE = {
     "vicreg_std": 0.06757734032589349,
     "std_normalized": 0.9904998854461693,
     "er_entropy": -1.8296316874093703,
+    "uniformity": -3.493425466587257,  # scipy pdist, float64 (tests/metrics/test_uniformity.py)
 }
 
 

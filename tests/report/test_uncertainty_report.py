@@ -70,7 +70,7 @@ def test_table_and_markdown_show_value_plus_minus_se(report: Report) -> None:
     console = Console(width=400, record=True)
     for table in metric_tables(report, 400):
         console.print(table)
-    text = console.export_text()
+    text = " ".join(console.export_text().split())  # a narrow last table wraps its caption
     assert "±" in text and "jackknife SE (6 blocks)" in text
     md = render(report, "markdown")
     se = report.inputs[0].se("rankme")
