@@ -23,8 +23,9 @@ import torch
 from reprdiag.errors import InputError, ResourceError
 from reprdiag.jackknife import BlockedMoments
 from reprdiag.loaders import ArraySource
+from reprdiag.precision import Precision, choose
 from reprdiag.prefetch import prefetch
-from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
+from reprdiag.stats import Reservoir, StreamingMoments
 
 NAN_POLICIES = ("error", "drop")
 CHUNK_BYTES = 64 * 2**20  # target size of one chunk in the work dtype
@@ -72,6 +73,7 @@ class Accumulated:
     seconds: float
     notes: list[str] = field(default_factory=list)  # fallbacks taken, for the caller to show
     blocks: BlockedMoments | None = None  # per-block moments when ``blocks`` was set
+    precision: Precision = field(default_factory=Precision)  # how the products were computed
 
 
 def chunk_rows_for(width: int, opts: StreamOptions) -> int:
@@ -122,13 +124,17 @@ class Accumulator:
 
     Chunks may come from a file (:func:`accumulate`), a model's forward hooks, or another
     process; ``first`` is the global index of a chunk's first row (it fixes which rows the
-    seeded sample keeps, so the result does not depend on chunking).
+    seeded sample keeps, so the result does not depend on chunking). ``n``, the number of
+    rows when known in advance, lets ``--precision auto`` multiply small inputs in float64
+    (:func:`reprdiag.precision.choose`).
     """
 
     def __init__(self, d: int, storage_dtype: str | torch.dtype, opts: StreamOptions,
-                 label: str = "<input>"):
+                 label: str = "<input>", n: int | None = None):
         self.label, self.opts = label, opts
-        self.dtype = work_dtype(storage_dtype, opts.precision)
+        self.dtype, self.reason = choose(storage_dtype, opts.precision, n, d)
+        self.chunk_max = 0  # the most rows one product summed (the error floor's n)
+        self.narrow = False  # whether any chunk was multiplied in float32
         self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
         self.moments = StreamingMoments(d, self.dtype, self.device)
         self.reservoir = Reservoir(opts.sample_size, opts.seed)
@@ -149,6 +155,8 @@ class Accumulator:
             x = x.to(torch.float64)  # float32 squares of these values would over/underflow
         else:
             x = x.to(self.dtype)
+            self.narrow = True
+        self.chunk_max = max(self.chunk_max, rows.shape[0])
         keep = self.bad.scan(first, x)
         if keep is None and self.bad.count == 0:
             self.max_abs = max(self.max_abs, hi)  # every value is finite here
@@ -199,7 +207,17 @@ class Accumulator:
                              source=self.label, hint="check the data or the NaN policy")
         self._check_magnitude()
         return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
-                           self.seconds, blocks=self.blocks)
+                           self.seconds, blocks=self.blocks, precision=self.precision)
+
+    @property
+    def precision(self) -> Precision:
+        """The dtype the products were taken in (float32 if any chunk was), the longest
+        product and the policy's reason (:mod:`reprdiag.precision`)."""
+        dtype = torch.float32 if self.narrow else torch.float64
+        reason = self.reason
+        if self.dtype != dtype:
+            reason += "; every chunk's values were outside float32's safe range: float64"
+        return Precision(dtype, max(self.chunk_max, 1), reason)
 
 
 def _finite_range(x: torch.Tensor) -> tuple[float, float]:
@@ -259,7 +277,7 @@ def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
 
 def _one_pass(source: ArraySource, opts: StreamOptions, chunk_rows: int,
               progress: Progress | None) -> Accumulated:
-    acc = Accumulator(source.shape[1], source.dtype, opts, source.label)
+    acc = Accumulator(source.shape[1], source.dtype, opts, source.label, source.shape[0])
     t0 = time.perf_counter()
     feed(acc, source, opts, progress, chunk_rows=chunk_rows)
     result = acc.finish()
