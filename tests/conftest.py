@@ -1,4 +1,4 @@
-"""Shared fixtures: the DESIGN.md reference input and the sample data paths."""
+"""Shared fixtures: the docs/design.md reference input and the sample data paths."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SAMPLE = ROOT / "sample_data"
 
 @pytest.fixture
 def reference_x() -> np.ndarray:
-    """X = numpy.random.default_rng(0).standard_normal((64, 16)), DESIGN.md §3."""
+    """X = numpy.random.default_rng(0).standard_normal((64, 16)), docs/design.md §3."""
     return np.random.default_rng(0).standard_normal((64, 16))
 
 

@@ -27,6 +27,9 @@ class Statistics:
             raise InputError("has 0 rows", hint="nothing to analyze")
         self.moments = moments
         self.reservoir = sample
+        #: what computed the sample metrics (e.g. ER entropy's float32 symmetric blocks), by
+        #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
+        self.solvers: dict[str, str] = {}
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:
@@ -67,6 +70,10 @@ class Statistics:
         full = (self.reservoir.rows if self.reservoir is not None and self.reservoir.is_complete
                 else None)
         return Spectra(self.moments, full)
+
+    def paths(self) -> dict[str, str]:
+        """The solver of every spectrum and sample metric computed so far, by name."""
+        return {**self.spectra.solvers(), **self.solvers}
 
     @property
     def cov_eigenvalues(self) -> torch.Tensor:
