@@ -22,7 +22,7 @@ def _entropy(p: np.ndarray) -> float:
 
 
 def numpy_float64(path: Path) -> dict[str, float]:
-    """np.cov + np.linalg.eigvalsh in float64 and the DESIGN.md §3 spectral formulas."""
+    """np.cov + np.linalg.eigvalsh in float64 and the docs/design.md §3 spectral formulas."""
     x = load_array(path).astype(np.float64)
     n, d = x.shape
     lam = np.clip(np.linalg.eigvalsh(np.cov(x, rowvar=False))[::-1], 0, None)

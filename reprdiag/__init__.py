@@ -6,7 +6,7 @@
 1.098612
 """
 
-__version__ = "0.1.0"
+from reprdiag._version import __version__
 
 # ``compare`` and ``gate`` are functions that shadow their modules' names as package
 # attributes: ``reprdiag.compare(...)`` is the function, while

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from reprdiag import __version__
+from reprdiag._version import __version__
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
@@ -120,7 +120,7 @@ def _join_shards(per_input: list[list[ArraySource]]) -> list[ArraySource]:
 
 
 def spectra_lists(stats: Statistics) -> dict[str, list[float]]:
-    """The spectra every report carries (DESIGN.md §3): λ, η and σ, descending."""
+    """The spectra every report carries (docs/design.md §3): λ, η and σ, descending."""
     sp = stats.spectra
     return {"covariance": sp.covariance.values.tolist(),
             "autocorrelation": sp.autocorrelation.values.tolist(),
@@ -236,7 +236,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     path = str(source.path) if source.path is not None else None
     result = InputResult(
         name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
-        metrics=values, spectra=spectra, solver=stats.spectra.solvers(), path=path,
+        metrics=values, spectra=spectra, solver=stats.paths(), path=path,
         key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
         rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
         timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,

@@ -25,13 +25,15 @@ from reprdiag.jackknife import BlockedMoments
 from reprdiag.loaders import ArraySource
 from reprdiag.precision import Precision, choose
 from reprdiag.prefetch import prefetch
-from reprdiag.stats import Reservoir, StreamingMoments
+from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
 
 NAN_POLICIES = ("error", "drop")
 CHUNK_BYTES = 64 * 2**20  # target size of one chunk in the work dtype
 MIN_CHUNK_ROWS = 256  # an out-of-memory below this many rows per chunk falls back to the CPU
-#: |x| outside this range is multiplied in float64 even when the work dtype is float32: the
-#: squares of larger values overflow float32 sums, those of smaller ones underflow.
+#: A chunk whose largest |x| is outside this range is multiplied in float64 even when the work
+#: dtype is float32: the squares of larger values overflow float32 sums, and when every value
+#: is smaller they underflow. (Single tiny values beside ordinary ones do not matter: their
+#: squares are far below float32's rounding of the sums.)
 FLOAT32_SAFE = (2.0**-40, 2.0**40)
 #: |x| outside this range cannot be handled in float64: metrics such as cov_offdiag sum
 #: squared covariances, i.e. fourth powers of x, which over/underflow beyond it.
@@ -137,9 +139,13 @@ class Accumulator:
         self.narrow = False  # whether any chunk was multiplied in float32
         self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
         self.moments = StreamingMoments(d, self.dtype, self.device)
-        self.reservoir = Reservoir(opts.sample_size, opts.seed)
         self.blocks = (BlockedMoments(d, self.dtype, self.device, opts.blocks, opts.seed)
                        if opts.blocks else None)
+        #: dtype of the kept row sample: float32 for float32/16 data unless --precision
+        #: float64 (its values are exact copies of the stored ones either way)
+        self.sample_dtype = work_dtype(storage_dtype, opts.precision)
+        self.reservoir = Reservoir(opts.sample_size, opts.seed, dtype=self.sample_dtype)
+        self._convert: torch.Tensor | None = None  # reused work-dtype copy of a chunk
         self.bad = _NonFinite()
         self.max_abs = 0.0  # largest |x| among the rows kept
         self.rows_read = 0
@@ -147,29 +153,58 @@ class Accumulator:
         self.notes: list[str] = []  # fallbacks taken while filling it (out of memory, ...)
 
     def add(self, first: int, rows: torch.Tensor) -> None:
-        """Fold rows ``first … first+len(rows)−1`` into the moments and the sample."""
+        """Fold rows ``first … first+len(rows)−1`` into the moments and the sample.
+
+        Each value is touched a fixed number of times: one ``aminmax`` (the largest |x|; a
+        NaN or Inf anywhere makes it non-finite, so a clean chunk needs no other check), a
+        conversion to the work dtype only when it differs (into a reused buffer), then the
+        moments' passes (see :meth:`StreamingMoments.update`). Nothing of size chunk·d is
+        allocated per chunk after the first. Chunks holding NaN/Inf take the exact, slower
+        scan (:class:`_NonFinite`).
+        """
         t0 = time.perf_counter()
-        x = rows.to(device=self.device, non_blocking=True)
-        lo, hi = _finite_range(x)
-        if self.dtype == torch.float64 or not FLOAT32_SAFE[0] <= lo <= hi <= FLOAT32_SAFE[1]:
-            x = x.to(torch.float64)  # float32 squares of these values would over/underflow
-        else:
-            x = x.to(self.dtype)
-            self.narrow = True
+        raw = rows.to(device=self.device, non_blocking=True)
+        hi = _max_abs(raw)
+        keep = None
+        if not math.isfinite(hi):  # NaN or Inf somewhere in the chunk
+            hi = _finite_range(raw)[1]
+            keep = self.bad.scan(first, raw)
         self.chunk_max = max(self.chunk_max, rows.shape[0])
-        keep = self.bad.scan(first, x)
-        if keep is None and self.bad.count == 0:
-            self.max_abs = max(self.max_abs, hi)  # every value is finite here
-            self._fold(first, x, None)
-            self.reservoir.update(first, x)
-        elif self.opts.nan == "drop":
-            kept = keep if keep is not None else torch.ones(len(x), dtype=torch.bool,
-                                                            device=x.device)
-            self._track_magnitude(x[kept])
-            self._fold(first, x, kept)
-            self.reservoir.update(first, x, kept)
+        if not self.bad.count or self.opts.nan == "drop":
+            x = self._work_rows(raw, hi)
+            if keep is None:
+                self.max_abs = max(self.max_abs, hi)
+            else:
+                self._track_magnitude(x[keep])
+            self._fold(first, x, keep)
+            self.reservoir.update(first, self._sample_rows(raw, x), keep)
         self.rows_read += rows.shape[0]
         self.seconds += time.perf_counter() - t0
+
+    def _work_rows(self, raw: torch.Tensor, hi: float) -> torch.Tensor:
+        """``raw`` in the dtype its products are taken in: the work dtype, or float64 when
+        the chunk's largest |x| is outside :data:`FLOAT32_SAFE` (its float32 squares would
+        over/underflow). A conversion goes into a buffer reused from chunk to chunk."""
+        wide = self.dtype == torch.float64 or not FLOAT32_SAFE[0] <= hi <= FLOAT32_SAFE[1]
+        dtype = torch.float64 if wide else self.dtype
+        self.narrow = self.narrow or not wide
+        if raw.dtype == dtype:
+            return raw
+        buf = self._convert
+        if buf is None or buf.dtype != dtype or buf.shape[0] < raw.shape[0] \
+                or buf.shape[1:] != raw.shape[1:] or buf.device != raw.device:
+            buf = torch.empty(raw.shape, dtype=dtype, device=raw.device)
+            self._convert = buf
+        return buf[: raw.shape[0]].copy_(raw)
+
+    def _sample_rows(self, raw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rows offered to the sample: in :attr:`sample_dtype` (float32 for float32/16
+        files at the default precision, so ER entropy takes its float32 symmetric path), in
+        float64 only when the chunk itself had to be (values beyond :data:`FLOAT32_SAFE`)
+        or when the sample dtype is float64 anyway."""
+        if x.dtype == self.sample_dtype or x.dtype != self.dtype:  # (promoted: never narrow)
+            return x
+        return raw  # the reservoir copies only the rows it keeps, in its dtype
 
     def _track_magnitude(self, x: torch.Tensor) -> None:
         if x.numel():
@@ -218,6 +253,20 @@ class Accumulator:
         if self.dtype != dtype:
             reason += "; every chunk's values were outside float32's safe range: float64"
         return Precision(dtype, max(self.chunk_max, 1), reason)
+
+
+def _max_abs(x: torch.Tensor) -> float:
+    """max |x| over the chunk in one ``aminmax`` pass (no temporary of the chunk's size);
+    NaN or inf when the chunk holds NaN or Inf; 0 for an empty chunk.
+
+    >>> _max_abs(torch.tensor([[0.5, -3.0]])), _max_abs(torch.tensor([[1.0, float("nan")]]))
+    (3.0, nan)
+    """
+    if x.numel() == 0:
+        return 0.0
+    lo, hi = torch.aminmax(x)
+    lo, hi = torch.stack([lo, hi]).tolist() if x.is_floating_point() else (int(lo), int(hi))
+    return math.nan if math.isnan(lo) or math.isnan(hi) else float(max(-lo, hi))
 
 
 def _finite_range(x: torch.Tensor) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 The CLI prints ``reprdiag: error: SOURCE: what is wrong; what to do`` and exits with
 :attr:`ReprdiagError.exit_code`. Library users catch the exceptions directly.
 
-Exit codes (DESIGN.md §2): 0 ok, 1 gate failed, 2 bad usage or input, 3 resource failure.
+Exit codes (docs/design.md §2): 0 ok, 1 gate failed, 2 bad usage or input, 3 resource failure.
 """
 
 from __future__ import annotations

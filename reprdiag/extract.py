@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from reprdiag import __version__
+from reprdiag._version import __version__
 from reprdiag.api import (
     MetricOptions,
     blocked_stream,

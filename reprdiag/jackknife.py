@@ -23,7 +23,7 @@ import torch
 
 from reprdiag.errors import InputError, ReprdiagWarning, ResourceError
 from reprdiag.metrics.inputs import Statistics
-from reprdiag.stats import Reservoir, StreamingMoments, _splitmix64
+from reprdiag.stats import Reservoir, Scratch, StreamingMoments, _splitmix64
 
 MIN_BLOCKS = 5
 DEFAULT_BLOCKS = 20
@@ -138,6 +138,10 @@ class BlockedMoments:
     def __post_init__(self) -> None:
         self.parts = [StreamingMoments(self.d, self.dtype, self.device)
                       for _ in range(self.blocks)]
+        shared = Scratch()  # the blocks are updated one after the other: one set of buffers
+        for part in self.parts:
+            part.scratch = shared
+        self._sorted: torch.Tensor | None = None  # reused buffer of a chunk sorted by block
 
     def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None = None,
                dtype: torch.dtype | None = None) -> None:
@@ -153,7 +157,14 @@ class BlockedMoments:
                 part.shift = shift.to(part.device).clone()
         order = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels, minlength=self.blocks).tolist()
-        for part, chunk in zip(self.parts, torch.split(rows[order], counts), strict=True):
+        buf = self._sorted
+        if buf is None or buf.shape[0] < rows.shape[0] or buf.shape[1:] != rows.shape[1:] \
+                or buf.dtype != rows.dtype or buf.device != rows.device:
+            buf = self._sorted = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        ordered = torch.index_select(rows, 0, order, out=buf[: rows.shape[0]])
+        # every block's share fits buffers sized for the whole chunk: allocated once
+        self.parts[0].scratch.reserve(rows.shape[0], self.d, dtype or self.dtype, rows.device)
+        for part, chunk in zip(self.parts, torch.split(ordered, counts), strict=True):
             part.update(chunk, dtype)
 
     @property

@@ -2,7 +2,7 @@
 
 Every function takes a batch of embeddings ``x`` of shape (..., N, d) (leading axes are
 independent batches), runs on the tensor's device, and returns a tensor that autograd can
-differentiate. The formulas are those of :mod:`reprdiag.metrics` (DESIGN.md §3), evaluated on
+differentiate. The formulas are those of :mod:`reprdiag.metrics` (docs/design.md §3), evaluated on
 the batch instead of on streamed moments; the shared pieces (the spectral entropy, the VICReg
 terms of a covariance, ER entropy's constant and reduction) are imported from there, so each
 formula lives in one place.
@@ -71,8 +71,9 @@ def _batch(x: torch.Tensor, name: str, min_rows: int = 1) -> torch.Tensor:
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """z = x / max(‖x‖₂, 1e-12) row by row, differentiable (unlike the metrics, rows of norm
-    below 1e-12 shrink towards 0 here: the guard keeps gradients finite).
+    """z = x / max(‖x‖₂, 1e-12) row by row, differentiable (unlike the metrics of
+    docs/design.md §3, rows of norm below 1e-12 shrink towards 0 here: the guard keeps
+    gradients finite).
 
     >>> normalize_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]])).tolist()
     [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]

@@ -1,6 +1,6 @@
 """Spectra: sorted eigenvalues of the moment matrices, and which solver produced them.
 
-Three spectra describe an input (DESIGN.md §3): the covariance eigenvalues λ, the
+Three spectra describe an input (docs/design.md §3): the covariance eigenvalues λ, the
 autocorrelation eigenvalues η of the normalized rows, and the singular values σ of raw X.
 Each is computed once, in float64, by ``torch.linalg.eigvalsh`` on the d×d moment matrix,
 or, when every row is at hand and N ≲ 0.68·d (:func:`gram_is_cheaper`), on the N×N Gram

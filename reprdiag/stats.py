@@ -17,7 +17,7 @@ import torch
 
 from reprdiag.precision import choose
 
-#: A row is zero when its norm is exactly 0 (DESIGN.md §3): it normalizes to the zero vector.
+#: A row is zero when its norm is exactly 0 (docs/design.md §3): it normalizes to the zero vector.
 #: No absolute threshold, so data at any scale float64 holds (1e-30, 1e+30) normalizes alike.
 ZERO_NORM = 0.0
 
@@ -26,7 +26,7 @@ def safe_norms(norms: torch.Tensor) -> torch.Tensor:
     """``norms`` with the zero ones replaced by 1 (in place), so that x/‖x‖ is the zero vector
     for a zero row and x/‖x‖ for every other row, at any scale.
 
-    >>> safe_norms(torch.tensor([0.0, 1e-30, 2.0])).tolist()
+    >>> safe_norms(torch.tensor([0.0, 1e-30, 2.0], dtype=torch.float64)).tolist()
     [1.0, 1e-30, 2.0]
     """
     return norms.masked_fill_(norms <= ZERO_NORM, 1.0)
@@ -35,7 +35,8 @@ def safe_norms(norms: torch.Tensor) -> torch.Tensor:
 def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
     """z_i = x_i/‖x_i‖, the zero vector for a zero row (a new tensor).
 
-    >>> normalize_rows(torch.tensor([[0.0, 0.0], [3e-30, 4e-30]], dtype=torch.float64)).tolist()
+    >>> z = normalize_rows(torch.tensor([[0.0, 0.0], [3e-30, 4e-30]], dtype=torch.float64))
+    >>> [[round(v, 12) for v in row] for row in z.tolist()]
     [[0.0, 0.0], [0.6, 0.8]]
     """
     return rows / safe_norms(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
@@ -56,6 +57,35 @@ def work_dtype(storage_dtype: str | torch.dtype, precision: str = "auto") -> tor
     (torch.float32, torch.float64, torch.float64)
     """
     return choose(storage_dtype, precision)[0]
+
+
+class Scratch:
+    """Work buffers for one chunk of rows, reused from chunk to chunk: an n×d one shaped like
+    the chunk (kept up to 256 MiB), a d×d one for a Gram product and an n-vector for the row
+    norms. A stream of equal chunks therefore allocates them once (pinned by the tests through
+    ``data_ptr``)."""
+
+    def __init__(self) -> None:
+        self.bufs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, x: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uninitialized (n×d, d×d, n) buffers in ``x``'s dtype and device, n = len(x)."""
+        bufs = self.reserve(x.shape[0], d, x.dtype, x.device)
+        n = x.shape[0]
+        return bufs[0][:n], bufs[1], bufs[2][:n]
+
+    def reserve(self, n: int, d: int, dtype: torch.dtype, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Buffers for up to ``n`` rows (allocated only when the kept ones are too small)."""
+        bufs = self.bufs
+        if bufs is None or bufs[0].shape[0] < n or bufs[0].dtype != dtype \
+                or bufs[0].device != device or bufs[1].shape[0] != d:
+            bufs = (torch.empty(n, d, dtype=dtype, device=device),
+                    torch.empty(d, d, dtype=dtype, device=device),
+                    torch.empty(n, dtype=dtype, device=device))
+            keep = bufs[0].numel() * bufs[0].element_size() <= _SCRATCH_BYTES
+            self.bufs = bufs if keep else None
+        return bufs
 
 
 @dataclass
@@ -82,7 +112,9 @@ class StreamingMoments:
     sum_yy: torch.Tensor = field(init=False)
     sum_z: torch.Tensor = field(init=False)
     sum_zz: torch.Tensor = field(init=False)
-    _work: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    #: per-chunk work buffers, kept between updates (several moments may share one)
+    scratch: Scratch = field(default_factory=lambda: Scratch(), init=False, repr=False,
+                             compare=False)
 
     def __post_init__(self) -> None:
         dev = torch.device(self.device)
@@ -98,8 +130,9 @@ class StreamingMoments:
         (default: the moments' own; float64 for values whose float32 squares would
         over/underflow).
 
-        Cost: two Gram products (2·n·d² multiply-adds each) plus four streaming passes over
-        the chunk, which reuse one scratch buffer (no fresh n×d allocation per chunk).
+        Cost: two Gram products (2·n·d² multiply-adds each) plus five streaming passes over
+        the chunk (shift, column sums, norms, divide, column sums), which write into scratch
+        buffers kept between chunks (no fresh n×d, d×d or n allocation per chunk).
         """
         if rows.shape[0] == 0:
             return
@@ -107,15 +140,15 @@ class StreamingMoments:
         x = rows.to(device=self.device, dtype=dtype)
         if self.shift is None:
             self.shift = x.mean(dim=0, dtype=_F64)
-        work = self._scratch(x)
+        work, gram, norms = self._scratch(x)
         y = torch.sub(x, self.shift.to(dtype), out=work)
-        self.sum_y += y.sum(dim=0).to(_F64)
-        self.sum_yy += (y.T @ y).to(_F64)
-        norms = torch.linalg.vector_norm(x, dim=1)
+        self.sum_y += y.sum(dim=0)
+        self.sum_yy += torch.mm(y.T, y, out=gram)
+        torch.linalg.vector_norm(x, dim=1, out=norms)
         self.n_zero += int((norms <= ZERO_NORM).sum())
         z = torch.div(x, safe_norms(norms).unsqueeze(1), out=work)
-        self.sum_z += z.sum(dim=0).to(_F64)
-        self.sum_zz += (z.T @ z).to(_F64)
+        self.sum_z += z.sum(dim=0)
+        self.sum_zz += torch.mm(z.T, z, out=gram)
         self.n += x.shape[0]
 
     def to(self, device: torch.device | str) -> StreamingMoments:
@@ -126,15 +159,8 @@ class StreamingMoments:
             setattr(out, name, getattr(self, name).to(device))
         return out
 
-    def _scratch(self, x: torch.Tensor) -> torch.Tensor:
-        """An uninitialized buffer shaped like ``x``, kept between chunks up to 256 MiB."""
-        buf = self._work
-        if buf is None or buf.shape[0] < x.shape[0] or buf.dtype != x.dtype \
-                or buf.device != x.device:
-            buf = torch.empty_like(x, memory_format=torch.contiguous_format)
-            keep = buf.numel() * buf.element_size() <= _SCRATCH_BYTES
-            self._work = buf if keep else None
-        return buf[: x.shape[0]]
+    def _scratch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.scratch.get(x, self.d)
 
     def rebased(self, shift: torch.Tensor) -> StreamingMoments:
         """The same moments expressed about another shift (exact up to float64 rounding)."""
@@ -227,8 +253,9 @@ class Reservoir:
 
     def __init__(self, capacity: int, seed: int = 0, rows: torch.Tensor | None = None,
                  priority: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                 seen: int = 0):
+                 seen: int = 0, dtype: torch.dtype | None = None):
         self.capacity, self.seed = int(capacity), seed
+        self.dtype = dtype  # the narrowest dtype rows are kept in (None: the rows' own)
         self.seen = seen
         self._count = 0
         self._buf: torch.Tensor | None = None  # rows; the first _count are valid, any order
@@ -313,7 +340,7 @@ class Reservoir:
         """The same sample with its tensors on ``device``."""
         moved = [None if t is None else t.to(device)
                  for t in (self.rows, self.priority, self.index)]
-        return Reservoir(self.capacity, self.seed, *moved, seen=self.seen)
+        return Reservoir(self.capacity, self.seed, *moved, seen=self.seen, dtype=self.dtype)
 
     def merge(self, other: Reservoir) -> None:
         """Combine with a reservoir over other rows (same seed, disjoint global indices)."""
@@ -340,9 +367,11 @@ class Reservoir:
 
     def _absorb(self, rows: torch.Tensor, prio: torch.Tensor, idx: torch.Tensor) -> None:
         self._view = None
-        if self._buf is not None and self._buf.dtype != rows.dtype:  # never narrow a row
-            dtype = torch.promote_types(self._buf.dtype, rows.dtype)
-            self._buf, rows = self._buf.to(dtype), rows.to(dtype)
+        dtype = rows.dtype if self.dtype is None else torch.promote_types(rows.dtype, self.dtype)
+        if self._buf is not None:
+            dtype = torch.promote_types(self._buf.dtype, dtype)  # never narrow a row
+            if self._buf.dtype != dtype:
+                self._buf = self._buf.to(dtype)
         if rows.shape[0] > self.capacity:
             best = torch.topk(prio, self.capacity, largest=False).indices
             rows, prio, idx = _take(best, rows, prio, idx)
@@ -358,8 +387,9 @@ class Reservoir:
             rows, prio, idx = _take(new, rows, prio, idx)
             slots = torch.cat([torch.nonzero(~kept_old).flatten(),
                                torch.arange(n, self.capacity, device=prio.device)])
+        rows = rows.to(dtype)  # only the rows kept are converted
         self._reserve(rows, n + k)
-        self._buf.index_copy_(0, slots, rows.to(self._buf.dtype))
+        self._buf.index_copy_(0, slots, rows)
         self._prio.index_copy_(0, slots, prio)
         self._idx.index_copy_(0, slots, idx)
         self._count = min(self.capacity, n + k)

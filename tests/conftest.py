@@ -1,4 +1,4 @@
-"""Shared fixtures: the DESIGN.md reference input and the sample data paths."""
+"""Shared fixtures: the docs/design.md reference input and the sample data paths."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SAMPLE = ROOT / "sample_data"
 
 @pytest.fixture
 def reference_x() -> np.ndarray:
-    """X = numpy.random.default_rng(0).standard_normal((64, 16)), DESIGN.md §3."""
+    """X = numpy.random.default_rng(0).standard_normal((64, 16)), docs/design.md §3."""
     return np.random.default_rng(0).standard_normal((64, 16))
 
 
@@ -30,6 +30,8 @@ def run_cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("REPRDIAG_DEBUG", None)
+    for name in ("COLUMNS", "LINES"):  # piped output is 160 columns wide, whatever the terminal
+        env.pop(name, None)
     return env
 
 

@@ -25,7 +25,7 @@ def gaussian(n: int = 400, d: int = 12, seed: int = 0) -> np.ndarray:
 
 
 def reference(x: np.ndarray) -> dict[str, float]:
-    """A few metrics straight from DESIGN.md §3, in float64 numpy (no reprdiag code)."""
+    """A few metrics straight from docs/design.md §3, in float64 numpy (no reprdiag code)."""
     x = x.astype(np.float64)
     c = np.cov(x, rowvar=False)
     lam = np.clip(np.linalg.eigvalsh(c)[::-1], 0, None)

@@ -1,4 +1,4 @@
-"""Differentiable losses: values against DESIGN.md §3 and float64 references, gradients against
+"""Differentiable losses: values against docs/design.md §3 and float64 references, gradients against
 finite differences and closed forms, NaN-freedom where the naive formulas fail, and a toy
 training loop that moves the batch VNE in the direction of the coefficient's sign."""
 
@@ -17,7 +17,7 @@ from reprdiag.metrics.entropy import spectral_entropy
 
 F64 = torch.float64
 
-# DESIGN.md §3, at X = numpy.random.default_rng(0).standard_normal((64, 16))
+# docs/design.md §3, at X = numpy.random.default_rng(0).standard_normal((64, 16))
 REF = {"vne": 2.656603471446447, "cov_offdiag": 0.18377334262265937,
        "vicreg_std": 0.06757734032589349, "er_plugin": -1.8296316874093703,
        "er_joe": -1.8285643911412934}

@@ -3,7 +3,9 @@
 Input is text, one example per line. Layer ``hidden.N`` is hidden state N (``hidden.0`` the
 embeddings, ``hidden.L`` the last layer), mean-pooled over the attention mask (``--pool first``
 takes the first token, e.g. [CLS]). Nothing is downloaded: files are read with
-``local_files_only=True``.
+``local_files_only=True``. No code in the folder runs: ``trust_remote_code=False`` (a folder that
+needs its own modelling code is refused by transformers) and every ``torch.load`` of a
+``pytorch_model.bin`` is forced weights-only; safetensors weights hold no code at all.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from reprdiag.checkpoint.archive import weights_only_loads
 from reprdiag.checkpoint.probes import OUTPUT, Batch
 from reprdiag.errors import InputError, UsageError
 
@@ -48,9 +51,11 @@ class HFProbe:
             raise InputError("no such model folder", source=spec,
                              hint="hf:PATH names a local folder holding config.json")
         tf = _transformers()
+        safe = {"local_files_only": True, "trust_remote_code": False}
         try:
-            self.tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self.module = tf.AutoModel.from_pretrained(folder, local_files_only=True)
+            with weights_only_loads():
+                self.tokenizer = tf.AutoTokenizer.from_pretrained(folder, **safe)
+                self.module = tf.AutoModel.from_pretrained(folder, **safe)
         except Exception as exc:
             raise InputError(f"cannot load the Hugging Face model ({type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0][:200]})", source=spec,

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from reprdiag.checkpoint.archive import check_export_archive, weights_only_loads
 from reprdiag.checkpoint.probes import HookProbe, Probe, ScriptProbe
-from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.errors import InputError, ReprdiagWarning, UsageError, source_label
 from reprdiag.loaders import detect_format
 from reprdiag.loaders.torch_file import refusal_reason
 
@@ -145,21 +146,36 @@ def _no_extras(model: ModelSpec, kind: str) -> None:
 
 
 def load_export(model: ModelSpec) -> Probe:
-    """A ``torch.export`` program, unflattened into its module tree so hooks fire."""
+    """A ``torch.export`` program, unflattened into its module tree so hooks fire.
+
+    The archive is checked first (:func:`check_export_archive`: no pickled weights or objects,
+    no compiled kernels) and loaded from the same open file with every ``torch.load`` forced
+    weights-only, so no code stored in the file runs.
+    """
     _no_extras(model, "torch.export")
-    try:
-        with quiet_warnings():
-            program = torch.export.load(model.spec)
-    except Exception as exc:
-        raise InputError(f"cannot load the torch.export program ({first_line(exc)})",
-                         source=model.spec, hint="save it with torch.export.save") from exc
+    with open(model.spec, "rb") as handle:
+        check_export_archive(handle, source_label(Path(model.spec)))
+        handle.seek(0)
+        try:
+            with quiet_warnings(), weights_only_loads():
+                program = torch.export.load(handle)
+        except Exception as exc:
+            raise InputError(f"cannot load the torch.export program ({first_line(exc)})",
+                             source=model.spec, hint="save it with torch.export.save") from exc
     with quiet_warnings():
         return HookProbe(torch.export.unflatten(program), model.spec)
 
 
 def load_torchscript(model: ModelSpec) -> Probe:
-    """A TorchScript file (``torch.jit.save`` of a scripted or traced module)."""
+    """A TorchScript file (``torch.jit.save`` of a scripted or traced module).
+
+    TorchScript archives hold TorchScript code and tensors read by TorchScript's own unpickler,
+    which builds only tensors and registered TorchScript classes (no Python callables). torch
+    has deprecated TorchScript: a warning points to ``.pt2``.
+    """
     _no_extras(model, "TorchScript")
+    warnings.warn(f"{model.spec}: TorchScript is deprecated in torch; save the model with "
+                  "torch.export.save as a .pt2 program instead", ReprdiagWarning, stacklevel=2)
     try:
         with quiet_warnings():
             module = torch.jit.load(model.spec, map_location="cpu")

@@ -111,5 +111,6 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     on_sphere = torch.linalg.vector_norm(stats.sample, dim=1) > ZERO_NORM
     if not bool(on_sphere.any()):
         return math.nan  # no row has a direction: there is no density on the sphere
-    return pairwise.er_entropy(stats.normalized_sample[on_sphere], kappa=kappa,
-                               estimator=er_estimator, compat=er_compat)
+    e = stats.normalized_sample[on_sphere]
+    stats.solvers["er_entropy"] = pairwise.er_solver(e, kappa)
+    return pairwise.er_entropy(e, kappa=kappa, estimator=er_estimator, compat=er_compat)

@@ -32,6 +32,9 @@ class Statistics:
         self.moments = moments
         self.reservoir = sample
         self.precision = precision or Precision(moments.dtype, moments.n)
+        #: what computed the sample metrics (e.g. ER entropy's float32 symmetric blocks), by
+        #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
+        self.solvers: dict[str, str] = {}
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:
@@ -99,6 +102,10 @@ class Statistics:
         sq = torch.diagonal(m.sum_zz).clamp_min(0)
         zbar = (m.sum_z / m.n).abs()
         return self.precision.relative * (sq + 2 * zbar * (m.n * sq).sqrt()) / max(m.n - 1, 1)
+
+    def paths(self) -> dict[str, str]:
+        """The solver of every spectrum and sample metric computed so far, by name."""
+        return {**self.spectra.solvers(), **self.solvers}
 
     @property
     def cov_eigenvalues(self) -> torch.Tensor:

@@ -12,8 +12,9 @@ Dtype policy of the pairwise functions: float64 inputs are computed in float64 t
 any other input is multiplied in float32 (the input's own precision at best). ER entropy's
 exponentials stay in float32 on samples of 2048 rows or more when a fixed shift bounds them
 (unit rows, kappa <= 40; per-row sums accumulated in float64, error at most about 1e-7 nats);
-otherwise logits are promoted to float64 for every log-sum-exp. Partition isotropy promotes
-its projections to float64.
+otherwise logits are promoted to float64 for every log-sum-exp (:func:`er_solver` says which
+path an input takes; reports record it). The jackknife's :func:`er_entropy_deleted` takes the
+same two paths. Partition isotropy promotes its projections to float64.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "er_entropy",
     "er_entropy_deleted",
     "er_reduce",
+    "er_solver",
     "log_bessel_iv",
     "log_sphere_area",
     "log_vmf_normalizer",
@@ -282,6 +284,31 @@ def _row_logsumexp_groups(e: torch.Tensor, kappa: float, block_rows: int,
     return out
 
 
+def _fixed_shift(e: torch.Tensor, kappa: float) -> float | None:
+    """The fixed shift kappa max_i |e_i|^2 of the float32 symmetric path, or ``None`` when
+    that path does not apply: a float64 input (computed in float64 throughout), fewer than
+    2048 rows (there a float64 log-sum-exp is cheap), or logits not bounded by 40."""
+    if e.dtype != torch.float32 or e.shape[0] < _FAST_MIN_ROWS:
+        return None
+    shift = kappa * float(torch.linalg.vector_norm(e, dim=1).max()) ** 2
+    return shift if shift <= _FIXED_SHIFT_MAX else None
+
+
+def er_solver(e: torch.Tensor, kappa: float = 10.0) -> str:
+    """Which path :func:`er_entropy` (and :func:`er_entropy_deleted`) takes for ``e``, in
+    words, as reports record it beside the spectra's solvers.
+
+    >>> er_solver(torch.eye(3, dtype=torch.float64))
+    'generic float64 log-sum-exp blocks (3×3, cpu)'
+    """
+    x = e.detach().to(_compute_dtype(e))
+    size = f"{x.shape[0]}×{x.shape[1]}, {x.device.type}"
+    if _fixed_shift(x, kappa) is not None:
+        return f"symmetric float32 blocks, float64 row sums ({size})"
+    return f"generic {'float64' if x.dtype == torch.float64 else 'float32 matmul, float64'} " \
+           f"log-sum-exp blocks ({size})"
+
+
 def _row_logsumexp_gram(e: torch.Tensor, kappa: float, block_rows: int) -> torch.Tensor:
     """lse_i = logsumexp_j(kappa e_i^T e_j) over all j (i included); float64 vector (M,).
 
@@ -290,9 +317,9 @@ def _row_logsumexp_gram(e: torch.Tensor, kappa: float, block_rows: int) -> torch
     :func:`_row_logsumexp_symmetric`; anything else (small samples included: there a float64
     log-sum-exp is cheap) the generic path of :func:`_row_logsumexp_groups` with one group.
     """
-    shift = kappa * float(torch.linalg.vector_norm(e, dim=1).max()) ** 2
-    if e.dtype == torch.float32 and shift <= _FIXED_SHIFT_MAX and e.shape[0] >= _FAST_MIN_ROWS:
-        return _row_logsumexp_symmetric(e, kappa, shift, block_rows)
+    shift = _fixed_shift(e, kappa)
+    if shift is not None:
+        return _row_logsumexp_symmetric(e, kappa, shift, block_rows)[:, 0]
     return _row_logsumexp_groups(e, kappa, block_rows, [(0, e.shape[0])])[:, 0]
 
 
@@ -302,32 +329,47 @@ _FIXED_SHIFT_MAX = 40.0
 _FAST_MIN_ROWS = 2048
 
 
-def _row_logsumexp_symmetric(e: torch.Tensor, kappa: float, shift: float,
-                             block_rows: int) -> torch.Tensor:
-    """The same row log-sum-exp, in float32 blocks with float64 accumulation of row sums.
+def _row_logsumexp_symmetric(e: torch.Tensor, kappa: float, shift: float, block_rows: int,
+                             bounds: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """The same row log-sum-exp, in float32 blocks with float64 accumulation of row sums:
+    float64 (M, G), one column per group g of rows ``bounds[g]`` (contiguous row ranges, as
+    in :func:`_row_logsumexp_groups`; default one group of all rows), -inf for an empty group.
 
     Every logit kappa e_i^T e_j lies in [-shift, shift] (Cauchy-Schwarz), so one fixed shift
     replaces the per-row maximum: each term exp(logit - shift) is in [e^-80, 1], no overflow
     and no underflow. The Gram matrix is symmetric, so only blocks I <= J are formed; block
     (I, J) adds its row sums to rows I and its column sums to rows J: half the matmul and
-    exp work of the generic path. Row sums of each block are float32 (relative error about
-    1e-7, i.e. 1e-7 absolute on lse) and are accumulated across blocks in float64.
-    Memory: one block_rows^2 float32 block.
+    exp work of the generic path. With groups, the row sums are split by the group of the
+    other row, contiguous column (row) segments of the block: no extra pass over the block.
+    Row sums of each block are float32 (relative error about 1e-7, i.e. 1e-7 absolute on
+    lse) and are accumulated across blocks in float64.
+    Memory: one block_rows^2 float32 block (plus M x G float64 sums).
     """
     m = e.shape[0]
-    sums = torch.zeros(m, dtype=torch.float64, device=e.device)
+    bounds = [(0, m)] if bounds is None else bounds
+    sums = torch.zeros(m, len(bounds), dtype=torch.float64, device=e.device)
     starts = range(0, m, block_rows)
     for i0 in starts:
         rows = e[i0 : i0 + block_rows]
+        i1 = i0 + rows.shape[0]
         for j0 in starts:
             if j0 < i0:
                 continue
             block = rows @ e[j0 : j0 + block_rows].T
             block.mul_(kappa).sub_(shift).exp_()
-            sums[i0 : i0 + block_rows] += block.sum(dim=1)
+            j1 = j0 + block.shape[1]
+            for g, lo, hi in _segments(bounds, j0, j1):  # rows I, summed over J's groups
+                sums[i0:i1, g] += block[:, lo - j0 : hi - j0].sum(dim=1)
             if j0 != i0:
-                sums[j0 : j0 + block_rows] += block.sum(dim=0)
+                for g, lo, hi in _segments(bounds, i0, i1):  # rows J, over I's groups
+                    sums[j0:j1, g] += block[lo - i0 : hi - i0].sum(dim=0)
     return sums.log_() + shift
+
+
+def _segments(bounds: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(group, start, stop) of each group's part of the index range [lo, hi)."""
+    return [(g, max(a, lo), min(b, hi)) for g, (a, b) in enumerate(bounds)
+            if max(a, lo) < min(b, hi)]
 
 
 def er_entropy(
@@ -447,7 +489,8 @@ def er_entropy_deleted(
     For the delete-a-group jackknife. One pass computes lse_ig = logsumexp over the rows j of
     group g of kappa e_i^T e_j, an (M, G) matrix; the entropy without group g then needs only
     logsumexp_{g' != g} lse_ig' for the rows i outside g, with M_g = #{i: labels_i != g} in
-    place of M. Complexity: O(M^2 d) in all (one evaluation's cost, not G of them) plus
+    place of M. Complexity: O(M^2 d) in all (one evaluation's cost, not G of them: on float32
+    samples the upper block triangle with a fixed shift, as :func:`er_entropy`) plus
     O(M G^2); memory O(M G + block_rows^2).
 
     Args:
@@ -469,7 +512,11 @@ def er_entropy_deleted(
     counts = torch.bincount(labels, minlength=groups).tolist()
     ends = [sum(counts[: g + 1]) for g in range(groups)]
     bounds = [(end - c, end) for end, c in zip(ends, counts, strict=True)]
-    lse = _row_logsumexp_groups(x, kappa, block_rows, bounds)
+    shift = _fixed_shift(x, kappa)
+    if shift is not None:
+        lse = _row_logsumexp_symmetric(x, kappa, shift, block_rows, bounds)
+    else:
+        lse = _row_logsumexp_groups(x, kappa, block_rows, bounds)
     out = []
     for g in range(groups):
         keep = labels != g

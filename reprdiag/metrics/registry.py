@@ -40,7 +40,7 @@ class MetricInfo:
 
 METRICS: dict[str, MetricInfo] = {}
 
-#: The order of DESIGN.md §3, used for tables and ``--list-metrics``.
+#: The order of docs/design.md §3, used for tables and ``--list-metrics``.
 DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
                  "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",
                  "partition_isotropy", "avg_cosine", "cov_offdiag", "cov_offdiag_frac",

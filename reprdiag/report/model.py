@@ -1,4 +1,4 @@
-"""The report: what ``analyze`` returns and ``report.json`` holds (DESIGN.md §5)."""
+"""The report: what ``analyze`` returns and ``report.json`` holds (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from reprdiag.metrics.pairwise import (
     partition_isotropy,
 )
 
-# Values from DESIGN.md section 3, at X = default_rng(0).standard_normal((64, 16)), kappa = 10.
+# Values from docs/design.md section 3, at X = default_rng(0).standard_normal((64, 16)), kappa = 10.
 ER_PLUGIN_EXACT = -1.8296316874093703
 ER_JOE_EXACT = -1.8285643911412934
 ER_PLUGIN_REFERENCE = -1.8296316869892468
@@ -221,7 +221,7 @@ def test_er_entropy_d1000_reference_underflow() -> None:
     e = _unit_rows(1000, 1000, seed=0)
     ref = er_entropy(e, kappa=10.0, compat="reference")
     exact = er_entropy(e, kappa=10.0)
-    assert ref == pytest.approx(-249.308, abs=1e-3)  # DESIGN.md: "about -249.308"
+    assert ref == pytest.approx(-249.308, abs=1e-3)  # docs/design.md: "about -249.308"
     # I_499(10) ~ e^-1802 underflows, so the reference constant holds ln(1e-7) in its place
     shift = float(log_bessel_iv(499.0, 10.0)) - math.log(1e-7)
     assert shift == pytest.approx(-1785.838, abs=1e-3)

@@ -1,4 +1,4 @@
-"""Every metric against DESIGN.md §3's reference values and an independent numpy reference."""
+"""Every metric against docs/design.md §3's reference values and an independent numpy reference."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from scipy.special import logsumexp
 import reprdiag.metrics as M
 from reprdiag.metrics import METRICS, Statistics
 
-# DESIGN.md §3: values at X = default_rng(0).standard_normal((64, 16)), computed in float64.
+# docs/design.md §3: values at X = default_rng(0).standard_normal((64, 16)), computed in float64.
 REFERENCE = {
     "vne": 2.656603471446447,
     "vne_normalized": 0.9581671634660484,
@@ -51,7 +51,7 @@ def test_er_entropy_variants(reference_x: np.ndarray) -> None:
 
 
 def test_alpha_req_over_all_ranks(reference_x: np.ndarray) -> None:
-    # DESIGN.md gives 0.5030775131140687; an independent numpy weighted least-squares fit
+    # docs/design.md gives 0.5030775131140687; an independent numpy weighted least-squares fit
     # gives 0.50307751178 (2.7e-9 relative apart), so this one is checked to 1e-8.
     assert M.alpha_req(torch.from_numpy(reference_x), alpha_ranks=(1, 16)) == pytest.approx(
         0.5030775131140687, rel=1e-8)

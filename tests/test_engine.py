@@ -1,0 +1,157 @@
+"""The streaming pass (reprdiag/engine.py): fixed work per value, buffers reused across
+chunks, NaN/Inf still found exactly, and the paths the real pipeline takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import reprdiag
+from reprdiag import engine
+from reprdiag.cli import app
+from reprdiag.engine import Accumulator, StreamOptions, accumulate
+from reprdiag.errors import InputError
+from reprdiag.loaders import TensorSource
+from reprdiag.metrics.pairwise import er_entropy as er_reference
+
+
+def _rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * torch.linspace(2.0, 0.2, d) + 0.3
+
+
+def _with_tiny_values(x: torch.Tensor) -> torch.Tensor:
+    """Real embeddings hold some values far below 2^-40 (minilm.safetensors: 1.3e-37)."""
+    x = x.clone()
+    x[::97, 3] = 1.3e-37
+    x[5, 0] = -2e-30
+    return x
+
+
+def _pointers(acc: Accumulator) -> tuple[int, ...]:
+    work, gram, norms = acc.moments.scratch.bufs
+    conv = acc._convert
+    return (work.data_ptr(), gram.data_ptr(), norms.data_ptr(),
+            0 if conv is None else conv.data_ptr())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_chunk_buffers_are_allocated_once(dtype: torch.dtype) -> None:
+    x = _rows(1000, 16).to(dtype)
+    acc = Accumulator(16, dtype, StreamOptions(sample_size=64))
+    seen = set()
+    for first in range(0, 1000, 100):
+        acc.add(first, x[first: first + 100])
+        seen.add(_pointers(acc))
+    assert len(seen) == 1  # the same n×d, d×d, n (and fp16→fp32 conversion) buffers
+    assert (acc._convert is None) == (dtype == torch.float32)  # fp32 is never copied
+
+
+def test_blocked_moments_reuse_one_set_of_buffers() -> None:
+    acc = Accumulator(8, torch.float32, StreamOptions(sample_size=64, blocks=5))
+    x = _rows(1000, 8)
+    seen = set()
+    for first in range(0, 1000, 200):
+        acc.add(first, x[first: first + 200])
+        parts = acc.blocks.parts
+        assert all(p.scratch is parts[0].scratch for p in parts)
+        seen.add((acc.blocks._sorted.data_ptr(), parts[0].scratch.bufs[0].data_ptr()))
+    assert len(seen) == 1
+
+
+def test_float64_path_matches_a_float64_reference_to_1e12() -> None:
+    x = _rows(2000, 24).double() * 3 + 1
+    acc = accumulate(TensorSource(x), StreamOptions(chunk_rows=300, sample_size=64))
+    m = acc.moments
+    want_cov = np.cov(x.numpy(), rowvar=False)
+    z = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+    np.testing.assert_allclose(m.covariance().numpy(), want_cov, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m.autocorrelation().numpy(), z.T @ z / len(z), rtol=1e-12,
+                               atol=1e-14)
+    np.testing.assert_allclose(m.mean.numpy(), x.numpy().mean(0), rtol=1e-12)
+
+
+def test_float32_chunks_match_one_float64_product_of_the_same_values() -> None:
+    """The float32 stream (reused buffers) against float64 moments of the same stored values."""
+    x = _rows(3000, 20)
+    got = accumulate(TensorSource(x), StreamOptions(chunk_rows=256, sample_size=64)).moments
+    want = accumulate(TensorSource(x.double()), StreamOptions(sample_size=64)).moments
+    torch.testing.assert_close(got.covariance(), want.covariance(), rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got.autocorrelation(), want.autocorrelation(), rtol=2e-6,
+                               atol=2e-7)
+
+
+def test_tiny_values_keep_float32_products_and_a_float32_sample() -> None:
+    """A few values below 2^-40 among ordinary ones neither slow the pass (float64 products)
+    nor change the numbers: the chunk's scale is its largest |x|."""
+    x = _with_tiny_values(_rows(3000, 16))
+    acc = accumulate(TensorSource(x), StreamOptions(chunk_rows=500, sample_size=2500))
+    assert acc.reservoir.rows.dtype == torch.float32
+    want = np.cov(x.double().numpy(), rowvar=False)
+    np.testing.assert_allclose(acc.moments.covariance().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_rows_are_still_found_exactly() -> None:
+    x = _rows(1000, 8)
+    x[[437, 912], 2] = float("nan")
+    x[600, 5] = float("inf")
+    with pytest.raises(InputError, match=r"has 3 row\(s\) containing NaN or Inf \(first at "
+                                         r"row 437\)"):
+        accumulate(TensorSource(x), StreamOptions(chunk_rows=128, sample_size=64))
+    dropped = accumulate(TensorSource(x), StreamOptions(chunk_rows=128, sample_size=64,
+                                                        nan="drop"))
+    clean = np.delete(x.double().numpy(), [437, 600, 912], axis=0)
+    assert (dropped.rows_dropped, dropped.moments.n) == (3, 997)
+    np.testing.assert_allclose(dropped.moments.covariance().numpy(),
+                               np.cov(clean, rowvar=False), rtol=1e-5, atol=1e-6)
+
+
+def test_magnitude_check_sees_a_chunk_whose_only_large_value_is_beside_a_nan() -> None:
+    x = _rows(50, 4).double()
+    x[10, 0], x[11, 1] = float("nan"), 1e80
+    with pytest.raises(InputError, match="too large for float64"):
+        accumulate(TensorSource(x), StreamOptions(sample_size=64, nan="drop"))
+
+
+# -- which ER-entropy path the real pipeline takes ----------------------------------------------
+def _file(tmp_path: Path, x: torch.Tensor) -> Path:
+    path = tmp_path / "emb.safetensors"
+    save_file({"emb": x.contiguous()}, str(path))
+    return path
+
+
+def test_analyze_takes_the_float32_er_path_on_float32_files(tmp_path: Path) -> None:
+    x = _with_tiny_values(_rows(2100, 12))
+    path = _file(tmp_path, x)
+    entry = reprdiag.analyze(path, metrics=["er_entropy"], device="cpu").inputs[0]
+    assert entry.solver["er_entropy"] == ("symmetric float32 blocks, float64 row sums "
+                                          "(2100×12, cpu)")
+    e = torch.nn.functional.normalize(x.double(), dim=1)
+    assert entry.metrics["er_entropy"] == pytest.approx(er_reference(e), abs=1e-5)
+    exact = reprdiag.analyze(path, metrics=["er_entropy"], device="cpu",
+                             precision="float64").inputs[0]
+    assert exact.solver["er_entropy"].startswith("generic float64")
+    assert exact.metrics["er_entropy"] == pytest.approx(er_reference(e), abs=1e-12)
+
+
+def test_cli_json_records_the_er_path(tmp_path: Path) -> None:
+    path = _file(tmp_path, _rows(2100, 6))
+    result = CliRunner().invoke(app, ["analyze", str(path), "--format", "json",
+                                      "-m", "er_entropy"])
+    assert result.exit_code == 0, result.output
+    solver = json.loads(result.stdout)["inputs"][0]["solver"]
+    assert solver["er_entropy"].startswith("symmetric float32 blocks")
+
+
+def test_max_abs_is_one_pass_and_flags_non_finite() -> None:
+    assert engine._max_abs(torch.tensor([[0.5, -3.0], [2.0, 1.0]])) == 3.0
+    assert engine._max_abs(torch.tensor([[1, -7]], dtype=torch.int16)) == 7.0
+    assert np.isnan(engine._max_abs(torch.tensor([[1.0, float("nan")]])))
+    assert engine._max_abs(torch.tensor([[1.0, -float("inf")]])) == float("inf")
+    assert engine._max_abs(torch.empty(0, 3)) == 0.0
