@@ -101,6 +101,9 @@ class Spectra:
         self.n, self.d = moments.n, moments.d
         self.length = min(self.n, self.d)
         self._rows = rows if rows is not None and rows.shape[0] == self.n else None
+        #: set when XᵀX's eigenvectors will be needed: then its one decomposition is ``eigh``
+        #: and :attr:`raw_eigenvalues` reuses it (no eigendecomposition is computed twice)
+        self.want_vectors = False
 
     @property
     def use_gram(self) -> bool:
@@ -125,7 +128,7 @@ class Spectra:
     @cached_property
     def raw_eigenvalues(self) -> Spectrum:
         """Eigenvalues of M = XᵀX only (cheaper than :attr:`raw` when no vectors are needed)."""
-        if "raw" in self.__dict__:
+        if "raw" in self.__dict__ or self.want_vectors:
             return self.raw
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0)
