@@ -97,3 +97,23 @@ def test_uncertainty_decomposes_each_matrix_once_per_block(
     names = [name for name, _ in calls]
     assert (names.count("eigh"), names.count("eigvalsh")) == (6, 12)  # (K + 1) × (1, 2)
     assert _all_distinct(calls)
+
+
+def test_small_cpu_eigensolves_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAPACK's eigensolvers stall at their barriers when another process holds a core: the
+    spectra of d ≤ 2048 run single-threaded and torch's thread count is restored after."""
+    seen: list[int] = []
+    eigvalsh = torch.linalg.eigvalsh
+
+    def recording(matrix: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return eigvalsh(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        reprdiag.analyze(_rows(300, 8), device="cpu", metrics=["vne", "effective_rank"])
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2  # λ, η and σ
+    finally:
+        torch.set_num_threads(before)
