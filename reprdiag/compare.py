@@ -33,12 +33,12 @@ from reprdiag.distributed import joined
 from reprdiag.errors import InputError
 from reprdiag.metrics import METRICS, resolve
 from reprdiag.report.export import (
+    check_plot_format,
     format_value,
-    make_folder,
     markdown_table,
     metric_cell,
-    write_text,
 )
+from reprdiag.report.folder import write_run_folder
 from reprdiag.report.model import InputResult, Report
 from reprdiag.runs import RunLike, input_key, load_run, run_label, unique_labels
 
@@ -230,20 +230,25 @@ class Comparison:
 
     def save(self, out_dir: str | Path, plots: bool = True, plot_format: str = "png"
              ) -> list[Path]:
-        """Write compare.csv, compare.json, compare.md and the plots (compare.png, and
-        compare-layers.png for layered runs) to ``out_dir``; return the paths."""
+        """Make ``out_dir`` hold compare.csv, compare.json, compare.md and the plots
+        (compare.png, and compare-layers.png for layered runs), swapped in whole
+        (:func:`reprdiag.report.folder.write_run_folder`); return the paths."""
         out = Path(out_dir)
-        make_folder(out)
-        written = []
-        for name, text in (("compare.csv", self.to_csv()), ("compare.json", self.to_json()),
-                           ("compare.md", self.to_markdown())):
-            write_text(out / name, text)
-            written.append(out / name)
-        if plots:
-            from reprdiag.report.plots import save_compare_plots
+        check_plot_format(plot_format)
+        names: list[str] = []
 
-            written += save_compare_plots(self, out, plot_format)
-        return written
+        def write(folder: Path) -> None:
+            for name, text in (("compare.csv", self.to_csv()), ("compare.json", self.to_json()),
+                               ("compare.md", self.to_markdown())):
+                (folder / name).write_text(text, encoding="utf-8")
+                names.append(name)
+            if plots:
+                from reprdiag.report.plots import save_compare_plots
+
+                names.extend(p.name for p in save_compare_plots(self, folder, plot_format))
+
+        write_run_folder(out, write)
+        return [out / name for name in names]
 
 
 def change_cells(row: pd.Series) -> list[str]:

@@ -23,7 +23,7 @@ from reprdiag.cli.extract import (
     model_run,
     print_layers,
 )
-from reprdiag.cli.gate import JunitOption, finish
+from reprdiag.cli.gate import JunitOption, check_outputs, finish
 from reprdiag.cli.options import (
     AnalysisOptions,
     Format,
@@ -101,6 +101,7 @@ def analyze(
         return
     if junit is not None and gate_config is None:
         raise UsageError("--junit needs --gate CONFIG", hint="add --gate reprdiag.toml")
+    check_outputs(out, junit)  # before any data is read
     config = load_config(gate_config) if gate_config is not None else None
     names = split_csv(metrics)
     if config is not None and names:  # the gate's metrics are computed too

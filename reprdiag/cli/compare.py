@@ -9,6 +9,7 @@ import typer
 
 from reprdiag.cli.analyze import split_csv
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
+from reprdiag.cli.gate import check_outputs
 from reprdiag.cli.options import (
     AnalysisOptions,
     Format,
@@ -32,7 +33,7 @@ def show(comparison: Comparison, fmt: Format) -> None:
     elif fmt is Format.markdown:
         emit(comparison.to_markdown())
     else:
-        for table in comparison_tables(comparison):
+        for table in comparison_tables(comparison, stdout.width):
             stdout.print(table)
         for note in comparison.notes:
             stdout.print(f"note: {note}", markup=False, soft_wrap=True)
@@ -60,6 +61,7 @@ def compare(
     analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
+    check_outputs(out)  # before any data is read
     comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z,
                              **analysis.api_kwargs())
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes

@@ -15,6 +15,7 @@ from reprdiag.device import resolve_device
 from reprdiag.distributed import is_main_process, session
 from reprdiag.errors import UsageError
 from reprdiag.extract import ModelRun, extract, list_layers, shard_path
+from reprdiag.report.folder import check_writable_file
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
@@ -91,6 +92,8 @@ def extract_command(
 ) -> None:
     """Run a model over a dataset and save the rows of each named layer to one file (under
     torchrun: one shard per rank, OUT_STEM-RRRRR-of-WWWWW.SUFFIX)."""
+    if out is not None and not list_layers_flag:
+        check_writable_file(out, "--out")  # before the model runs
     run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit, pool,
                     device)
     if list_layers_flag:

@@ -17,7 +17,17 @@ from reprdiag.distributed import is_main_process
 from reprdiag.errors import EXIT_GATE_FAILED
 from reprdiag.gate import GateConfig, GateResult, find_config, load_config, write_junit
 from reprdiag.gate import gate as run_gate
+from reprdiag.report.folder import check_out_folder, check_writable_file
 from reprdiag.report.table import gate_table
+
+
+def check_outputs(out: Path | None = None, junit: Path | None = None) -> None:
+    """Refuse an ``--out`` folder or ``--junit`` file that cannot be written, before any
+    data is read (a long run must not end in "cannot write")."""
+    if out is not None:
+        check_out_folder(out)
+    if junit is not None:
+        check_writable_file(junit, "--junit")
 
 
 def read_config(path: Path | None) -> GateConfig | None:
@@ -84,6 +94,7 @@ def gate(
 
     Without rules (no config, no --fail-if) the "collapse" preset applies.
     """
+    check_outputs(junit=junit)
     result = run_gate(run, rules=fail_if or (), config=read_config(config), baseline=baseline,
                       **analysis.api_kwargs())
     if not is_main_process():  # under torchrun, rank 0 alone prints; every rank exits alike

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import math
 import os
@@ -15,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reprdiag.errors import ReprdiagError, ResourceError, UsageError, source_label
+from reprdiag.errors import ReprdiagError, UsageError, source_label
+from reprdiag.report.folder import default_mode, write_error, write_run_folder
 from reprdiag.report.model import SPECTRUM_KINDS, InputResult, Report
 
 PLOT_FORMATS = ("png", "svg", "pdf")
@@ -36,13 +36,17 @@ def atomic_write(path: Path, write: Callable[[Path], bool | None]) -> None:
     (unless ``write`` returns ``False``: nothing to keep, the temporary file is removed).
 
     A reader never sees a half-written file, and an interrupted run leaves nothing behind
-    under the final name.
+    under the final name. The file gets the mode ``open`` would give it (0666 minus the
+    umask), not mkstemp's 0600.
     """
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise write_error(path, exc) from exc
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_mode())
+    finally:
+        os.close(fd)
     try:
         if write(Path(tmp)) is False:
             Path(tmp).unlink(missing_ok=True)  # the writer may have removed it already
@@ -64,15 +68,6 @@ def make_folder(folder: Path) -> Path:
         raise ReprdiagError(f"cannot create output folder ({exc.strerror})",
                             source=source_label(folder), hint="pick a writable --out") from exc
     return folder
-
-
-def write_error(path: Path, exc: OSError) -> ReprdiagError:
-    """The one-line error for a file that could not be written (a full disk is exit 3)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceError(f"cannot be written: {exc.strerror}", source=source_label(path),
-                             hint="free some disk space or pick another --out")
-    return UsageError(f"cannot be written: {exc.strerror or exc}", source=source_label(path),
-                      hint="pick a writable --out folder")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -197,25 +192,41 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-") or "input"
 
 
+def unique_slugs(names: list[str]) -> list[str]:
+    """:func:`slug` of each name, made unique (case-insensitively, for file systems that
+    ignore case) by a ``-2``, ``-3``... suffix on the later of names that slug alike.
+
+    >>> unique_slugs(["f.h5[a/b]", "f.h5[a-b]", "f.h5[a b]"])
+    ['f.h5-a-b', 'f.h5-a-b-2', 'f.h5-a-b-3']
+    """
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        base = candidate = slug(name)
+        count = 1
+        while candidate.lower() in taken:
+            count += 1
+            candidate = f"{base}-{count}"
+        taken.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
 def save_report(report: Report, out_dir: Path, plots: bool = True,
                 plot_format: str = "png") -> Path:
-    """Write the run folder. ``report.json`` is written last, so its presence marks a run
-    that completed; an older one is removed first, so a folder being rewritten (or whose
-    rewrite was interrupted) never pairs a stale report.json with new files."""
+    """Make ``out_dir`` hold this run: report.json, metrics.csv, spectrum.csv, summary.md and
+    the plots, swapped in whole (:func:`reprdiag.report.folder.write_run_folder`), so that
+    the folder holds the old run or the new one, never a mix, and nothing of the old run."""
     check_plot_format(plot_format)
-    make_folder(out_dir)
-    try:
-        (out_dir / "report.json").unlink(missing_ok=True)
-    except OSError as exc:
-        raise write_error(out_dir / "report.json", exc) from exc
-    atomic_write(out_dir / "metrics.csv",
-                 lambda p: metrics_frame(report).to_csv(p, index=False))
-    atomic_write(out_dir / "spectrum.csv",
-                 lambda p: spectrum_frame(report).to_csv(p, index=False))
-    write_text(out_dir / "summary.md", summary_markdown(report))
-    if plots:
-        from reprdiag.report.plots import save_plots
 
-        save_plots(report, out_dir, plot_format)
-    write_text(out_dir / "report.json", report.to_json())
-    return out_dir
+    def write(folder: Path) -> None:
+        metrics_frame(report).to_csv(folder / "metrics.csv", index=False)
+        spectrum_frame(report).to_csv(folder / "spectrum.csv", index=False)
+        (folder / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
+        if plots:
+            from reprdiag.report.plots import save_plots
+
+            save_plots(report, folder, plot_format)
+        (folder / "report.json").write_text(report.to_json(), encoding="utf-8")
+
+    return write_run_folder(out_dir, write)

@@ -41,6 +41,9 @@ class InputResult:
     uncertainty: dict[str, dict[str, float]] = field(default_factory=dict)
     uncertainty_method: dict[str, Any] = field(default_factory=dict)
     spectra_se: dict[str, list[float]] = field(default_factory=dict)
+    #: How the products were computed and what that resolves: work dtype and why, error
+    #: floors, unresolved eigenvalues, metrics that depend on them (reprdiag.precision).
+    precision: dict[str, Any] = field(default_factory=dict)
 
     def se(self, metric: str) -> float:
         """The metric's jackknife standard error (NaN when none was computed)."""

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from reprdiag.errors import UsageError
 from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
-from reprdiag.report.export import PLOT_FORMATS, atomic_write, make_folder, slug
+from reprdiag.report.export import PLOT_FORMATS, atomic_write, make_folder, slug, unique_slugs
 from reprdiag.report.model import InputResult, Report
 from reprdiag.uncertainty import LEVEL, t_quantile
 
@@ -217,8 +217,9 @@ def save_plots(report: Report, out_dir: Path, plot_format: str = "png") -> list[
     """spectrum.png (one input) or spectrum-<input>.png each, plus layers.png for several."""
     written = []
     single = len(report.inputs) == 1
-    for result in report.inputs:
-        name = "spectrum" if single else f"spectrum-{slug(result.name)}"
+    slugs = unique_slugs([r.name for r in report.inputs])
+    for result, stem in zip(report.inputs, slugs, strict=True):
+        name = "spectrum" if single else f"spectrum-{stem}"
         path = out_dir / f"{name}.{plot_format}"
         save_figure(spectrum_figure(result), path)
         written.append(path)

@@ -189,6 +189,24 @@ def run_folder(report_json: str) -> Maker:
     return make
 
 
+def out_holding(name: str) -> Maker:
+    """A missing input and an --out folder holding ``name`` (a folder if it ends in /)."""
+    def make(tmp: Path) -> list[str]:
+        target = tmp / "run" / name
+        target.mkdir(parents=True) if name.endswith("/") else (
+            target.parent.mkdir(), target.write_text("mine"))
+        return [str(tmp / "nope.npy"), "--out", str(tmp / "run")]
+    return make
+
+
+def with_gate(*extra: str) -> Maker:
+    """A missing input, a valid gate config and ``extra`` options."""
+    def make(tmp: Path) -> list[str]:
+        (tmp / "g.toml").write_text("[gate]\nrules = {rankme = {min = 1}}\n")
+        return [str(tmp / "nope.npy"), "--gate", str(tmp / "g.toml"), *extra]
+    return make
+
+
 def zero_rows(tmp: Path) -> list[str]:
     x = rows()
     x[[3, 30]] = 0.0
@@ -273,6 +291,23 @@ CASES: dict[str, Case] = {
                                        "bmp"], 2, ("Invalid value for '--plot-format'", "'bmp'")),
     "unwritable-out": Case(valid_with("--out", "/proc/reprdiag-test/run"), 2,
                            ("/proc/reprdiag-test/run", "pick a writable --out")),
+    # outputs are checked before any data is read: these inputs do not even exist
+    "unwritable-out-before-reading": Case(
+        lambda t: [str(t / "nope.npy"), "--out", "/proc/reprdiag-test/run"], 2,
+        ("/proc/reprdiag-test/run: cannot write the output folder", "pick a writable --out")),
+    "out-is-a-file": Case(lambda t: [str(t / "nope.npy"), "--out", *file_bytes("f", b"x")(t)],
+                          2, ("f: exists and is not a folder; pick a folder name for --out",)),
+    "out-report-json-is-a-folder": Case(out_holding("report.json/"), 2,
+                                        ("run: holds what reprdiag did not write (report.json/)",
+                                         "move them away or pick a new --out folder")),
+    "out-holds-other-files": Case(out_holding("notes.txt"), 2,
+                                  ("did not write (notes.txt); --out replaces the whole "
+                                   "folder on each run",)),
+    "unwritable-junit": Case(with_gate("--junit", "/proc/reprdiag-test/gate.xml"), 2,
+                             ("/proc/reprdiag-test/gate.xml: cannot be written",
+                              "pick a writable --junit")),
+    "junit-is-a-folder": Case(lambda t: with_gate("--junit", str(t))(t), 2,
+                              ("is a folder, not a file; give --junit a file name",)),
 }
 
 
@@ -322,6 +357,12 @@ OTHER_COMMANDS: dict[str, tuple[list[str], Maker, tuple[str, ...]]] = {
                       ("unknown metric 'rankmee'", "did you mean 'rankme'?")),
     "gate-missing-config": (["gate", "--config", "missing.toml"], valid,
                             ("missing.toml: no such config file",)),
+    "gate-unwritable-junit": (["gate", "--junit", "/proc/reprdiag-test/gate.xml"],
+                              lambda t: [str(t / "nope.npy")],
+                              ("/proc/reprdiag-test/gate.xml: cannot be written",
+                               "pick a writable --junit")),
+    "compare-out-holds-other-files": (["compare"], lambda t: [*out_holding("a.txt")(t), "x"],
+                                      ("run: holds what reprdiag did not write (a.txt)",)),
 }
 
 
@@ -481,3 +522,20 @@ def test_ctrl_c_exits_130_and_leaves_no_report(tmp_path: Path) -> None:
     leftovers = list(out.glob("*")) if out.exists() else []
     assert [p for p in leftovers if p.name.endswith(".tmp")] == []
     assert leftovers == []
+
+
+def test_second_writer_of_one_out_folder_fails_with_exit_2(tmp_path: Path) -> None:
+    """While another writer holds the --out folder's lock, a run waits REPRDIAG_LOCK_WAIT_S,
+    then fails with one line naming the holder; the folder keeps the first run."""
+    from reprdiag.report.folder import FolderLock
+
+    valid(tmp_path)
+    out = tmp_path / "run"
+    env = {**run_cli_env(), "REPRDIAG_LOCK_WAIT_S": "0.5"}
+    with FolderLock(out):
+        proc = subprocess.run([PYTHON, "-m", "reprdiag", "analyze", "ok.npy", "-m", "rankme",
+                               "--out", "run", "-q", "-f", "csv"], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+    assert_one_line_error(proc, 2, f"run: is being written by another reprdiag run (pid "
+                          f"{os.getpid()}); wait for it to finish or pick another --out")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ok.npy"]
