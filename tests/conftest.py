@@ -30,6 +30,8 @@ def run_cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("REPRDIAG_DEBUG", None)
+    for name in ("COLUMNS", "LINES"):  # piped output is 160 columns wide, whatever the terminal
+        env.pop(name, None)
     return env
 
 

@@ -33,7 +33,7 @@ def show(comparison: Comparison, fmt: Format) -> None:
     elif fmt is Format.markdown:
         emit(comparison.to_markdown())
     else:
-        for table in comparison_tables(comparison):
+        for table in comparison_tables(comparison, stdout.width):
             stdout.print(table)
         for note in comparison.notes:
             stdout.print(f"note: {note}", markup=False, soft_wrap=True)

@@ -47,6 +47,10 @@ def similarity(
     from reprdiag.report.similarity import similarity_csv, similarity_tables
     from reprdiag.similarity import similarity as run_similarity
 
+    if out is not None:
+        from reprdiag.report.folder import check_out_folder
+
+        check_out_folder(out)  # before any data is read
     result = run_similarity(inputs, keys=key, precision=precision, device=device)
     if out is not None:
         from reprdiag.report.similarity import save_similarity

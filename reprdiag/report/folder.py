@@ -37,11 +37,12 @@ from reprdiag.errors import ReprdiagError, ResourceError, UsageError, source_lab
 LOCK_WAIT_S = 60.0
 STAGING_TAG = ".reprdiag-"
 
-#: The files a run folder may hold: what ``analyze --out`` and ``compare --out`` write, and
-#: temporary files of an older version's interrupted writes.
+#: The files a run folder may hold: what ``analyze``, ``compare`` and ``similarity --out``
+#: write, and temporary files of an older version's interrupted writes.
 _OWNED = re.compile(
     r"(report\.(json|html)|metrics\.csv|spectrum\.csv|summary\.md|compare\.(csv|json|md|html)"
-    r"|(spectrum|layers|compare|compare-layers)(-.+)?\.(png|svg|pdf)"
+    r"|similarity\.(csv|json)"
+    r"|(spectrum|layers|compare|compare-layers|cka)(-.+)?\.(png|svg|pdf)"
     r"|\..+\.tmp)")
 
 

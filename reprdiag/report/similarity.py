@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from rich.markup import escape
 from rich.table import Table
 
-from reprdiag.report.export import make_folder, write_text
+from reprdiag.report.folder import write_run_folder
 from reprdiag.report.plots import save_figure, short_names
 from reprdiag.similarity import Similarity
 
@@ -87,10 +87,15 @@ def similarity_figure(result: Similarity, debiased: bool = False) -> Figure:
 
 
 def save_similarity(result: Similarity, out_dir: Path, debiased: bool = False) -> list[Path]:
-    """Write ``similarity.json``, ``similarity.csv`` and ``cka.png`` into ``out_dir``."""
-    folder = make_folder(out_dir)
-    written = [folder / "similarity.json", folder / "similarity.csv", folder / "cka.png"]
-    write_text(written[0], json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    write_text(written[1], similarity_csv(result))
-    save_figure(similarity_figure(result, debiased), written[2])
-    return written
+    """Make ``out_dir`` hold ``similarity.json``, ``similarity.csv`` and ``cka.png``, swapped
+    in whole (:func:`reprdiag.report.folder.write_run_folder`)."""
+    names = ["similarity.json", "similarity.csv", "cka.png"]
+
+    def write(folder: Path) -> None:
+        (folder / names[0]).write_text(json.dumps(result.to_dict(), indent=2,
+                                                  ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / names[1]).write_text(similarity_csv(result), encoding="utf-8")
+        save_figure(similarity_figure(result, debiased), folder / names[2])
+
+    write_run_folder(Path(out_dir), write)
+    return [Path(out_dir) / name for name in names]

@@ -1,15 +1,22 @@
-"""Rich tables of a report: metrics as rows for one input, as columns for several."""
+"""Rich tables of a report, a comparison and a gate: metrics as rows, inputs (or runs) as
+columns under short labels with a legend, wrapped into column groups to fit the terminal."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import JustifyMethod, RenderableType
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from reprdiag.metrics import METRICS
 from reprdiag.report.export import format_estimate, metric_cell
-from reprdiag.report.model import Report
+from reprdiag.report.model import InputResult, Report
 
 if TYPE_CHECKING:
     from reprdiag.compare import Comparison
@@ -18,29 +25,34 @@ if TYPE_CHECKING:
 _ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
 
 
-def metric_tables(report: Report, width: int = 10_000) -> list[Table]:
-    """The table(s) ``reprdiag analyze`` prints: one input, metrics as rows; several
-    inputs, metrics as columns (wrapped into several tables to fit ``width``)."""
+def metric_tables(report: Report, width: int = 10_000) -> list[RenderableType]:
+    """What ``reprdiag analyze`` prints: one input, a table of its metrics with their ranges;
+    several, one table with metrics as rows and inputs as columns under short labels, a
+    legend of the labels below. Wider than ``width``, the input columns wrap into column
+    groups as pandas wraps a wide frame (each group repeats the metric column)."""
     if len(report.inputs) == 1:
-        return [_single(report)]
+        return _single(report)
     return _several(report, width)
 
 
 def _title(report: Report) -> str:
-    title = f"reprdiag · device {report.device}"
+    """The footer naming the run: version, device (× processes), time, jackknife blocks."""
+    parts = [f"reprdiag {report.version}".strip(), f"device {report.device}"]
     if report.world_size > 1:
-        title += f" × {report.world_size} processes"
+        parts[-1] += f" × {report.world_size} processes"
+    if report.timings.get("total_s"):
+        parts.append(f"{report.timings['total_s']:.1f} s")
     methods = [r.uncertainty_method for r in report.inputs if r.uncertainty_method]
     if methods:
         blocks = "/".join(str(k) for k in sorted({m.get("blocks", 0) for m in methods}))
-        title += f" · ± jackknife SE ({blocks} blocks)"
-    return title
+        parts.append(f"± jackknife SE ({blocks} blocks)")
+    return " · ".join(parts)
 
 
-def _single(report: Report) -> Table:
+def _single(report: Report) -> list[RenderableType]:
+    """One input: a row per metric with its value, range and direction; the footer below."""
     r = report.inputs[0]
-    table = Table(title=escape(f"{r.name}  N={r.n:,}  d={r.d}  {r.dtype}"),
-                  caption=f"{_title(report)} · ↑ higher is healthier, ↓ lower is")
+    table = Table(title=escape(r.name))
     table.add_column("metric", style="bold")
     table.add_column("value ± SE" if r.uncertainty else "value", justify="right")
     table.add_column("range", style="dim")
@@ -49,40 +61,153 @@ def _single(report: Report) -> Table:
         info = METRICS.get(name)
         table.add_row(name, metric_cell(r, name), info.range if info else "",
                       _ARROWS.get(info.direction, "") if info else "")
-    return table
+    footer = _legend(["N × d", "", ""], [f"{r.n:,} × {r.d} {r.dtype}", _title(report),
+                                          DIRECTIONS])
+    return [table, footer]
 
 
-def _several(report: Report, width: int = 10_000) -> list[Table]:
-    """Inputs as rows, metrics as columns, split into as many tables as ``width`` needs
-    (like pandas wraps a wide frame); each table repeats the input column."""
-    names = list(dict.fromkeys(k for r in report.inputs for k in r.metrics))
-    first = min(max(len(r.name) for r in report.inputs), 48) + 16
-    groups: list[list[str]] = [[]]
-    used = first
-    cell = 19 if any(r.uncertainty for r in report.inputs) else 9  # "value ± SE" is wider
+#: The legend of the direction arrows, under every table of metrics.
+DIRECTIONS = "↑ higher is healthier, ↓ lower is healthier, · neither"
+#: Longest short label a column takes before the labels fall back to letters.
+MAX_LABEL = 16
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Short, unique column labels for input names ``path[key]``: the file stems when the
+    keys agree, the keys' last parts when the files agree, both otherwise; letters when those
+    are not unique or longer than :data:`MAX_LABEL`.
+
+    >>> short_labels(["data/minilm.safetensors[embeddings]", "data/collapsed.npy[embeddings]"])
+    ['minilm', 'collapsed']
+    >>> short_labels(["runs/a.h5[hidden/layer_0]", "runs/a.h5[hidden/layer_1]"])
+    ['layer_0', 'layer_1']
+    >>> short_labels(["a.h5[x]", "b.h5[y]"]), short_labels(["tensor", "tensor"])
+    (['a:x', 'b:y'], ['A', 'B'])
+    """
+    parts = []
     for name in names:
-        need = max(len(name) + 2, cell) + 3
-        if groups[-1] and used + need > width:
-            groups.append([])
-            used = first
-        groups[-1].append(name)
+        name, copy = re.fullmatch(r"(.*?)(#\d+)?", name).groups()  # type: ignore[union-attr]
+        base, _, key = name.partition("[")
+        key = key[:-1] if key.endswith("]") else key
+        stem = Path(base).stem if "." in Path(base).name else Path(base).name
+        parts.append((stem + (copy or ""), key.rsplit("/", 1)[-1]))
+    stems, keys = ({p[i] for p in parts} for i in (0, 1))
+    if len(keys) == 1:
+        labels = [stem for stem, _ in parts]
+    elif len(stems) == 1:
+        labels = [key for _, key in parts]
+    else:
+        labels = [f"{stem}:{key}" if key else stem for stem, key in parts]
+    if len(set(labels)) < len(labels) or max(map(len, labels)) > MAX_LABEL:
+        labels = [_letters(i) for i in range(len(names))]
+    return labels
+
+
+def _letters(i: int) -> str:
+    """``A``…``Z``, then ``AA``, ``AB``… (spreadsheet columns).
+
+    >>> _letters(0), _letters(25), _letters(26)
+    ('A', 'Z', 'AA')
+    """
+    out = ""
+    i += 1
+    while i:
+        i, rest = divmod(i - 1, 26)
+        out = chr(65 + rest) + out
+    return out
+
+
+@dataclass
+class Column:
+    """One column of a wrapped table: header, cells (plain or styled text), alignment."""
+
+    header: str
+    cells: list[str | Text]
+    justify: JustifyMethod = "right"
+    style: str = ""
+
+    @property
+    def width(self) -> int:
+        """Its printed width: the widest cell or header, plus padding and one rule."""
+        cells = [c.plain if isinstance(c, Text) else c for c in self.cells]
+        return max([len(self.header), *map(len, cells)]) + 3
+
+
+def wrapped_tables(title: str, index: list[Column], groups: list[list[Column]],
+                   width: int, sections: Sequence[int] = ()) -> list[Table]:
+    """Tables of the ``index`` columns and then the column ``groups``, as many groups to a
+    table as fit ``width`` (at least one), each table repeating the index, as pandas wraps a
+    wide frame; ``sections`` are the rows after which a rule is drawn."""
+    fixed = 1 + sum(c.width for c in index)
+    parts: list[list[Column]] = [[]]
+    used = fixed
+    for group in groups:
+        need = sum(c.width for c in group)
+        if parts[-1] and used + need > width:
+            parts.append([])
+            used = fixed
+        parts[-1] += group
         used += need
     tables = []
-    for i, group in enumerate(groups):
-        part = f" ({i + 1}/{len(groups)})" if len(groups) > 1 else ""
-        table = Table(title=f"{len(report.inputs)} inputs{part}", caption=_title(report)
-                      if i == len(groups) - 1 else None)
-        table.add_column("input", style="bold", overflow="fold", max_width=48)
-        table.add_column("N × d", justify="right", no_wrap=True)
-        for name in group:
-            info = METRICS.get(name)
-            arrow = _ARROWS.get(info.direction, "") if info else ""
-            table.add_column(f"{name} {arrow}".strip(), justify="right", no_wrap=True)
-        for r in report.inputs:
-            table.add_row(escape(r.name), f"{r.n:,} × {r.d}",
-                          *[metric_cell(r, n) for n in group])
+    for i, columns in enumerate(parts):
+        part = f" ({i + 1}/{len(parts)})" if len(parts) > 1 else ""
+        table = Table(title=escape(title + part))
+        for col in [*index, *columns]:
+            table.add_column(escape(col.header), justify=col.justify, style=col.style,
+                             no_wrap=True)
+        rows = len(index[0].cells) if index else 0
+        for r in range(rows):
+            table.add_row(*[c.cells[r] for c in [*index, *columns]],
+                          end_section=r in sections)
         tables.append(table)
     return tables
+
+
+def _metric_index(names: Sequence[str]) -> list[Column]:
+    """The metric column and the column of its direction arrow."""
+    arrows = [_ARROWS.get(METRICS[n].direction, "") if n in METRICS else "" for n in names]
+    return [Column("metric", list(names), "left", "bold"), Column("", arrows, "center")]
+
+
+def _legend(labels: Sequence[str], lines: Sequence[str]) -> Text:
+    """``label  what it stands for`` lines under a table, the labels aligned (a line with an
+    empty label is a note)."""
+    pad = max(map(len, labels))
+    return Text("\n".join(f"  {lab.ljust(pad)}  {line}".rstrip() if lab else f"  {line}"
+                          for lab, line in zip(labels, lines, strict=True)))
+
+
+def _input_legend(results: Sequence[InputResult], labels: Sequence[str]
+                  ) -> tuple[list[str], list[str]]:
+    """Legend rows for inputs under short labels: what each label stands for (its key alone
+    when every input is of one file, named once), then N × d once when all agree."""
+    marks, lines = list(labels), [r.name for r in results]
+    paths = {r.path for r in results}
+    if len(paths) == 1 and None not in paths and all(r.key for r in results):
+        lines = [str(r.key) for r in results]
+        marks.append("file")
+        lines.append(str(results[0].path))
+    shapes = [f"{r.n:,} × {r.d} {r.dtype}" for r in results]
+    if len(set(shapes)) == 1:
+        marks.append("N × d")
+        lines.append(shapes[0] + " (every input)")
+    else:
+        lines[:len(results)] = [f"{line} · {shape}" for line, shape in zip(
+            lines, shapes, strict=False)]
+    keep = [(m, line) for m, line in zip(marks, lines, strict=True) if m != line]
+    return [m for m, _ in keep], [line for _, line in keep]
+
+
+def _several(report: Report, width: int = 10_000) -> list[RenderableType]:
+    """Metrics as rows, one column per input under a short label; the legend below."""
+    names = list(dict.fromkeys(k for r in report.inputs for k in r.metrics))
+    labels = short_labels([r.name for r in report.inputs])
+    columns = [[Column(lab, [metric_cell(r, n) if n in r.metrics else "" for n in names])]
+               for lab, r in zip(labels, report.inputs, strict=True)]
+    tables: list[RenderableType] = list(wrapped_tables(
+        f"{len(report.inputs)} inputs", _metric_index(names), columns, width))
+    marks, lines = _input_legend(report.inputs, labels)
+    return [*tables, _legend([*marks, "", ""], [*lines, _title(report), DIRECTIONS])]
 
 
 def metrics_list_table() -> Table:
@@ -90,7 +215,8 @@ def metrics_list_table() -> Table:
     from reprdiag.metrics.registry import resolve
 
     table = Table(title="reprdiag metrics", show_lines=True)
-    for col in ("name", "definition", "range", "direction", "citation"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("definition", "range", "direction", "citation"):
         table.add_column(col, overflow="fold")
     for info in resolve(None):
         table.add_row(info.name, escape(info.summary), escape(info.range),
@@ -103,43 +229,70 @@ CHANGE_STYLES = {"better": "green", "worse": "bold red", "neutral": "yellow", "s
                  "within noise": "dim", "n/a": "dim"}
 
 
-def comparison_tables(comparison: Comparison) -> list[Table]:
-    """``reprdiag compare``'s tables, one per matched input: a row per metric with its value
-    in each run, then Δ and Δ% of each later run against the first, coloured by whether the
-    change is better or worse for that metric."""
+def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[RenderableType]:
+    """``reprdiag compare``'s table: a row per metric (per input and metric for layered runs)
+    with its value in each run, then Δ and Δ% of each later run against the first, coloured
+    by whether the change is better or worse for that metric. One table, its column groups
+    wrapped to ``width`` like pandas; long run labels are shortened, with a legend below."""
     from reprdiag.compare import change_cells
 
     frame = comparison.frame
-    tables = []
-    for key, results in comparison.inputs.items():
-        shapes = "  ".join(f"{lab}: {r.n:,}×{r.d}" for lab, r in zip(
-            comparison.runs, results, strict=True))
-        differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
-        noise = (f" · z = Δ/SE, ≈ within noise (|z| < {comparison.noise_z:g})"
-                 if comparison.has_se else "")
-        table = Table(title=escape(f"{key}  ·  {shapes}{differ}"),
-                      caption="Δ against " + escape(comparison.runs[0]) + " · green better, "
-                      "red worse, yellow neutral direction" + noise)
-        table.add_column("metric", style="bold")
-        table.add_column("", justify="center")
-        for label in comparison.runs:
-            table.add_column(escape(label), justify="right", overflow="fold")
-        for label in comparison.runs[1:]:
-            table.add_column(escape(f"Δ {label}"), justify="right", overflow="fold")
-            table.add_column("Δ%", justify="right")
-            if comparison.has_se:
-                table.add_column("z", justify="right")
-        for name in comparison.metric_names:
-            part = frame[(frame["input"] == key) & (frame["metric"] == name)]
-            info = METRICS.get(name)
-            cells = [name, _ARROWS.get(info.direction, "") if info else "",
-                     *[metric_cell(r, name) for r in results]]
-            for _, row in part.iloc[1:].iterrows():
-                style = CHANGE_STYLES[row["change"]]
-                cells += [f"[{style}]{escape(c)}[/]" for c in change_cells(row)]
-            table.add_row(*cells)
-        tables.append(table)
-    return tables
+    runs = list(comparison.runs)
+    keys = list(comparison.inputs)
+    names = comparison.metric_names
+    index = [Column(c.header, c.cells * len(keys), c.justify, c.style)
+             for c in _metric_index(names)]
+    inputs = keys
+    if comparison.layered:
+        inputs = short_labels([f"x[{k}]" for k in keys])
+        index.insert(0, Column("input", [lab if j == 0 else "" for lab in inputs
+                                         for j in range(len(names))], "left", "bold"))
+    rows = [(key, name) for key in keys for name in names]
+    by_row = {(row["input"], row["metric"], row["run"]): row
+              for row in frame.to_dict(orient="records")}
+
+    def columns(labels: Sequence[str]) -> list[list[Column]]:
+        groups = [[Column(lab, [metric_cell(comparison.inputs[k][j], m) for k, m in rows])]
+                  for j, lab in enumerate(labels)]
+        for j, lab in enumerate(labels[1:], start=1):
+            changes = [by_row[(k, m, runs[j])] for k, m in rows]
+            cells = [change_cells(row) for row in changes]
+            styles = [CHANGE_STYLES[row["change"]] for row in changes]
+            heads = [f"Δ {lab}", "Δ%", "z"][:len(cells[0]) if cells else 2]
+            groups.append([Column(h, [Text(c[i], style=s) for c, s in zip(
+                cells, styles, strict=True)]) for i, h in enumerate(heads)])
+        return groups
+
+    labels, groups = runs, columns(runs)
+    if 1 + sum(c.width for c in [*index, *(c for g in groups for c in g)]) > width:
+        labels = short_labels(runs)
+        groups = columns(labels)
+    noise = (f" · z = Δ/SE, ≈ within noise (|z| < {comparison.noise_z:g})"
+             if comparison.has_se else "")
+    caption = f"Δ against {labels[0]}: green better, red worse, yellow neutral direction"
+    sections = [i * len(names) + len(names) - 1 for i in range(len(keys) - 1)]
+    title = (f"{len(keys)} inputs × {len(runs)} runs" if comparison.layered
+             else f"{keys[0]} · {len(runs)} runs")
+    out: list[RenderableType] = list(wrapped_tables(title, index, groups, width, sections))
+    marks, lines = [], []
+    if labels != runs:
+        shown = [(lab, run) for lab, run in zip(labels, runs, strict=True) if lab != run]
+        marks, lines = [m for m, _ in shown], [r for _, r in shown]
+    if comparison.layered and inputs != keys:
+        marks += inputs
+        lines += keys
+    shapes = {key: ", ".join(f"{lab} {r.n:,} × {r.d}" for lab, r in zip(
+        labels, comparison.inputs[key], strict=True)) for key in keys}
+    if len(set(shapes.values())) == 1:
+        marks.append("N × d")
+        lines.append(shapes[keys[0]] + (" (every input)" if comparison.layered else ""))
+    else:
+        for key in keys:
+            differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
+            marks.append("N × d")
+            lines.append(f"{key}: {shapes[key]}{differ}")
+    notes = [caption, *([noise.removeprefix(" · ")] if noise else [])]
+    return [*out, _legend([*marks, *[""] * len(notes)], [*lines, *notes])]
 
 
 def gate_table(result: GateResult) -> Table:

@@ -187,7 +187,13 @@ def test_every_file_a_run_writes_is_owned(reports, tmp_path: Path) -> None:
     reports[0].save(tmp_path / "a", plot_format="svg")
     cmp = reprdiag.compare([reports[0], reports[0]], metrics=["rankme"], device="cpu")
     written = cmp.save(tmp_path / "c")
+    from reprdiag.report.similarity import save_similarity
+    from reprdiag.similarity import similarity
+
+    torch.save({"a": torch.randn(40, 3), "b": torch.randn(40, 2)}, tmp_path / "ab.pt")
+    written += save_similarity(similarity([tmp_path / "ab.pt"]), tmp_path / "s")
     names = [p.name for p in (tmp_path / "a").iterdir()] + [p.name for p in written]
-    assert "compare.json" in names and all(owned_name(n) for n in names), names
+    assert {"compare.json", "cka.png", "similarity.json"} <= set(names)
+    assert all(owned_name(n) for n in names), names
     assert not owned_name("history.csv") and not owned_name("report.json.bak")
     assert export.write_run_folder is write_run_folder

@@ -55,3 +55,19 @@ def test_save_plots_names(report: reprdiag.Report, tmp_path: Path) -> None:
     assert sorted(p.name for p in written) == ["layers.png", "spectrum-tensor0.png",
                                                "spectrum-tensor1.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def test_inputs_whose_names_slug_alike_get_one_plot_each(tmp_path: Path) -> None:
+    """Keys ``a/b``, ``a-b`` and ``a b`` all slug to ``a-b``: three inputs, three plots."""
+    import h5py
+
+    g = np.random.default_rng(0)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for key in ("a/b", "a-b", "a b"):
+            f[key] = g.standard_normal((50, 4))
+    report = reprdiag.analyze(tmp_path / "f.h5", metrics=["rankme"], device="cpu")
+    assert len(report.inputs) == 3
+    written = save_plots(report, tmp_path)
+    spectra = sorted(p.name for p in written if p.name.startswith("spectrum-"))
+    assert spectra == ["spectrum-f.h5-a-b-2.png", "spectrum-f.h5-a-b-3.png",
+                       "spectrum-f.h5-a-b.png"]
