@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
+from reprdiag.companions import LabelCompanion, PairCompanion, resolve_companion
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
     NAN_POLICIES,
     Accumulated,
+    Companion,
     Progress,
     StreamOptions,
     accumulate,
@@ -43,6 +45,7 @@ from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, prepare, resolve
 from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
+from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL, PRECISIONS
 from reprdiag.report.model import InputResult, Report
 from reprdiag.uncertainty import BlockMap, estimate
@@ -164,7 +167,8 @@ def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
              metric_opts: MetricOptions) -> tuple[Statistics, dict[str, list[float]],
                                                   dict[str, float], float, float]:
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
-    infos = resolve(metric_names)
+    stats.extras = acc.extras
+    infos = for_input(metric_names, acc.extras)
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
     t0 = time.perf_counter()
     spectra = spectra_lists(stats)
@@ -209,7 +213,8 @@ def precision_record(stats: Statistics, acc: Accumulated, metric_names: Sequence
                    "singular_values": sp.raw_eigenvalues.floor ** 0.5},
         "unresolved": unresolved_counts(stats)}
     if acc.precision.dtype != torch.float64:
-        moved = unresolved_dependence(stats, resolve(metric_names), asdict(metric_opts), values)
+        moment_metrics = [i for i in for_input(metric_names, stats.extras) if i.needs is None]
+        moved = unresolved_dependence(stats, moment_metrics, asdict(metric_opts), values)
         record["sensitive"] = {k: list(v) for k, v in moved.items()}
         if moved:
             acc.notes.append(floor_warning(record, moved))
@@ -306,7 +311,8 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
             er_estimator: str = "plugin", er_compat: str = "exact", nan: str = "error",
             uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
             progress: Progress | None = None, backend: str = "auto",
-            distributed: bool | DistributedContext | None = None) -> Report:
+            distributed: bool | DistributedContext | None = None,
+            labels: str | None = None, pair: str | None = None) -> Report:
     """Analyze embedding files or tensors and return a :class:`Report`.
 
     ``inputs`` is a path, a tensor/array, or a list of them; every 2-D array of each file is
@@ -317,6 +323,10 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     ``uncertainty=True`` adds delete-a-block jackknife standard errors, bias and 95% intervals
     (``blocks`` K ≥ 5, default 20; costs K more metric evaluations and K·2·d²·8 bytes of
     moments): see :attr:`Report.uncertainty` and :mod:`reprdiag.uncertainty`.
+    ``labels`` (``KEY`` of the same file or ``PATH[:KEY]``: one class id per row) adds the
+    label metrics (nc1, lidar, ...), ``pair`` (a second, row-aligned set of embeddings) the
+    paired-view metrics (alignment, Barlow Twins terms, CKA); both are streamed in the same
+    pass (:mod:`reprdiag.companions`).
 
     >>> import torch, reprdiag
     >>> rep = reprdiag.analyze(torch.eye(4, dtype=torch.float64), metrics=["vne"], device="cpu")
@@ -326,7 +336,8 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     start = time.perf_counter()
     metric_opts = MetricOptions(kappa, er_estimator, er_compat)
     metric_opts.validate()
-    resolve(metrics)  # unknown names fail before any reading
+    for_input(metrics, extras_named(labels, pair))  # unknown names fail before any reading
+    check_companions(labels, pair, uncertainty)
     dev = resolve_device(device)
     stream = StreamOptions(dev, precision, chunk_rows, sample_size, seed, nan)
     validate_stream(stream)
@@ -334,10 +345,12 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     with session(dev, backend, distributed) as ctx:
         if ctx is None:
             pairs: Iterator[tuple[ArraySource, Accumulated]] = (
-                (s, accumulate(s, _stream_for(s, stream, uncertainty, blocks), progress))
+                (s, accumulate(s, _stream_for(s, stream, uncertainty, blocks), progress,
+                               companions_for(s, labels, pair)))
                 for s in gather_sources(inputs, keys, pool, concat))
         else:
             refuse_in_memory(inputs)
+            refuse_companions_distributed(labels, pair)
             stream.device = dev = ctx.device
             budget = ctx.memory_budget() if uncertainty else None  # the same K on every rank
             pairs = ctx.accumulate_each(
@@ -351,8 +364,50 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                                "chunk_rows": chunk_rows, "concat": concat,
                                "metrics": list(metrics) if metrics else None,
                                "uncertainty": uncertainty,
-                               "blocks": blocks if uncertainty else None}
+                               "blocks": blocks if uncertainty else None,
+                               "labels": labels, "pair": pair}
     return make_report(results, options, dev, start, world_size)
+
+
+def extras_named(labels: str | None, pair: str | None) -> set[str]:
+    """The extra statistics that ``labels`` and ``pair`` stream (see :func:`for_input`)."""
+    return {name for name, spec in (("classes", labels), ("pair", pair)) if spec}
+
+
+def check_companions(labels: str | None, pair: str | None, uncertainty: bool) -> None:
+    """Refuse what labels and paired views do not support yet: the jackknife."""
+    if uncertainty and (labels or pair):
+        raise UsageError("--uncertainty does not cover --labels/--pair yet",
+                         hint="run the jackknife without them, or the label/pair metrics "
+                         "without --uncertainty")
+
+
+def refuse_companions_distributed(labels: str | None, pair: str | None) -> None:
+    """Labels and paired views are single-process for now (their merge is not written)."""
+    if labels or pair:
+        raise UsageError("--labels/--pair are not supported under torchrun yet",
+                         hint="run them in one process")
+
+
+def companions_for(source: ArraySource, labels: str | None, pair: str | None
+                   ) -> Callable[[torch.device], list[Companion]] | None:
+    """What the pass over ``source`` streams beside its moments, checked before reading."""
+    if not (labels or pair):
+        return None
+    label_src = resolve_companion(labels, source, "--labels") if labels else None
+    pair_src = resolve_companion(pair, source, "--pair") if pair else None
+    d = source.shape[1]
+
+    def build(device: torch.device) -> list[Companion]:
+        out: list[Companion] = []
+        if label_src is not None:
+            out.append(LabelCompanion(label_src, d, device))
+        if pair_src is not None:
+            out.append(PairCompanion(pair_src, d, device))
+        return out
+
+    build(torch.device("cpu"))  # shape checks now, before the pass
+    return build
 
 
 def make_report(results: list[InputResult], options: dict[str, Any], device: torch.device,

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -64,6 +64,18 @@ class StreamOptions:
     blocks: int = 0  # > 0: keep moments per jackknife block (--uncertainty)
 
 
+class Companion(Protocol):
+    """Statistics streamed beside the moments from a row-aligned second source (labels, a
+    paired view): it reads its own rows ``first … first+len(rows)−1`` and folds them with the
+    input's rows (``keep`` marks the finite rows when ``--nan drop`` leaves some out)."""
+
+    name: str
+
+    def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None: ...
+
+    def result(self) -> Any: ...
+
+
 @dataclass
 class Accumulated:
     """The result of one pass over a source."""
@@ -76,6 +88,7 @@ class Accumulated:
     notes: list[str] = field(default_factory=list)  # fallbacks taken, for the caller to show
     blocks: BlockedMoments | None = None  # per-block moments when ``blocks`` was set
     precision: Precision = field(default_factory=Precision)  # how the products were computed
+    extras: dict[str, Any] = field(default_factory=dict)  # companions' results, by name
 
 
 def chunk_rows_for(width: int, opts: StreamOptions) -> int:
@@ -134,6 +147,7 @@ class Accumulator:
     def __init__(self, d: int, storage_dtype: str | torch.dtype, opts: StreamOptions,
                  label: str = "<input>", n: int | None = None):
         self.label, self.opts = label, opts
+        self.companions: list[Companion] = []  # streamed beside the moments (labels, a pair)
         self.dtype, self.reason = choose(storage_dtype, opts.precision, n, d)
         self.chunk_max = 0  # the most rows one product summed (the error floor's n)
         self.narrow = False  # whether any chunk was multiplied in float32
@@ -178,6 +192,8 @@ class Accumulator:
                 self._track_magnitude(x[keep])
             self._fold(first, x, keep)
             self.reservoir.update(first, self._sample_rows(raw, x), keep)
+            for companion in self.companions:
+                companion.update(first, x, keep)
         self.rows_read += rows.shape[0]
         self.seconds += time.perf_counter() - t0
 
@@ -242,7 +258,8 @@ class Accumulator:
                              source=self.label, hint="check the data or the NaN policy")
         self._check_magnitude()
         return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
-                           self.seconds, blocks=self.blocks, precision=self.precision)
+                           self.seconds, blocks=self.blocks, precision=self.precision,
+                           extras={c.name: c.result() for c in self.companions})
 
     @property
     def precision(self) -> Precision:
@@ -325,8 +342,12 @@ def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
 
 
 def _one_pass(source: ArraySource, opts: StreamOptions, chunk_rows: int,
-              progress: Progress | None) -> Accumulated:
+              progress: Progress | None,
+              companions: Callable[[torch.device], Sequence[Companion]] | None = None
+              ) -> Accumulated:
     acc = Accumulator(source.shape[1], source.dtype, opts, source.label, source.shape[0])
+    if companions is not None:  # fresh ones for every pass (an out-of-memory retry starts over)
+        acc.companions = list(companions(acc.device))
     t0 = time.perf_counter()
     feed(acc, source, opts, progress, chunk_rows=chunk_rows)
     result = acc.finish()
@@ -364,13 +385,17 @@ def with_oom_fallback(run: Callable[[StreamOptions, int], T], opts: StreamOption
 
 
 def accumulate(source: ArraySource, opts: StreamOptions,
-               progress: Progress | None = None) -> Accumulated:
+               progress: Progress | None = None,
+               companions: Callable[[torch.device], Sequence[Companion]] | None = None
+               ) -> Accumulated:
     """Stream ``source`` once into moments and a row sample (again after an out-of-memory,
-    see :func:`with_oom_fallback`)."""
+    see :func:`with_oom_fallback`); ``companions(device)``, when given, builds the statistics
+    streamed beside them (labels, a paired view) for each pass."""
     _, d = check_shape(source)
     notes: list[str] = []
-    result = with_oom_fallback(lambda o, rows: _one_pass(source, o, rows, progress), opts,
-                               chunk_rows_for(d, opts), source.label, notes)
+    result = with_oom_fallback(
+        lambda o, rows: _one_pass(source, o, rows, progress, companions), opts,
+        chunk_rows_for(d, opts), source.label, notes)
     result.notes = notes + result.notes
     return result
 

@@ -8,6 +8,8 @@ moments → metrics split) or, for convenience, a tensor of rows:
 (2.079442, ['alpha_req', 'alpha_req_r2', 'avg_cosine'])
 """
 
+from reprdiag.metrics import labels as _labels  # noqa: F401  (registers the label metrics)
+from reprdiag.metrics import paired as _paired  # noqa: F401  (registers paired-view metrics)
 from reprdiag.metrics.covariance import cov_offdiag, cov_offdiag_frac, std_normalized, vicreg_std
 from reprdiag.metrics.entropy import er_entropy, vne, vne_normalized
 from reprdiag.metrics.inputs import Statistics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ class Statistics:
         #: what computed the sample metrics (e.g. ER entropy's float32 symmetric blocks), by
         #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
         self.solvers: dict[str, str] = {}
+        #: statistics streamed beside the moments, by kind: ``"classes"``
+        #: (:class:`~reprdiag.classes.ClassMoments`, with ``--labels``) and ``"pair"``
+        #: (:class:`~reprdiag.metrics.paired.PairMoments`, with ``--pair``)
+        self.extras: dict[str, Any] = {}
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:

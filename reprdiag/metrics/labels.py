@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from reprdiag.classes import ClassMoments
-from reprdiag.errors import InputError
+from reprdiag.errors import InputError, UsageError
+from reprdiag.metrics.inputs import Statistics
+from reprdiag.metrics.registry import metric
 from reprdiag.stats import StreamingMoments
 
 _EPS64 = float(torch.finfo(torch.float64).eps)
@@ -161,3 +163,78 @@ def class_effective_ranks(classes: ClassMoments) -> np.ndarray:
     if not ranks:
         raise InputError("no class has two rows", hint="per-class rank needs more rows per class")
     return np.asarray(ranks)
+
+
+# -- registered metrics: computed when ``--labels`` streamed class statistics -----------------
+
+def _classes(stats: Statistics) -> ClassMoments:
+    classes = stats.extras.get("classes")
+    if classes is None:
+        raise UsageError("label metrics need labels", hint="pass --labels KEY or PATH[:KEY]")
+    return classes
+
+
+def _class_ranks(stats: Statistics) -> np.ndarray:
+    classes = _classes(stats)
+    if classes.squares is None:
+        return np.array([math.nan])  # too many classes × d² to keep (a warning says so)
+    return class_effective_ranks(classes)
+
+
+_CITE_NC = "Papyan, Han & Donoho, PNAS 2020"
+
+
+@metric("nc1", summary="(1/C) tr(Σ_W Σ_B^†): within- vs between-class spread", range="[0, ∞)",
+        direction="lower", citation=_CITE_NC, bounds=lambda n, d: (0.0, math.inf),
+        needs="classes")
+def nc1_metric(stats: Statistics) -> float:
+    """NC1 of the labelled rows; see :func:`nc1`."""
+    return nc1(stats.moments, _classes(stats))
+
+
+@metric("nc2_equinorm", summary="std/mean of ‖μ_c − μ_G‖ over classes", range="[0, ∞)",
+        direction="lower", citation=_CITE_NC, bounds=lambda n, d: (0.0, math.inf),
+        needs="classes")
+def nc2_equinorm_metric(stats: Statistics) -> float:
+    """NC2 equinorm; see :func:`nc2_equinorm`."""
+    return nc2_equinorm(stats.moments, _classes(stats))
+
+
+@metric("nc2_equiangularity", summary="std of cos∠ between centred class means", range="[0, 1]",
+        direction="lower", citation=_CITE_NC, bounds=lambda n, d: (0.0, 1.0), needs="classes")
+def nc2_equiangularity_metric(stats: Statistics) -> float:
+    """NC2 equiangularity; see :func:`nc2_equiangularity`."""
+    return nc2_equiangularity(stats.moments, _classes(stats))
+
+
+@metric("lidar", summary="smooth rank of the LDA matrix Σ_w^{-1/2} Σ_b Σ_w^{-1/2}",
+        range="[1, min(C−1, d)]", direction="higher", citation="Thilak et al., ICLR 2024",
+        bounds=lambda n, d: (1.0 - 1e-6, d * 1.0001), needs="classes")
+def lidar_metric(stats: Statistics) -> float:
+    """LiDAR with the labels as classes; see :func:`lidar`."""
+    return lidar(stats.moments, _classes(stats))
+
+
+@metric("class_balance", summary="H(n_c/N) / ln C, 1 = balanced labels", range="[0, 1]",
+        direction="neutral", citation="—", bounds=lambda n, d: (0.0, 1.0), needs="classes")
+def class_balance_metric(stats: Statistics) -> float:
+    """Class balance of the labels; see :func:`class_balance`."""
+    return class_balance(_classes(stats))
+
+
+@metric("class_erank_min", summary="smallest per-class effective rank (Roy–Vetterli)",
+        range="[1, d]", direction="higher", citation="Roy & Vetterli, EUSIPCO 2007",
+        bounds=lambda n, d: (1.0, d * 1.0001), needs="classes")
+def class_erank_min(stats: Statistics) -> float:
+    """min over classes of the effective rank of the class covariance (classes with ≥ 2 rows).
+    Complexity O(C·d³). NaN when C·d² was too large to keep per-class second moments."""
+    return float(np.min(_class_ranks(stats)))
+
+
+@metric("class_erank_median", summary="median per-class effective rank (Roy–Vetterli)",
+        range="[1, d]", direction="higher", citation="Roy & Vetterli, EUSIPCO 2007",
+        bounds=lambda n, d: (1.0, d * 1.0001), needs="classes")
+def class_erank_median(stats: Statistics) -> float:
+    """Median over classes of the effective rank of the class covariance; see
+    :func:`class_erank_min`."""
+    return float(np.median(_class_ranks(stats)))

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from reprdiag.crossmoments import CrossMoments
-from reprdiag.errors import InputError
+from reprdiag.errors import InputError, UsageError
 from reprdiag.metrics.cka import linear_cka
+from reprdiag.metrics.inputs import Statistics
+from reprdiag.metrics.registry import metric
 from reprdiag.stats import ZERO_NORM
 
 
@@ -119,3 +121,49 @@ def pair_cka(p: PairMoments) -> float:
     :func:`reprdiag.similarity.linear_cka`. Range [0, 1]; 1 for views equal up to an
     orthogonal map and scale."""
     return float(linear_cka(p.cross)[0, 1])
+
+
+# -- registered metrics: computed when ``--pair`` streamed a second view ----------------------
+
+def _pair(stats: Statistics) -> PairMoments:
+    pair = stats.extras.get("pair")
+    if pair is None:
+        raise UsageError("paired-view metrics need a second view", hint="pass --pair KEY or "
+                         "PATH[:KEY]")
+    return pair
+
+
+_CITE_WI = "Wang & Isola, ICML 2020"
+_CITE_BT = "Zbontar et al., ICML 2021"
+
+
+@metric("alignment", summary="mean ‖ẑ − ẑ'‖² of the two views' normalized rows (α = 2)",
+        range="[0, 4]", direction="lower", citation=_CITE_WI, bounds=lambda n, d: (0.0, 4.0),
+        needs="pair")
+def alignment_metric(stats: Statistics) -> float:
+    """Alignment of the paired views; see :func:`alignment`."""
+    return alignment(_pair(stats))
+
+
+@metric("barlow_ondiag", summary="mean_i (1 − C_ii)², C the views' cross-correlation",
+        range="[0, 4]", direction="lower", citation=_CITE_BT, bounds=lambda n, d: (0.0, 4.0),
+        needs="pair")
+def barlow_ondiag_metric(stats: Statistics) -> float:
+    """Barlow Twins' invariance term; see :func:`barlow_ondiag`."""
+    return barlow_ondiag(_pair(stats))
+
+
+@metric("barlow_offdiag", summary="Σ_{i≠j} C_ij² / d, C the views' cross-correlation",
+        range="[0, d − 1]", direction="lower", citation=_CITE_BT,
+        bounds=lambda n, d: (0.0, max(d - 1.0, 0.0) * 1.0001 + 1e-12), needs="pair")
+def barlow_offdiag_metric(stats: Statistics) -> float:
+    """Barlow Twins' redundancy term; see :func:`barlow_offdiag`."""
+    return barlow_offdiag(_pair(stats))
+
+
+@metric("pair_cka", summary="linear CKA between the two views", range="[0, 1]",
+        direction="higher", citation="Kornblith et al., ICML 2019",
+        bounds=lambda n, d: (0.0, 1.0 + 1e-12), needs="pair")
+def pair_cka_metric(stats: Statistics) -> float:
+    """Linear CKA of the paired views; see :func:`pair_cka`."""
+    return pair_cka(_pair(stats))

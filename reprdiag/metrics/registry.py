@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from reprdiag.errors import UsageError
@@ -36,6 +36,9 @@ class MetricInfo:
     discrete: bool = False
     options: tuple[str, ...] = field(default=())
     deleted: Callable[..., list[float]] | None = None
+    #: the extra statistics it needs beyond moments and sample: ``"classes"`` (``--labels``)
+    #: or ``"pair"`` (``--pair``); such a metric is computed only when they were streamed
+    needs: str | None = None
     eigenvectors: bool = False  # needs the eigenvectors of XᵀX (see :func:`prepare`)
 
 
@@ -45,13 +48,16 @@ METRICS: dict[str, MetricInfo] = {}
 DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
                  "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",
                  "partition_isotropy", "avg_cosine", "cov_offdiag", "cov_offdiag_frac",
-                 "vicreg_std", "std_normalized", "er_entropy", "uniformity")
+                 "vicreg_std", "std_normalized", "er_entropy", "uniformity", "nc1",
+                 "nc2_equinorm", "nc2_equiangularity", "lidar", "class_balance",
+                 "class_erank_min", "class_erank_median", "alignment", "barlow_ondiag",
+                 "barlow_offdiag", "pair_cka")
 
 
 def metric(name: str, *, summary: str, range: str, direction: str, citation: str,
            bounds: Bounds, uses_sample: bool = False, discrete: bool = False,
            deleted: Callable[..., list[float]] | None = None, eigenvectors: bool = False,
-           ) -> Callable[[Callable[..., float]], Callable[..., float]]:
+           needs: str | None = None) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``func(stats, **options) -> float`` as metric ``name``.
 
     The registered function also accepts a tensor or numpy array of rows in place of
@@ -68,7 +74,8 @@ def metric(name: str, *, summary: str, range: str, direction: str, citation: str
             return float(func(stats, **kwargs))
 
         METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
-                                   uses_sample, discrete, options, deleted, eigenvectors)
+                                   uses_sample, discrete, options, deleted,
+                                   eigenvectors=eigenvectors, needs=needs)
         return wrapper
 
     return register
@@ -96,6 +103,26 @@ def prepare(stats: Statistics, infos: Sequence[MetricInfo]) -> None:
     instead of a second ``eigvalsh`` of the same matrix."""
     if any(info.eigenvectors for info in infos):
         stats.spectra.want_vectors = True
+
+
+#: the option that streams each kind of extra statistics (for messages)
+NEEDS_OPTION = {"classes": "--labels", "pair": "--pair"}
+
+
+def for_input(names: Sequence[str] | None, available: Iterable[str] = ()) -> list[MetricInfo]:
+    """The metrics to compute on an input whose extra statistics are ``available``: the named
+    ones (a name needing what is not available is a :class:`UsageError`), or by default every
+    metric whose needs are met."""
+    have = set(available)
+    if not names:
+        return [i for i in resolve(None) if i.needs is None or i.needs in have]
+    infos = resolve(names)
+    for info in infos:
+        if info.needs is not None and info.needs not in have:
+            raise UsageError(f"metric {info.name!r} needs {NEEDS_OPTION[info.needs]}",
+                             hint=f"pass {NEEDS_OPTION[info.needs]}, or drop {info.name} "
+                             "from --metrics")
+    return infos
 
 
 def compute(stats: Statistics, infos: Sequence[MetricInfo],

@@ -1,0 +1,118 @@
+"""Labels and paired views: second sources read in step with an input, and what they stream.
+
+``--labels KEY`` (an integer array in the same file) or ``--labels PATH[:KEY]`` (another file)
+names one class id per row; ``--pair KEY`` or ``--pair PATH[:KEY]`` a second, row-aligned set of
+embeddings. :func:`resolve_companion` turns such a spec into an :class:`ArraySource` for a given
+input and checks its rows before anything is read; :class:`LabelCompanion` and
+:class:`PairCompanion` are the :class:`~reprdiag.engine.Companion` s the streaming pass feeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reprdiag.classes import ClassMoments, check_labels
+from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.loaders import ArraySource, list_arrays, select_arrays
+from reprdiag.metrics.paired import PairMoments
+
+#: per-class second moments (for per-class effective rank) are kept up to this many bytes
+CLASS_SQUARES_BYTES = 256 * 2**20
+
+
+def split_spec(spec: str) -> tuple[Path | None, str | None]:
+    """``KEY`` → (None, KEY); ``PATH`` → (PATH, None); ``PATH:KEY`` → (PATH, KEY).
+
+    A spec is a path when it names an existing file (or its part before the last ``:`` does).
+    """
+    if Path(spec).is_file():
+        return Path(spec), None
+    path, sep, key = spec.rpartition(":")
+    if sep and path and Path(path).is_file():
+        return Path(path), key or None
+    if "/" in spec and not sep and Path(spec).suffix:
+        raise InputError("no such file", source=spec, hint="--labels/--pair take KEY (in the "
+                         "same file), PATH or PATH:KEY")
+    return None, spec
+
+
+def resolve_companion(spec: str, source: ArraySource, what: str) -> ArraySource:
+    """The array ``spec`` names for ``source`` (a key of the same file, or another file).
+
+    Refuses, before any row is read: a key in a tensor input (no file to look in), a missing
+    key, and a row count other than the input's.
+    """
+    path, key = split_spec(spec)
+    if path is None:
+        if source.path is None:
+            raise UsageError(f"{what} {spec!r} names a key, but the input is not a file",
+                             hint=f"pass {what} PATH[:KEY]")
+        path = Path(source.path)
+    arrays = list_arrays(path)
+    if key is None:
+        if len(arrays) != 1:
+            raise UsageError(f"holds {len(arrays)} arrays; {what} needs one",
+                             source=source_label(path), hint=f"pass {what} {path}:KEY")
+        chosen = arrays[0]
+    else:
+        chosen = select_arrays(arrays, [key], path)[0]
+    if chosen.shape[0] != source.shape[0]:
+        raise InputError(f"has {chosen.shape[0]:,} rows for the {source.shape[0]:,} rows of "
+                         f"{source.label} ({what})", source=chosen.label,
+                         hint="the two must be row-aligned: same rows, same order")
+    return chosen
+
+
+class LabelCompanion:
+    """Per-class counts and sums (and, while C·d² fits, per-class second moments)."""
+
+    name = "classes"
+
+    def __init__(self, labels: ArraySource, d: int, device: torch.device):
+        if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[1] != 1):
+            raise InputError(f"labels have shape {tuple(labels.shape)}, not one per row",
+                             source=labels.label, hint="store labels as an (N,) integer array")
+        self.labels, self.d = labels, d
+        self.classes = ClassMoments(d, second_moments=True, device=device)
+
+    def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None:
+        ids = check_labels(self.labels.read(first, first + rows.shape[0]), rows.shape[0],
+                           self.labels.label)
+        if keep is not None:
+            rows, ids = rows[keep], ids[keep.cpu()]
+        self.classes.update(rows, ids)
+        if self.classes.squares is not None and \
+                self.classes.squares.numel() * 8 > CLASS_SQUARES_BYTES:
+            self.classes.squares = None  # too many classes: per-class rank is left out
+
+    def result(self) -> ClassMoments:
+        return self.classes
+
+
+class PairCompanion:
+    """The cross-moments of the input and its paired view."""
+
+    name = "pair"
+
+    def __init__(self, pair: ArraySource, d: int, device: torch.device):
+        if len(pair.shape) != 2:
+            raise InputError(f"is {len(pair.shape)}-D with shape {tuple(pair.shape)}, not rows "
+                             "× features", source=pair.label, hint="pair a 2-D array")
+        self.pair = pair
+        self.moments = PairMoments(d, int(pair.shape[1]), device=device)
+
+    def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None:
+        other = self.pair.read(first, first + rows.shape[0])
+        bad = ~torch.isfinite(other).all(dim=1) if other.is_floating_point() else None
+        if bad is not None and bool(bad.any()):
+            row = first + int(bad.nonzero()[0, 0])
+            raise InputError(f"row {row} holds NaN or Inf", source=self.pair.label,
+                             hint="the paired view must be finite where the input is")
+        if keep is not None:
+            rows, other = rows[keep], other[keep.cpu()]
+        self.moments.update(rows, other)
+
+    def result(self) -> PairMoments:
+        return self.moments
