@@ -40,10 +40,11 @@ from reprdiag.errors import ResourceError, UsageError, check_choice
 from reprdiag.jackknife import DEFAULT_BLOCKS, MIN_BLOCKS, check_rows, fit_blocks
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
-from reprdiag.metrics import Statistics, compute, resolve
+from reprdiag.metrics import Statistics, compute, prepare, resolve
+from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
+from reprdiag.precision import MATERIAL, PRECISIONS
 from reprdiag.report.model import InputResult, Report
-from reprdiag.stats import PRECISIONS, ZERO_NORM
 from reprdiag.uncertainty import BlockMap, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
@@ -153,20 +154,22 @@ def input_warnings(acc: Accumulated) -> list[str]:
         notes.append(f"dropped {acc.rows_dropped} of {acc.rows_read} rows holding NaN or Inf "
                      "(--nan drop); the metrics describe the other rows")
     if acc.moments.n_zero:
-        notes.append(f"{acc.moments.n_zero} of {acc.moments.n} rows are all zeros (norm ≤ "
-                     f"{ZERO_NORM:g}); x/‖x‖ is undefined for them and they count as the zero "
-                     "vector in the normalized metrics")
+        notes.append(f"{acc.moments.n_zero} of {acc.moments.n} rows are all zeros; x/‖x‖ is "
+                     "undefined for them and they count as the zero vector in the normalized "
+                     "metrics")
     return notes
 
 
 def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
              metric_opts: MetricOptions) -> tuple[Statistics, dict[str, list[float]],
                                                   dict[str, float], float, float]:
-    stats = Statistics(acc.moments, acc.reservoir)
+    stats = Statistics(acc.moments, acc.reservoir, acc.precision)
+    infos = resolve(metric_names)
+    prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
     t0 = time.perf_counter()
     spectra = spectra_lists(stats)
     t1 = time.perf_counter()
-    values = compute(stats, resolve(metric_names), asdict(metric_opts))
+    values = compute(stats, infos, asdict(metric_opts))
     return stats, spectra, values, t1 - t0, time.perf_counter() - t1
 
 
@@ -192,6 +195,37 @@ def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: M
     return _measure(acc, metric_names, metric_opts)
 
 
+def precision_record(stats: Statistics, acc: Accumulated, metric_names: Sequence[str] | None,
+                     metric_opts: MetricOptions, values: dict[str, float]) -> dict[str, Any]:
+    """What ``report.json`` says about precision: the work dtype and why, the products'
+    relative error bound, each spectrum's floor and how many eigenvalues lie at or below it,
+    and (float32 path only) the metrics that depend materially on those
+    (:func:`reprdiag.metrics.floor.unresolved_dependence`); a warning names them."""
+    sp = stats.spectra
+    record: dict[str, Any] = {
+        **acc.precision.to_json(),
+        "floors": {"covariance": sp.covariance.floor,
+                   "autocorrelation": sp.autocorrelation.floor,
+                   "singular_values": sp.raw_eigenvalues.floor ** 0.5},
+        "unresolved": unresolved_counts(stats)}
+    if acc.precision.dtype != torch.float64:
+        moved = unresolved_dependence(stats, resolve(metric_names), asdict(metric_opts), values)
+        record["sensitive"] = {k: list(v) for k, v in moved.items()}
+        if moved:
+            acc.notes.append(floor_warning(record, moved))
+    return record
+
+
+def floor_warning(record: dict[str, Any], moved: dict[str, tuple[float, float]]) -> str:
+    """One line: which metrics float32 rounding leaves uncertain, by how much, and the fix."""
+    counts = record["unresolved"]
+    spans = ", ".join(f"{k} in [{lo:.6g}, {hi:.6g}]" for k, (lo, hi) in moved.items())
+    return (f"float32 products leave {counts['covariance']} covariance, "
+            f"{counts['singular_values']} raw and {counts['autocorrelation']} autocorrelation "
+            f"eigenvalues below their error floor; these metrics depend on them by more than "
+            f"{MATERIAL:g} relative: {spans}; use --precision float64 for exact values")
+
+
 def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] | None,
               metric_opts: MetricOptions, progress: Progress | None = None,
               block_map: BlockMap | None = None) -> InputResult:
@@ -200,6 +234,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     :func:`reprdiag.uncertainty.estimate`)."""
     stats, spectra, values, t_spectra, t_metrics = measure(acc, metric_names, metric_opts,
                                                            source.label)
+    precision = precision_record(stats, acc, metric_names, metric_opts, values)
     path = str(source.path) if source.path is not None else None
     result = InputResult(
         name=source.label, n=acc.moments.n, d=acc.moments.d, dtype=source.dtype,
@@ -207,7 +242,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
         key=source.key, file_size=source.file_size, sample_size=int(acc.reservoir.rows.shape[0]),
         rows_dropped=acc.rows_dropped, zero_rows=acc.moments.n_zero,
         timings={"read_and_moments_s": acc.seconds, "spectra_s": t_spectra,
-                 "metrics_s": t_metrics}, warnings=input_warnings(acc))
+                 "metrics_s": t_metrics}, warnings=input_warnings(acc), precision=precision)
     if acc.blocks is not None:
         check_rows(acc.moments.n, acc.blocks.blocks, source.label)
         t0 = time.perf_counter()

@@ -198,6 +198,8 @@ class _Share:
     seconds: float
     blocks: list[tuple[int, int]] | None = None  # (rows, zero rows) per jackknife block
     notes: list[str] | None = None  # what this rank's pass fell back to
+    chunk_max: int = 0  # the longest product and whether any was float32 (the error floor)
+    narrow: bool = False
 
     @classmethod
     def of(cls, acc: Accumulator) -> _Share:
@@ -212,7 +214,8 @@ class _Share:
         return cls(acc.label, acc.moments.d, n, n_zero,
                    None if shift is None else shift.detach().cpu(),
                    None if r.priority is None else r.priority.cpu(), r.seen, acc.bad.count,
-                   acc.bad.first, acc.rows_read, acc.seconds, blocks, list(acc.notes))
+                   acc.bad.first, acc.rows_read, acc.seconds, blocks, list(acc.notes),
+                   acc.chunk_max, acc.narrow)
 
 
 def sample_threshold(priorities: Sequence[torch.Tensor | None], capacity: int) -> int | None:
@@ -444,7 +447,7 @@ class DistributedContext:
         ranges, notes = self.split(source), []
 
         def one_pass(o: StreamOptions, chunk_rows: int) -> Accumulator:
-            acc = Accumulator(source.shape[1], source.dtype, o, source.label)
+            acc = Accumulator(source.shape[1], source.dtype, o, source.label, source.shape[0])
             feed(acc, source, o, progress, ranges, chunk_rows)
             return acc
 
@@ -476,6 +479,8 @@ class DistributedContext:
         acc.bad.count = sum(s.bad_count for s in shares)
         firsts = [s.bad_first for s in shares if s.bad_first is not None]
         acc.bad.first = min(firsts) if firsts else None
+        acc.chunk_max = max(s.chunk_max for s in shares)  # one error floor on every rank
+        acc.narrow = any(s.narrow for s in shares)
         with alike():
             result = acc.finish()
         result.seconds = max(s.seconds for s in shares)

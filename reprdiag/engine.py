@@ -23,6 +23,7 @@ import torch
 from reprdiag.errors import InputError, ResourceError
 from reprdiag.jackknife import BlockedMoments
 from reprdiag.loaders import ArraySource
+from reprdiag.precision import Precision, choose
 from reprdiag.prefetch import prefetch
 from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
 
@@ -74,6 +75,7 @@ class Accumulated:
     seconds: float
     notes: list[str] = field(default_factory=list)  # fallbacks taken, for the caller to show
     blocks: BlockedMoments | None = None  # per-block moments when ``blocks`` was set
+    precision: Precision = field(default_factory=Precision)  # how the products were computed
 
 
 def chunk_rows_for(width: int, opts: StreamOptions) -> int:
@@ -124,13 +126,17 @@ class Accumulator:
 
     Chunks may come from a file (:func:`accumulate`), a model's forward hooks, or another
     process; ``first`` is the global index of a chunk's first row (it fixes which rows the
-    seeded sample keeps, so the result does not depend on chunking).
+    seeded sample keeps, so the result does not depend on chunking). ``n``, the number of
+    rows when known in advance, lets ``--precision auto`` multiply small inputs in float64
+    (:func:`reprdiag.precision.choose`).
     """
 
     def __init__(self, d: int, storage_dtype: str | torch.dtype, opts: StreamOptions,
-                 label: str = "<input>"):
+                 label: str = "<input>", n: int | None = None):
         self.label, self.opts = label, opts
-        self.dtype = work_dtype(storage_dtype, opts.precision)
+        self.dtype, self.reason = choose(storage_dtype, opts.precision, n, d)
+        self.chunk_max = 0  # the most rows one product summed (the error floor's n)
+        self.narrow = False  # whether any chunk was multiplied in float32
         self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
         self.moments = StreamingMoments(d, self.dtype, self.device)
         self.blocks = (BlockedMoments(d, self.dtype, self.device, opts.blocks, opts.seed)
@@ -163,6 +169,7 @@ class Accumulator:
         if not math.isfinite(hi):  # NaN or Inf somewhere in the chunk
             hi = _finite_range(raw)[1]
             keep = self.bad.scan(first, raw)
+        self.chunk_max = max(self.chunk_max, rows.shape[0])
         if not self.bad.count or self.opts.nan == "drop":
             x = self._work_rows(raw, hi)
             if keep is None:
@@ -180,6 +187,7 @@ class Accumulator:
         over/underflow). A conversion goes into a buffer reused from chunk to chunk."""
         wide = self.dtype == torch.float64 or not FLOAT32_SAFE[0] <= hi <= FLOAT32_SAFE[1]
         dtype = torch.float64 if wide else self.dtype
+        self.narrow = self.narrow or not wide
         if raw.dtype == dtype:
             return raw
         buf = self._convert
@@ -234,7 +242,17 @@ class Accumulator:
                              source=self.label, hint="check the data or the NaN policy")
         self._check_magnitude()
         return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
-                           self.seconds, blocks=self.blocks)
+                           self.seconds, blocks=self.blocks, precision=self.precision)
+
+    @property
+    def precision(self) -> Precision:
+        """The dtype the products were taken in (float32 if any chunk was), the longest
+        product and the policy's reason (:mod:`reprdiag.precision`)."""
+        dtype = torch.float32 if self.narrow else torch.float64
+        reason = self.reason
+        if self.dtype != dtype:
+            reason += "; every chunk's values were outside float32's safe range: float64"
+        return Precision(dtype, max(self.chunk_max, 1), reason)
 
 
 def _max_abs(x: torch.Tensor) -> float:
@@ -308,7 +326,7 @@ def feed(acc: Accumulator, source: ArraySource, opts: StreamOptions,
 
 def _one_pass(source: ArraySource, opts: StreamOptions, chunk_rows: int,
               progress: Progress | None) -> Accumulated:
-    acc = Accumulator(source.shape[1], source.dtype, opts, source.label)
+    acc = Accumulator(source.shape[1], source.dtype, opts, source.label, source.shape[0])
     t0 = time.perf_counter()
     feed(acc, source, opts, progress, chunk_rows=chunk_rows)
     result = acc.finish()

@@ -39,7 +39,6 @@ from torch.autograd.function import once_differentiable
 from reprdiag.metrics.covariance import offdiag_term, variance_hinge
 from reprdiag.metrics.entropy import spectral_entropy
 from reprdiag.metrics.pairwise import er_constant, er_reduce
-from reprdiag.stats import ZERO_NORM
 
 __all__ = ["EIG_METHODS", "CovarianceLoss", "EREntropyLoss", "SymEig", "VNELoss",
            "VarianceLoss", "batch_covariance", "cov_offdiag", "er_entropy", "inv_sqrtm",
@@ -48,6 +47,9 @@ __all__ = ["EIG_METHODS", "CovarianceLoss", "EREntropyLoss", "SymEig", "VNELoss"
 #: ``method`` values of :func:`sym_eig` (first = default).
 EIG_METHODS: tuple[str, ...] = ("taylor", "exact")
 _F64 = torch.float64
+#: ``normalize_rows``' guard: torch's eps, which keeps the gradient finite at a zero row. The
+#: metrics (reprdiag.stats.normalize_rows) have none: only an exactly zero row is zero there.
+NORM_EPS = 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,12 +71,14 @@ def _batch(x: torch.Tensor, name: str, min_rows: int = 1) -> torch.Tensor:
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """z = x / max(‖x‖₂, 1e-12) row by row (docs/design.md §3), differentiable.
+    """z = x / max(‖x‖₂, 1e-12) row by row, differentiable (unlike the metrics of
+    docs/design.md §3, rows of norm below 1e-12 shrink towards 0 here: the guard keeps
+    gradients finite).
 
     >>> normalize_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0]])).tolist()
     [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
     """
-    return nn.functional.normalize(x, p=2.0, dim=-1, eps=ZERO_NORM)
+    return nn.functional.normalize(x, p=2.0, dim=-1, eps=NORM_EPS)
 
 
 def batch_covariance(x: torch.Tensor) -> torch.Tensor:

@@ -190,7 +190,7 @@ class SpectralMonitor:
         if rows < 2 and not (dropped and self.stream.nan == "error"):
             return rows, dropped, {m.name: math.nan for m in self.infos}
         acc = self._merged() if self._distributed else self._acc.finish()  # NaN rows raise
-        stats = Statistics(acc.moments, acc.reservoir)
+        stats = Statistics(acc.moments, acc.reservoir, acc.precision)
         return rows, dropped, compute(stats, self.infos, self.options)
 
     def _context(self) -> DistributedContext:

@@ -9,16 +9,26 @@ spectrum keeps min(N, d) values (the number of singular values of an N×d matrix
 descending. Eigenvalues below the solver's own error bound, size·eps(float64)·λ_max, are set
 to 0: they are rounding, and left in they would turn into spurious √λ ~ 1e-8·σ_max
 singular values (effective rank, RankMe).
+
+Each spectrum also carries its error floor (:attr:`Spectrum.floor`): the solver's bound plus
+the rounding of the streamed products it was built from, u·c(n)·trace (see
+:mod:`reprdiag.precision`; u the unit roundoff of the work dtype, n the longest chunk).
+Eigenvalues at or below the floor are not resolved by the precision the spectrum was computed
+in: ``numerical_rank`` counts the ones above it, and the float32 path reports the metrics
+that depend on the others.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
-from reprdiag.stats import ZERO_NORM, StreamingMoments
+from reprdiag.precision import Precision
+from reprdiag.stats import StreamingMoments, normalize_rows
 
 _F64 = torch.float64
 
@@ -35,29 +45,72 @@ class Spectrum:
     values: torch.Tensor
     solver: str
     vectors: torch.Tensor | None = None  # columns, matching ``values``; only when asked
+    #: Absolute error floor of ``values``: eigenvalues at or below it are not resolved.
+    floor: float = 0.0
+
+    @property
+    def resolved(self) -> torch.Tensor:
+        """Which eigenvalues lie above the floor (boolean, matching ``values``)."""
+        return self.values > self.floor
 
 
 def _sorted(values: torch.Tensor, vectors: torch.Tensor | None, keep: int | None,
-            solver: str) -> Spectrum:
+            solver: str, accumulated: float = 0.0) -> Spectrum:
     floor = values.abs().max() * values.numel() * torch.finfo(_F64).eps
     values = torch.where(values > floor, values, torch.zeros_like(values))
     order = torch.argsort(values, descending=True)
     if keep is not None:
         order = order[:keep]
     vecs = None if vectors is None else vectors[:, order].cpu()
-    return Spectrum(values[order].cpu(), solver, vecs)
+    return Spectrum(values[order].cpu(), solver, vecs, float(floor) + accumulated)
+
+
+#: CPU eigensolves of matrices up to this size run on one thread (see :func:`solve_threads`).
+SERIAL_SOLVE_MAX = 2048
+
+
+@contextmanager
+def solve_threads(matrix: torch.Tensor) -> Iterator[None]:
+    """Run a CPU eigensolve of ``matrix`` on one thread when it is at most
+    :data:`SERIAL_SOLVE_MAX` wide, restoring torch's thread count afterwards.
+
+    LAPACK's symmetric eigensolvers (tridiagonalization) open one parallel region per column,
+    and each waits at a barrier for every thread: when another process holds a core, each
+    barrier costs a scheduler time slice. Measured with torch 2.13 (MKL) on 2 cores at load
+    average 6–10: eigvalsh of 384² 0.02–0.05 s on one thread against 1–11 s on two, 2048²
+    2.4–3.0 s against 6.6–15 s (eigh 9 s against 41–103 s). Idle, two threads gain little at
+    these sizes. Larger matrices keep torch's thread count.
+    """
+    if matrix.device.type != "cpu" or matrix.shape[-1] > SERIAL_SOLVE_MAX \
+            or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eig(matrix: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with solve_threads(matrix):
+        if vectors:
+            return torch.linalg.eigh(matrix)
+        return torch.linalg.eigvalsh(matrix), None
 
 
 def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
-                   vectors: bool = False) -> Spectrum:
-    """Eigen-decompose a symmetric matrix in float64: ``eigvalsh`` (or ``eigh`` for vectors)."""
+                   vectors: bool = False, accumulated: float = 0.0) -> Spectrum:
+    """Eigen-decompose a symmetric matrix in float64: ``eigvalsh`` (or ``eigh`` for vectors).
+
+    ``accumulated`` is the rounding error already in ``matrix`` (an absolute bound on its
+    spectral norm), added to the solver's own to give :attr:`Spectrum.floor`.
+    """
     m = matrix.to(_F64)
     what = "eigh" if vectors else "eigvalsh"
     solver = f"{what} d×d ({m.shape[0]}×{m.shape[1]}, float64, {m.device.type})"
-    if vectors:
-        vals, vecs = torch.linalg.eigh(m)
-        return _sorted(vals, vecs, keep, solver)
-    return _sorted(torch.linalg.eigvalsh(m), None, keep, solver)
+    return _sorted(*_eig(m, vectors), keep, solver, accumulated)
 
 
 def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:
@@ -69,8 +122,8 @@ def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Sp
     gram = (r @ r.T) * scale
     solver = f"gram N×N ({r.shape[0]}×{r.shape[0]}, float64, {r.device.type})"
     if not vectors:
-        return _sorted(torch.linalg.eigvalsh(gram), None, None, solver)
-    vals, u = torch.linalg.eigh(gram)
+        return _sorted(_eig(gram, False)[0], None, None, solver)
+    vals, u = _eig(gram, True)
     v = r.T @ u
     v = v / torch.linalg.vector_norm(v, dim=0).clamp_min(1e-300)
     return _sorted(vals, v, None, solver)
@@ -93,14 +146,20 @@ class Spectra:
     """The three spectra of one input, computed lazily from its moments (and rows if N < d).
 
     ``rows`` is the full data when it is at hand (all rows fit the sample); with N < d the
-    Gram path is then used.
+    Gram path is then used. ``precision`` says how the moments' products were computed
+    (default: all N rows in one product in the moments' dtype); it sets each spectrum's floor.
     """
 
-    def __init__(self, moments: StreamingMoments, rows: torch.Tensor | None = None):
+    def __init__(self, moments: StreamingMoments, rows: torch.Tensor | None = None,
+                 precision: Precision | None = None):
         self.moments = moments
+        self.precision = precision or Precision(moments.dtype, moments.n)
         self.n, self.d = moments.n, moments.d
         self.length = min(self.n, self.d)
         self._rows = rows if rows is not None and rows.shape[0] == self.n else None
+        #: set when XᵀX's eigenvectors will be needed: then its one decomposition is ``eigh``
+        #: and :attr:`raw_eigenvalues` reuses it (no eigendecomposition is computed twice)
+        self.want_vectors = False
 
     @property
     def use_gram(self) -> bool:
@@ -113,23 +172,38 @@ class Spectra:
         if self.use_gram:
             r = self._rows.to(_F64)
             return gram_spectrum(r - r.mean(dim=0), 1.0 / max(self.n - 1, 1))
-        return eigen_spectrum(self.moments.covariance(), self.length)
+        return eigen_spectrum(self.moments.covariance(), self.length,
+                              accumulated=self._shifted_error() / max(self.n - 1, 1))
+
+    def _shifted_error(self) -> float:
+        """u·c(n)·trace(Σyyᵀ): the rounding bound of the shifted second moment."""
+        return self.precision.relative * float(torch.trace(self.moments.sum_yy))
+
+    def _raw_error(self) -> float:
+        """The rounding bound of M = Σyyᵀ + s(Σy)ᵀ + (Σy)sᵀ + N·ssᵀ: that of Σyyᵀ plus twice
+        ‖s‖ times that of Σy (u·c(n)·Σ‖y‖ ≤ u·c(n)·√(N·trace Σyyᵀ))."""
+        m = self.moments
+        shift = 0.0 if m.shift is None else float(torch.linalg.vector_norm(m.shift))
+        trace = float(torch.trace(m.sum_yy))
+        return self._shifted_error() + 2 * shift * self.precision.relative * (m.n * trace) ** 0.5
 
     @cached_property
     def raw(self) -> Spectrum:
         """Eigen-decomposition of M = XᵀX, with eigenvectors (for partition isotropy)."""
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0, vectors=True)
-        return eigen_spectrum(self.moments.second_moment(), self.length, vectors=True)
+        return eigen_spectrum(self.moments.second_moment(), self.length, vectors=True,
+                              accumulated=self._raw_error())
 
     @cached_property
     def raw_eigenvalues(self) -> Spectrum:
         """Eigenvalues of M = XᵀX only (cheaper than :attr:`raw` when no vectors are needed)."""
-        if "raw" in self.__dict__:
+        if "raw" in self.__dict__ or self.want_vectors:
             return self.raw
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0)
-        return eigen_spectrum(self.moments.second_moment(), self.length)
+        return eigen_spectrum(self.moments.second_moment(), self.length,
+                              accumulated=self._raw_error())
 
     @property
     def singular_values(self) -> torch.Tensor:
@@ -141,9 +215,10 @@ class Spectra:
         """η: eigenvalues of ρ = ZᵀZ/N."""
         if self.use_gram:
             r = self._rows.to(_F64)
-            z = r / torch.linalg.vector_norm(r, dim=1, keepdim=True).clamp_min(ZERO_NORM)
-            return gram_spectrum(z, 1.0 / self.n)
-        return eigen_spectrum(self.moments.autocorrelation(), self.length)
+            return gram_spectrum(normalize_rows(r), 1.0 / self.n)
+        rounding = self.precision.relative * float(torch.trace(self.moments.sum_zz))
+        return eigen_spectrum(self.moments.autocorrelation(), self.length,
+                              accumulated=rounding / self.n)
 
     def solvers(self) -> dict[str, str]:
         """Which solver path produced each spectrum computed so far."""

@@ -15,8 +15,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-ZERO_NORM = 1e-12  # rows with ‖x‖ ≤ this normalize to the zero vector (docs/design.md §3)
-PRECISIONS = ("auto", "float32", "float64")
+from reprdiag.precision import choose
+
+#: A row is zero when its norm is exactly 0 (docs/design.md §3): it normalizes to the zero vector.
+#: No absolute threshold, so data at any scale float64 holds (1e-30, 1e+30) normalizes alike.
+ZERO_NORM = 0.0
+
+
+def safe_norms(norms: torch.Tensor) -> torch.Tensor:
+    """``norms`` with the zero ones replaced by 1 (in place), so that x/‖x‖ is the zero vector
+    for a zero row and x/‖x‖ for every other row, at any scale.
+
+    >>> safe_norms(torch.tensor([0.0, 1e-30, 2.0], dtype=torch.float64)).tolist()
+    [1.0, 1e-30, 2.0]
+    """
+    return norms.masked_fill_(norms <= ZERO_NORM, 1.0)
+
+
+def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
+    """z_i = x_i/‖x_i‖, the zero vector for a zero row (a new tensor).
+
+    >>> z = normalize_rows(torch.tensor([[0.0, 0.0], [3e-30, 4e-30]], dtype=torch.float64))
+    >>> [[round(v, 12) for v in row] for row in z.tolist()]
+    [[0.0, 0.0], [0.6, 0.8]]
+    """
+    return rows / safe_norms(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
 
 _F64 = torch.float64
 _SCRATCH_BYTES = 256 * 2**20  # largest per-chunk work buffer kept between updates
@@ -25,18 +48,15 @@ _SCRATCH_BYTES = 256 * 2**20  # largest per-chunk work buffer kept between updat
 def work_dtype(storage_dtype: str | torch.dtype, precision: str = "auto") -> torch.dtype:
     """The dtype chunks are multiplied in before their products are summed in float64.
 
-    ``auto`` keeps float64 (and integer) data in float64 and multiplies narrower floats in
-    float32 after subtracting a per-run shift; ``float32``/``float64`` force one.
+    For a stream of unknown length: ``auto`` keeps float64 (and integer) data in float64 and
+    multiplies narrower floats in float32 after subtracting a per-run shift; ``float32``/
+    ``float64`` force one. With N known, :func:`reprdiag.precision.choose` also picks float64
+    for small inputs.
 
     >>> work_dtype("bfloat16"), work_dtype("float64"), work_dtype("int32")
     (torch.float32, torch.float64, torch.float64)
     """
-    if precision == "float64":
-        return _F64
-    if precision == "float32":
-        return torch.float32
-    name = str(storage_dtype).removeprefix("torch.")
-    return torch.float32 if name in ("float32", "float16", "bfloat16") else _F64
+    return choose(storage_dtype, precision)[0]
 
 
 class Scratch:
@@ -126,7 +146,7 @@ class StreamingMoments:
         self.sum_yy += torch.mm(y.T, y, out=gram)
         torch.linalg.vector_norm(x, dim=1, out=norms)
         self.n_zero += int((norms <= ZERO_NORM).sum())
-        z = torch.div(x, norms.clamp_min_(ZERO_NORM).unsqueeze(1), out=work)
+        z = torch.div(x, safe_norms(norms).unsqueeze(1), out=work)
         self.sum_z += z.sum(dim=0)
         self.sum_zz += torch.mm(z.T, z, out=gram)
         self.n += x.shape[0]

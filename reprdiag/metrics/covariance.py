@@ -104,5 +104,5 @@ def std_normalized(stats: Statistics) -> float:
     >>> std_normalized(torch.ones(4, 3))
     0.0
     """
-    std = stats.moments.z_variance().sqrt()
+    std = stats.z_variance().sqrt()
     return float(math.sqrt(stats.d) * std.mean())

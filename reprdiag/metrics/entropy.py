@@ -36,7 +36,7 @@ def spectral_entropy(p: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
 def vne(stats: Statistics) -> float:
     """Von Neumann entropy of the autocorrelation of the normalized rows.
 
-    Formula: ρ = ZᵀZ/N with z_i = x_i/max(‖x_i‖, 1e-12) (trace 1); VNE = −Σ_k η_k ln η_k over
+    Formula: ρ = ZᵀZ/N with z_i = x_i/‖x_i‖ (0 for a zero row; trace 1); VNE = −Σ_k η_k ln η_k over
     the eigenvalues η of ρ. Range [0, ln min(N, d)]: 0 when every row points the same way,
     ln d for an isotropic ρ. Higher is healthier.
     Complexity: O(N·d²) moments (shared), O(d³) eigvalsh (or O(N²d) on the N<d Gram path).
@@ -97,7 +97,7 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     Σ_i softmax(−ℓ)_i ℓ_i and Joe's is mean_i ℓ_i (``er_estimator="joe"``). ``er_compat=
     "reference"`` reproduces the official float arithmetic ln(I_ν(κ) + 1e-7), which underflows
     for large d. Range: at most the log-area of the sphere (the uniform distribution); falls
-    as the rows concentrate. Higher is healthier. Rows of norm ≤ 1e-12 have no direction,
+    as the rows concentrate. Higher is healthier. Rows of norm exactly 0 have no direction,
     so they are left out of the sample (a zero vector is not a point of the sphere, and kept
     in, it would break the bound); NaN when every sampled row is zero.
     Complexity: O(M²·d) time blockwise, O(block·M) memory.

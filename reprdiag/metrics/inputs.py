@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from reprdiag.errors import InputError
+from reprdiag.precision import Precision
 from reprdiag.spectrum import Spectra
-from reprdiag.stats import ZERO_NORM, Reservoir, StreamingMoments
+from reprdiag.stats import Reservoir, StreamingMoments, normalize_rows
 
 TensorLike = torch.Tensor | np.ndarray
 
@@ -19,14 +20,18 @@ class Statistics:
 
     This is the "compute" side's single argument: every metric in :mod:`reprdiag.metrics`
     takes a :class:`Statistics` (or a tensor, which is turned into one by
-    :meth:`from_tensor`). Spectra are computed on first use and cached.
+    :meth:`from_tensor`). Spectra are computed on first use and cached. ``precision`` says
+    how the moments' products were computed (it sets the spectra's error floors); by default
+    all rows in one product in the moments' dtype.
     """
 
-    def __init__(self, moments: StreamingMoments, sample: Reservoir | None = None):
+    def __init__(self, moments: StreamingMoments, sample: Reservoir | None = None,
+                 precision: Precision | None = None):
         if moments.n == 0:
             raise InputError("has 0 rows", hint="nothing to analyze")
         self.moments = moments
         self.reservoir = sample
+        self.precision = precision or Precision(moments.dtype, moments.n)
         #: what computed the sample metrics (e.g. ER entropy's float32 symmetric blocks), by
         #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
         self.solvers: dict[str, str] = {}
@@ -61,15 +66,42 @@ class Statistics:
 
     @property
     def normalized_sample(self) -> torch.Tensor:
-        """The sample's rows divided by max(‖x‖, 1e-12)."""
-        rows = self.sample
-        return rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min(ZERO_NORM)
+        """The sample's rows divided by their norms (zero rows stay zero)."""
+        return normalize_rows(self.sample)
+
+    @property
+    def all_rows(self) -> torch.Tensor | None:
+        """Every row, when the sample holds them all (N ≤ sample size), else ``None``."""
+        if self.reservoir is None or not self.reservoir.is_complete:
+            return None
+        rows = self.reservoir.rows
+        return rows if rows.shape[0] == self.n else None
 
     @cached_property
     def spectra(self) -> Spectra:
-        full = (self.reservoir.rows if self.reservoir is not None and self.reservoir.is_complete
-                else None)
-        return Spectra(self.moments, full)
+        return Spectra(self.moments, self.all_rows, self.precision)
+
+    def z_variance(self) -> torch.Tensor:
+        """Unbiased per-coordinate variance of the normalized rows z (float64, d): two-pass
+        over the rows when all are at hand (exact: identical rows give 0), else from the
+        moments, (Σz_k² − N·z̄_k²)/(N−1)."""
+        rows = self.all_rows
+        if rows is None:
+            return self.moments.z_variance()
+        v = normalize_rows(rows.to(torch.float64))
+        v = v - v[0]  # about one row: identical rows give exactly 0
+        return (v - v.mean(dim=0)).pow(2).sum(dim=0) / max(self.n - 1, 1)
+
+    def z_variance_floor(self) -> torch.Tensor:
+        """Rounding bound of :meth:`z_variance`, per coordinate: 0 from the rows, else
+        u·c(n)·(Σz_k² + 2|z̄_k|·√(N·Σz_k²))/(N−1), from the products' dtype and length
+        (:mod:`reprdiag.precision`)."""
+        m = self.moments
+        if self.all_rows is not None:
+            return torch.zeros(m.d, dtype=torch.float64, device=m.sum_z.device)
+        sq = torch.diagonal(m.sum_zz).clamp_min(0)
+        zbar = (m.sum_z / m.n).abs()
+        return self.precision.relative * (sq + 2 * zbar * (m.n * sq).sqrt()) / max(m.n - 1, 1)
 
     def paths(self) -> dict[str, str]:
         """The solver of every spectrum and sample metric computed so far, by name."""

@@ -97,26 +97,33 @@ def stable_rank(stats: Statistics) -> float:
     return float(lam.sum() / lam[0]) if lam[0] > 0 else 1.0
 
 
-@metric("numerical_rank", summary="#{λ_k > tol·λ₁}, tol = max(N,d)·eps(float32)",
-        range="[0, min(N,d)]", direction="higher", citation="numerical linear algebra (numpy)",
+@metric("numerical_rank",
+        summary="#{λ_k > F}, F the error floor of the precision used (not N)",
+        range="[0, min(N,d)]", direction="higher",
+        citation="Golub & Van Loan, Matrix Computations",
         bounds=lambda n, d: (0.0, float(min(n, d))), discrete=True)
 def numerical_rank(stats: Statistics, rank_tol: float | None = None) -> float:
-    """Number of covariance eigenvalues above a relative tolerance.
+    """Number of covariance eigenvalues the computation resolves from zero.
 
-    Formula: #{λ_k > tol·λ₁} with tol = max(N, d)·eps(float32) by default (``rank_tol``
-    overrides). Range [0, min(N, d)]; an integer. Complexity: O(d³) eigvalsh.
-    Citation: the matrix_rank convention of numpy/LAPACK, with float32 epsilon since
-    embeddings are stored in float32.
+    Formula: #{λ_k > F}, F the covariance spectrum's error floor: the eigensolver's bound
+    d·eps(float64)·λ₁ plus the rounding of the streamed products, u·c(n)·trace/(N−1), u the
+    unit roundoff of the dtype the products were taken in and n the longest chunk (see
+    :mod:`reprdiag.precision`). F/λ₁ depends on the precision and the chunking, not on N: the
+    same distribution has the same numerical rank at any N (numpy's ``matrix_rank`` tolerance
+    max(N, d)·eps is for singular values of the N×d matrix, and applied to eigenvalues it
+    makes the rank shrink as N grows). ``rank_tol`` replaces F by ``rank_tol``·λ₁.
+    Range [0, min(N, d)]; an integer; higher is healthier. Complexity: O(d³) eigvalsh.
+    Citation: the numerical rank of Golub & Van Loan, "Matrix Computations" (SVD chapter).
 
     >>> numerical_rank(torch.randn(50, 8) @ torch.randn(8, 20))
     8.0
     """
-    lam = stats.cov_eigenvalues
-    tol = rank_tol if rank_tol is not None else max(stats.n, stats.d) * torch.finfo(
-        torch.float32).eps
+    spectrum = stats.spectra.covariance
+    lam = spectrum.values
     if lam[0] <= 0:
         return 0.0
-    return float((lam > tol * lam[0]).sum())
+    floor = rank_tol * lam[0] if rank_tol is not None else spectrum.floor
+    return float((lam > floor).sum())
 
 
 def power_law_fit(lam: torch.Tensor, ranks: tuple[int, int] = ALPHA_RANKS
