@@ -47,6 +47,9 @@ def main() -> None:
               metadata={"factory": "reprdiag.examples.digits:build", "hidden": "128",
                         "test_accuracy": f"{acc:.4f}"})
     save_file({"inputs": x}, str(HERE / "digits.safetensors"))
+    save_file({"labels": y}, str(HERE / "digits-labels.safetensors"),
+              metadata={"source": "sklearn.datasets.load_digits().target, row-aligned with "
+                        "digits.safetensors"})
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ class AnalysisOptions:
     uncertainty: bool = False
     blocks: int = DEFAULT_BLOCKS
     backend: str = "auto"
+    labels: str | None = None
+    pair: str | None = None
     quiet: bool = False
 
     def api_kwargs(self) -> dict[str, Any]:
@@ -107,6 +109,10 @@ _PARAMETERS = (
             "eigendecompositions and K×2 d×d moment matrices)."),
     _option("backend", str, "--backend", help="Under torchrun: auto (NCCL when every rank "
             "has a GPU, else gloo)|nccl|gloo."),
+    _option("labels", str | None, "--labels", help="Class ids, one per row: KEY of the same "
+            "file or PATH[:KEY]; adds nc1, lidar, NC2 and per-class metrics."),
+    _option("pair", str | None, "--pair", help="A second, row-aligned view: KEY or PATH[:KEY]; "
+            "adds alignment, Barlow Twins terms and CKA between the views."),
     _option("quiet", bool, "--quiet", "-q", help="No progress bar."),
 )
 

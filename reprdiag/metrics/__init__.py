@@ -5,7 +5,7 @@ moments → metrics split) or, for convenience, a tensor of rows:
 
 >>> import torch, reprdiag.metrics as M
 >>> round(M.vne(torch.eye(8)), 6), sorted(M.METRICS)[:3]
-(2.079442, ['alpha_req', 'alpha_req_r2', 'avg_cosine'])
+(2.079442, ['alignment', 'alpha_req', 'alpha_req_r2'])
 """
 
 from reprdiag.metrics import labels as _labels  # noqa: F401  (registers the label metrics)

@@ -125,6 +125,25 @@ def pair_cka(p: PairMoments) -> float:
 
 # -- registered metrics: computed when ``--pair`` streamed a second view ----------------------
 
+def paired(x: torch.Tensor, x_pair: torch.Tensor) -> Statistics:
+    """:class:`Statistics` of in-memory rows and their paired view (float64), for calling the
+    paired-view metrics from a notebook: ``M.alignment(paired(x, x2))``."""
+    x = torch.as_tensor(x).to(torch.float64)
+    stats = Statistics.from_tensor(x)
+    moments = PairMoments(x.shape[1], int(x_pair.shape[1]))
+    moments.update(x, torch.as_tensor(x_pair))
+    stats.extras["pair"] = moments
+    return stats
+
+
+def _example() -> Statistics:
+    """A view and a copy of it rotated a little (for the doctests)."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    angle = torch.tensor(0.1, dtype=torch.float64)
+    rot = torch.stack([torch.stack([angle.cos(), -angle.sin()]),
+                       torch.stack([angle.sin(), angle.cos()])])
+    return paired(x, x @ rot)
+
 def _pair(stats: Statistics) -> PairMoments:
     pair = stats.extras.get("pair")
     if pair is None:
@@ -141,7 +160,11 @@ _CITE_BT = "Zbontar et al., ICML 2021"
         range="[0, 4]", direction="lower", citation=_CITE_WI, bounds=lambda n, d: (0.0, 4.0),
         needs="pair")
 def alignment_metric(stats: Statistics) -> float:
-    """Alignment of the paired views; see :func:`alignment`."""
+    """Alignment of the paired views; see :func:`alignment`. Complexity O(N·d) in the pass.
+
+    >>> round(alignment_metric(_example()), 6)  # every pair 0.1 rad apart: 2 − 2 cos 0.1
+    0.009992
+    """
     return alignment(_pair(stats))
 
 
@@ -149,7 +172,11 @@ def alignment_metric(stats: Statistics) -> float:
         range="[0, 4]", direction="lower", citation=_CITE_BT, bounds=lambda n, d: (0.0, 4.0),
         needs="pair")
 def barlow_ondiag_metric(stats: Statistics) -> float:
-    """Barlow Twins' invariance term; see :func:`barlow_ondiag`."""
+    """Barlow Twins' invariance term; see :func:`barlow_ondiag`. Complexity O(d²).
+
+    >>> barlow_ondiag_metric(_example()) < 0.01
+    True
+    """
     return barlow_ondiag(_pair(stats))
 
 
@@ -157,7 +184,11 @@ def barlow_ondiag_metric(stats: Statistics) -> float:
         range="[0, d − 1]", direction="lower", citation=_CITE_BT,
         bounds=lambda n, d: (0.0, max(d - 1.0, 0.0) * 1.0001 + 1e-12), needs="pair")
 def barlow_offdiag_metric(stats: Statistics) -> float:
-    """Barlow Twins' redundancy term; see :func:`barlow_offdiag`."""
+    """Barlow Twins' redundancy term; see :func:`barlow_offdiag`. Complexity O(d²).
+
+    >>> barlow_offdiag_metric(_example()) > 0
+    True
+    """
     return barlow_offdiag(_pair(stats))
 
 
@@ -165,5 +196,9 @@ def barlow_offdiag_metric(stats: Statistics) -> float:
         direction="higher", citation="Kornblith et al., ICML 2019",
         bounds=lambda n, d: (0.0, 1.0 + 1e-12), needs="pair")
 def pair_cka_metric(stats: Statistics) -> float:
-    """Linear CKA of the paired views; see :func:`pair_cka`."""
+    """Linear CKA of the paired views; see :func:`pair_cka`. Complexity O((d + d')²).
+
+    >>> round(pair_cka_metric(_example()), 12)  # a rotation: CKA is exactly 1
+    1.0
+    """
     return pair_cka(_pair(stats))

@@ -10,7 +10,9 @@ import torch
 import reprdiag.metrics as M
 from reprdiag.metrics import METRICS, Statistics
 
-ALL = sorted(METRICS)
+# metrics of one input's rows; those needing labels or a paired view are checked in
+# test_labels.py / test_paired.py (they cannot be evaluated on a tensor alone)
+ALL = sorted(n for n, info in METRICS.items() if info.needs is None)
 ROTATION_INVARIANT = ["vne", "vne_normalized", "effective_rank", "rankme",
                       "participation_ratio", "stable_rank", "numerical_rank", "alpha_req",
                       "alpha_req_r2", "isoscore", "partition_isotropy", "avg_cosine",
