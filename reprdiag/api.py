@@ -40,7 +40,7 @@ from reprdiag.errors import ResourceError, UsageError, check_choice
 from reprdiag.jackknife import DEFAULT_BLOCKS, MIN_BLOCKS, check_rows, fit_blocks
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
-from reprdiag.metrics import Statistics, compute, resolve
+from reprdiag.metrics import Statistics, compute, prepare, resolve
 from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.precision import MATERIAL, PRECISIONS
@@ -164,10 +164,12 @@ def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
              metric_opts: MetricOptions) -> tuple[Statistics, dict[str, list[float]],
                                                   dict[str, float], float, float]:
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
+    infos = resolve(metric_names)
+    prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
     t0 = time.perf_counter()
     spectra = spectra_lists(stats)
     t1 = time.perf_counter()
-    values = compute(stats, resolve(metric_names), asdict(metric_opts))
+    values = compute(stats, infos, asdict(metric_opts))
     return stats, spectra, values, t1 - t0, time.perf_counter() - t1
 
 

@@ -125,6 +125,36 @@ def no_baseline(rule: Rule) -> ConfigError:
                        hint="pass --baseline RUN or set baseline in the config")
 
 
+def check_finite(value: float, where: str, source: str | None) -> None:
+    """Refuse a NaN or infinite bound.
+
+    >>> check_finite(float("nan"), "rankme.min", "cfg")
+    Traceback (most recent call last):
+    ...
+    reprdiag.errors.ConfigError: cfg: rankme.min must be a finite number, got nan
+    """
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}", source=source)
+
+
+def check_se_modifier(key: str, value: float, where: str, source: str | None) -> None:
+    """``margin_se`` must be finite and ≥ 0, ``max_se`` finite and > 0."""
+    check_finite(value, f"{where}.{key}", source)
+    if key == "margin_se" and value < 0:
+        raise ConfigError(f"{where}.margin_se must be ≥ 0, got {value:g}", source=source,
+                          hint="a number of standard errors, e.g. 2")
+    if key == "max_se" and value <= 0:
+        raise ConfigError(f"{where}.max_se must be > 0, got {value:g}", source=source,
+                          hint="the largest standard error to accept")
+
+
+def _unknown_key(key: str, valid: Iterable[str], where: str, source: str) -> ConfigError:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
+    return ConfigError(f"unknown key {key!r} in {where}", source=source, hint=hint)
+
+
 @dataclass(frozen=True)
 class Rule:
     """One bound on one metric.
@@ -150,6 +180,21 @@ class Rule:
     origin: str = ""
     margin_se: float = field(default=0.0, repr=False)
     max_se: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        """The one place a rule's numbers are checked, whichever way it was written (a
+        config table, ``fail_if``, ``--fail-if``, the API): a NaN or infinite bound would
+        make the rule always fail or always hold."""
+        source = self.origin or None
+        if self.kind not in KINDS:
+            raise _unknown_key(self.kind, KINDS, f"rule {self.metric}", self.origin)
+        check_finite(self.bound, f"{self.metric}.{self.kind}", source)
+        if self.relative and self.bound < 0:
+            raise ConfigError(f"{self.metric}.{self.kind} must be a fraction ≥ 0, got "
+                              f"{self.bound:g}", source=source, hint="e.g. 0.05 for 5%")
+        check_se_modifier("margin_se", self.margin_se, self.metric, source)
+        if self.max_se is not None:
+            check_se_modifier("max_se", self.max_se, self.metric, source)
 
     @property
     def relative(self) -> bool:
@@ -278,7 +323,8 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """Every check holds, and there was at least one (a gate that checked nothing fails)."""
+        return bool(self.checks) and all(c.passed for c in self.checks)
 
     @property
     def failures(self) -> list[Check]:
@@ -287,6 +333,8 @@ class GateResult:
     def detail(self) -> str:
         """``2 of 2 rules hold`` or ``1 of 2 rules failed (rankme_frac ≥ 0.1)``."""
         n = len(self.checks)
+        if not n:
+            return "no rule could be checked (the run holds no input)"
         if self.passed:
             return f"{n} of {n} rules hold"
         names = ", ".join(dict.fromkeys(c.rule.describe() for c in self.failures))
@@ -328,19 +376,15 @@ class GateConfig:
     rules: tuple[Rule, ...] = ()
     baseline: str | None = None
     source: str = ""
+    #: ``margin_se`` / ``max_se`` of the gate table: applied to its rules and to --fail-if's.
+    se_defaults: dict[str, float] = field(default_factory=dict)
 
 
 def _number(value: object, where: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    """A TOML value that must be a number (finiteness is checked by :class:`Rule`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where} must be a number, got {value!r}", source=source)
     return float(value)
-
-
-def _unknown_key(key: str, valid: Iterable[str], where: str, source: str) -> ConfigError:
-    valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
-    return ConfigError(f"unknown key {key!r} in {where}", source=source, hint=hint)
 
 
 def se_modifiers(table: Mapping[str, Any], where: str, source: str,
@@ -351,16 +395,10 @@ def se_modifiers(table: Mapping[str, Any], where: str, source: str,
     {'max_se': 0.5, 'margin_se': 2.0}
     """
     out = dict(defaults or {})
-    if "margin_se" in table:
-        out["margin_se"] = _number(table["margin_se"], f"{where}.margin_se", source)
-        if out["margin_se"] < 0:
-            raise ConfigError(f"{where}.margin_se must be ≥ 0, got {table['margin_se']!r}",
-                              source=source, hint="a number of standard errors, e.g. 2")
-    if "max_se" in table:
-        out["max_se"] = _number(table["max_se"], f"{where}.max_se", source)
-        if out["max_se"] <= 0:
-            raise ConfigError(f"{where}.max_se must be > 0, got {table['max_se']!r}",
-                              source=source, hint="the largest standard error to accept")
+    for key in MODIFIERS:
+        if key in table:
+            out[key] = _number(table[key], f"{where}.{key}", source)
+            check_se_modifier(key, out[key], where, source)
     return out
 
 
@@ -388,11 +426,8 @@ def parse_rules(table: object, source: str, where: str = "[gate.rules]",
                 continue
             if kind not in KINDS:
                 raise _unknown_key(kind, KINDS + MODIFIERS, f"{where} {name}", source)
-            value = _number(raw, f"{name}.{kind}", source)
-            if kind in RELATIVE and value < 0:
-                raise ConfigError(f"{name}.{kind} must be a fraction ≥ 0, got {raw!r}",
-                                  source=source, hint="e.g. 0.05 for 5%")
-            rules.append(Rule(name, kind, value, origin=source, **mods))
+            rules.append(Rule(name, kind, _number(raw, f"{name}.{kind}", source),
+                              origin=source, **mods))
         if "min" in bounds and "max" in bounds and float(bounds["min"]) > float(bounds["max"]):
             raise ConfigError(f"{name}: min {bounds['min']} is above max {bounds['max']}",
                               source=source)
@@ -453,7 +488,7 @@ def parse_gate_table(table: object, source: str, base_dir: Path | None = None) -
         raise ConfigError("baseline must be a path (a string)", source=source)
     if baseline and base_dir is not None and not Path(baseline).is_absolute():
         baseline = str(base_dir / baseline)
-    return GateConfig(tuple(rules), baseline, source)
+    return GateConfig(tuple(rules), baseline, source, defaults)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -513,7 +548,14 @@ def resolve_rules(config: GateConfig | None, fail_if: Sequence[str | Rule] = ()
     """The config's rules plus the ``--fail-if`` ones; the default preset when both are
     empty."""
     rules = list(config.rules) if config else []
-    rules += [r if isinstance(r, Rule) else parse_fail_if(r) for r in fail_if]
+    defaults = config.se_defaults if config else {}
+    rules += [replace(r if isinstance(r, Rule) else parse_fail_if(r), **defaults)
+              for r in fail_if]
+    if not rules and defaults:
+        given = ", ".join(f"{k} = {v:g}" for k, v in defaults.items())
+        raise ConfigError(f"{given} in the gate table has no rule to apply to",
+                          source=config.source if config else None,
+                          hint='add [gate.rules], fail_if or preset = "collapse"')
     return rules or list(PRESETS[DEFAULT_PRESET])
 
 

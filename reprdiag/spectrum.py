@@ -20,6 +20,8 @@ that depend on the others.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -63,6 +65,41 @@ def _sorted(values: torch.Tensor, vectors: torch.Tensor | None, keep: int | None
     return Spectrum(values[order].cpu(), solver, vecs, float(floor) + accumulated)
 
 
+#: CPU eigensolves of matrices up to this size run on one thread (see :func:`solve_threads`).
+SERIAL_SOLVE_MAX = 2048
+
+
+@contextmanager
+def solve_threads(matrix: torch.Tensor) -> Iterator[None]:
+    """Run a CPU eigensolve of ``matrix`` on one thread when it is at most
+    :data:`SERIAL_SOLVE_MAX` wide, restoring torch's thread count afterwards.
+
+    LAPACK's symmetric eigensolvers (tridiagonalization) open one parallel region per column,
+    and each waits at a barrier for every thread: when another process holds a core, each
+    barrier costs a scheduler time slice. Measured with torch 2.13 (MKL) on 2 cores at load
+    average 6–10: eigvalsh of 384² 0.02–0.05 s on one thread against 1–11 s on two, 2048²
+    2.4–3.0 s against 6.6–15 s (eigh 9 s against 41–103 s). Idle, two threads gain little at
+    these sizes. Larger matrices keep torch's thread count.
+    """
+    if matrix.device.type != "cpu" or matrix.shape[-1] > SERIAL_SOLVE_MAX \
+            or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eig(matrix: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with solve_threads(matrix):
+        if vectors:
+            return torch.linalg.eigh(matrix)
+        return torch.linalg.eigvalsh(matrix), None
+
+
 def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
                    vectors: bool = False, accumulated: float = 0.0) -> Spectrum:
     """Eigen-decompose a symmetric matrix in float64: ``eigvalsh`` (or ``eigh`` for vectors).
@@ -73,10 +110,7 @@ def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
     m = matrix.to(_F64)
     what = "eigh" if vectors else "eigvalsh"
     solver = f"{what} d×d ({m.shape[0]}×{m.shape[1]}, float64, {m.device.type})"
-    if vectors:
-        vals, vecs = torch.linalg.eigh(m)
-        return _sorted(vals, vecs, keep, solver, accumulated)
-    return _sorted(torch.linalg.eigvalsh(m), None, keep, solver, accumulated)
+    return _sorted(*_eig(m, vectors), keep, solver, accumulated)
 
 
 def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:
@@ -88,8 +122,8 @@ def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Sp
     gram = (r @ r.T) * scale
     solver = f"gram N×N ({r.shape[0]}×{r.shape[0]}, float64, {r.device.type})"
     if not vectors:
-        return _sorted(torch.linalg.eigvalsh(gram), None, None, solver)
-    vals, u = torch.linalg.eigh(gram)
+        return _sorted(_eig(gram, False)[0], None, None, solver)
+    vals, u = _eig(gram, True)
     v = r.T @ u
     v = v / torch.linalg.vector_norm(v, dim=0).clamp_min(1e-300)
     return _sorted(vals, v, None, solver)
@@ -123,6 +157,9 @@ class Spectra:
         self.n, self.d = moments.n, moments.d
         self.length = min(self.n, self.d)
         self._rows = rows if rows is not None and rows.shape[0] == self.n else None
+        #: set when XᵀX's eigenvectors will be needed: then its one decomposition is ``eigh``
+        #: and :attr:`raw_eigenvalues` reuses it (no eigendecomposition is computed twice)
+        self.want_vectors = False
 
     @property
     def use_gram(self) -> bool:
@@ -161,7 +198,7 @@ class Spectra:
     @cached_property
     def raw_eigenvalues(self) -> Spectrum:
         """Eigenvalues of M = XᵀX only (cheaper than :attr:`raw` when no vectors are needed)."""
-        if "raw" in self.__dict__:
+        if "raw" in self.__dict__ or self.want_vectors:
             return self.raw
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0)

@@ -156,15 +156,10 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
             deleted[info.name] = info.deleted(full, labels, blocked.blocks,
                                               **option_kwargs(info, options))
     one_by_one = [i for i in continuous if i.deleted is None]
-    # partition_isotropy needs XᵀX's eigenvectors: decompose it once with vectors, so that
-    # RankMe (evaluated before it) reuses those eigenvalues instead of a second solve
-    with_vectors = any(i.name == "partition_isotropy" for i in one_by_one)
 
     def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
         stats = deleted_statistic(blocked, total, sample, b)
-        if with_vectors:
-            _ = stats.spectra.raw
-        found = compute(stats, one_by_one, options)
+        found = compute(stats, one_by_one, options)  # XᵀX decomposed once (metrics.prepare)
         if progress:
             progress.advance(1)
         return found, _padded(stats.cov_eigenvalues, eigenvalues.numel())

@@ -283,23 +283,28 @@ def test_atomic_write_os_errors_are_one_line(tmp_path: Path, code: int, error: t
     assert info.value.exit_code == exit_code and list(tmp_path.iterdir()) == []
 
 
-def test_rewrite_removes_the_stale_report_first(tmp_path: Path,
+def test_failed_rewrite_keeps_the_old_run_whole(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rewrite that fails half-way must not leave the old report.json beside new CSVs."""
+    """A rewrite that fails half-way must not leave the old report.json beside new CSVs: the
+    folder keeps the old run, byte for byte (the new one is built beside it and swapped in
+    only when complete), and no temporary file."""
     x = gaussian(40, 4)
     x[0] = 0
     report = reprdiag.analyze(x, metrics=["vne"], device="cpu")
-    save_report(report, tmp_path, plots=False)
-    assert (tmp_path / "report.json").exists()
-    assert "## Warnings" in (tmp_path / "summary.md").read_text()
+    out = tmp_path / "run"
+    save_report(report, out, plots=False)
+    assert (out / "report.json").exists()
+    assert "## Warnings" in (out / "summary.md").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     import reprdiag.report.plots as plots
 
     monkeypatch.setattr(plots, "save_plots", lambda *a: (_ for _ in ()).throw(
         KeyboardInterrupt()))
+    changed = reprdiag.analyze(x[:20], metrics=["vne"], device="cpu")
     with pytest.raises(KeyboardInterrupt):
-        save_report(report, tmp_path, plots=True)
-    assert not (tmp_path / "report.json").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        save_report(changed, out, plots=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder, no .tmp
 
 
 # -- found by tests/test_properties.py ------------------------------------------------------------

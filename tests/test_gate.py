@@ -25,6 +25,7 @@ from reprdiag.gate import (
     parse_fail_if,
     parse_gate_table,
     parse_rules,
+    resolve_rules,
     write_junit,
 )
 from reprdiag.report.model import InputResult, Report
@@ -226,3 +227,60 @@ def test_readme_config_example_is_valid(tmp_path: Path) -> None:
         "std_normalized ≥ 0.1", "effective_rank_frac ≥ 0.1", "rankme_frac ≥ 0.25",
         "vne drop ≤ 5% vs baseline", "avg_cosine ≤ 0.5", "avg_cosine rise ≤ 50% vs baseline",
         "numerical_rank ≥ 32"]
+
+
+# -- one validation path for every way a rule is written (issue 14 item 10) --------------------
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: parse_gate_table({"rules": {"rankme": {"min": NAN}}}, "cfg.toml"),
+    lambda: parse_gate_table({"fail_if": ["rankme < nan"]}, "cfg.toml"),
+    lambda: parse_fail_if("rankme < nan"),
+    lambda: parse_fail_if("rankme > inf"),
+    lambda: parse_gate_table({"rules": {"vne": {"max_drop": INF}}}, "cfg.toml"),
+    lambda: Rule("rankme", "min", NAN),
+], ids=["toml-min", "toml-fail_if", "cli-fail-if", "cli-inf", "toml-inf", "api"])
+def test_non_finite_bounds_are_refused_everywhere(make) -> None:
+    with pytest.raises(ConfigError, match=r"must be a finite number, got (nan|inf)"):
+        make()
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"margin_se": NAN, "rules": {"vne": {"min": 1}}}, "[gate].margin_se must be a finite"),
+    ({"rules": {"vne": {"min": 1, "max_se": INF}}}, "vne.max_se must be a finite number"),
+    ({"rules": {"vne": {"min": 1, "margin_se": -1}}}, "vne.margin_se must be ≥ 0, got -1"),
+    ({"max_se": 0, "rules": {"vne": {"min": 1}}}, "[gate].max_se must be > 0, got 0"),
+])
+def test_bad_se_modifiers_are_refused(table: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_gate_table(table, "cfg.toml")
+    assert message in str(info.value)
+
+
+def test_api_rules_are_checked_like_config_rules() -> None:
+    with pytest.raises(ConfigError, match=r"vne\.max_drop must be a fraction ≥ 0, got -0\.1"):
+        Rule("vne", "max_drop", -0.1)
+    with pytest.raises(ConfigError, match="unknown key 'minimum'"):
+        Rule("vne", "minimum", 1.0)
+    with pytest.raises(ConfigError, match=r"vne\.margin_se must be ≥ 0"):
+        Rule("vne", "min", 1.0, margin_se=-2)
+
+
+def test_margin_se_without_rules_is_refused() -> None:
+    """``margin_se = 2`` alone used to be silently dropped (the preset ran without it)."""
+    config = parse_gate_table({"margin_se": 2}, "cfg.toml")
+    with pytest.raises(ConfigError) as info:
+        resolve_rules(config)
+    assert str(info.value) == ('cfg.toml: margin_se = 2 in the gate table has no rule to apply '
+                               'to; add [gate.rules], fail_if or preset = "collapse"')
+    # ... it applies to the preset or to --fail-if rules, as to the table's own rules
+    assert {r.margin_se for r in resolve_rules(parse_gate_table(
+        {"margin_se": 2, "preset": "collapse"}, "cfg.toml"))} == {2.0}
+    assert [r.margin_se for r in resolve_rules(config, ["rankme < 3"])] == [2.0]
+
+
+def test_a_gate_that_checks_nothing_fails() -> None:
+    result = evaluate(Report([]), [Rule("rankme", "min", 1.0)])
+    assert result.checks == [] and not result.passed
+    assert result.summary() == "FAIL: no rule could be checked (the run holds no input)"

@@ -21,10 +21,10 @@ from reprdiag.metrics.rank import (
     rankme,
     stable_rank,
 )
-from reprdiag.metrics.registry import METRICS, MetricInfo, compute, metric, resolve
+from reprdiag.metrics.registry import METRICS, MetricInfo, compute, metric, prepare, resolve
 
 __all__ = ["METRICS", "MetricInfo", "Statistics", "alpha_req", "alpha_req_r2", "avg_cosine",
            "compute", "cov_offdiag", "cov_offdiag_frac", "effective_rank", "er_entropy",
            "isoscore", "metric", "numerical_rank", "participation_ratio", "partition_isotropy",
-           "rankme", "resolve", "stable_rank", "std_normalized", "vicreg_std", "vne",
+           "prepare", "rankme", "resolve", "stable_rank", "std_normalized", "vicreg_std", "vne",
            "vne_normalized"]

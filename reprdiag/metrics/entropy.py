@@ -9,7 +9,6 @@ import torch
 from reprdiag.metrics import pairwise
 from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
-from reprdiag.stats import ZERO_NORM
 
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
 
@@ -111,7 +110,7 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     >>> er_entropy(x) < er_entropy(torch.cat([x, -x]))
     True
     """
-    on_sphere = torch.linalg.vector_norm(stats.sample, dim=1) > ZERO_NORM
+    on_sphere = stats.sample.ne(0).any(dim=1)  # every non-zero row, at any scale
     if not bool(on_sphere.any()):
         return math.nan  # no row has a direction: there is no density on the sphere
     e = stats.normalized_sample[on_sphere]

@@ -54,7 +54,7 @@ def _candidate_directions(stats: Statistics) -> torch.Tensor:
 
 @metric("partition_isotropy", summary="min_c Z(c)/max_c Z(c), Z(c)=Σ exp(cᵀx), c = ±eigvecs of XᵀX",
         range="(0, 1]", direction="higher", citation="Mu & Viswanath, ICLR 2018",
-        bounds=lambda n, d: (0.0, 1.0 + 1e-12), uses_sample=True)
+        bounds=lambda n, d: (0.0, 1.0 + 1e-12), uses_sample=True, eigenvectors=True)
 def partition_isotropy(stats: Statistics) -> float:
     """Partition-function isotropy of the raw rows (Arora et al. 2016; Mu & Viswanath).
 

@@ -36,6 +36,7 @@ class MetricInfo:
     discrete: bool = False
     options: tuple[str, ...] = field(default=())
     deleted: Callable[..., list[float]] | None = None
+    eigenvectors: bool = False  # needs the eigenvectors of XᵀX (see :func:`prepare`)
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -49,7 +50,7 @@ DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participa
 
 def metric(name: str, *, summary: str, range: str, direction: str, citation: str,
            bounds: Bounds, uses_sample: bool = False, discrete: bool = False,
-           deleted: Callable[..., list[float]] | None = None,
+           deleted: Callable[..., list[float]] | None = None, eigenvectors: bool = False,
            ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``func(stats, **options) -> float`` as metric ``name``.
 
@@ -67,7 +68,7 @@ def metric(name: str, *, summary: str, range: str, direction: str, citation: str
             return float(func(stats, **kwargs))
 
         METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
-                                   uses_sample, discrete, options, deleted)
+                                   uses_sample, discrete, options, deleted, eigenvectors)
         return wrapper
 
     return register
@@ -88,9 +89,20 @@ def resolve(names: Sequence[str] | None) -> list[MetricInfo]:
     return [METRICS[n] for n in dict.fromkeys(names)]
 
 
+def prepare(stats: Statistics, infos: Sequence[MetricInfo]) -> None:
+    """Tell ``stats`` what the metrics ``infos`` will need before any spectrum is computed:
+    when one needs the eigenvectors of XᵀX (partition isotropy), XᵀX is decomposed once, by
+    ``eigh``, and its eigenvalues serve the singular values (RankMe, the report's σ) too,
+    instead of a second ``eigvalsh`` of the same matrix."""
+    if any(info.eigenvectors for info in infos):
+        stats.spectra.want_vectors = True
+
+
 def compute(stats: Statistics, infos: Sequence[MetricInfo],
             options: dict[str, object] | None = None) -> dict[str, float]:
-    """Evaluate metrics on one input, passing each only the options it accepts."""
+    """Evaluate metrics on one input, passing each only the options it accepts (after
+    :func:`prepare`)."""
+    prepare(stats, infos)
     return {info.name: info.func(stats, **option_kwargs(info, options)) for info in infos}
 
 

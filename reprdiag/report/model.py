@@ -11,8 +11,8 @@ from typing import Any
 import pandas as pd
 
 from reprdiag.errors import InputError, source_label
+from reprdiag.report.schema import SCHEMA_VERSION, validate_report
 
-SCHEMA_VERSION = 1
 SPECTRUM_KINDS = ("covariance", "autocorrelation", "singular_values")
 
 
@@ -148,21 +148,26 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        """Read a ``report.json`` (or the one inside a run folder)."""
+        """Read a ``report.json`` (or the one inside a run folder), validated against its
+        JSON Schema (:mod:`reprdiag.report.schema`): exit 2 naming the first bad field."""
         path = Path(path)
         if path.is_dir():
             path = path / "report.json"
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise InputError("no report.json here", source=source_label(path.parent),
                              hint="pass a run folder written by analyze --out, or a file"
                              ) from exc
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise InputError(f"is not a valid reprdiag report ({detail})",
+        except IsADirectoryError as exc:
+            raise InputError("is a folder, not a report", source=source_label(path),
+                             hint="re-run reprdiag analyze --out to rewrite it") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"is not a valid reprdiag report ({exc})",
                              source=source_label(path),
                              hint="re-run reprdiag analyze --out to rewrite it") from exc
+        validate_report(data, path)
+        return cls.from_dict(data)
 
     def save(self, out_dir: str | Path, plots: bool = True, plot_format: str = "png") -> Path:
         """Write report.json, metrics.csv, spectrum.csv, summary.md and plots to ``out_dir``."""

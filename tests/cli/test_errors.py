@@ -207,6 +207,11 @@ def with_gate(*extra: str) -> Maker:
     return make
 
 
+def margin_only(tmp: Path) -> list[str]:
+    (tmp / "m.toml").write_text("[gate]\nmargin_se = 2\n")
+    return valid(tmp)
+
+
 def zero_rows(tmp: Path) -> list[str]:
     x = rows()
     x[[3, 30]] = 0.0
@@ -361,6 +366,17 @@ OTHER_COMMANDS: dict[str, tuple[list[str], Maker, tuple[str, ...]]] = {
                               lambda t: [str(t / "nope.npy")],
                               ("/proc/reprdiag-test/gate.xml: cannot be written",
                                "pick a writable --junit")),
+    "gate-empty-report": (["gate", "--fail-if", "rankme < 1"],
+                          run_folder('{"schema": 1, "inputs": []}'),
+                          ("run/report.json: is not a valid reprdiag report (inputs: [] should be "
+                           "non-empty)",)),
+    "compare-schema-99": (["compare"], lambda t: [*run_folder('{"schema": 99}')(t), *valid(t)],
+                          ("(schema: 99, but this reprdiag reads schema 1 only)",)),
+    "gate-fail-if-nan": (["gate", "--fail-if", "rankme < nan"], valid,
+                         ("--fail-if: rankme.min must be a finite number, got nan",)),
+    "gate-margin-without-rules": (["gate", "--config", "m.toml"], margin_only,
+                                  ("m.toml: margin_se = 2 in the gate table has no rule to "
+                                   "apply to",)),
     "compare-out-holds-other-files": (["compare"], lambda t: [*out_holding("a.txt")(t), "x"],
                                       ("run: holds what reprdiag did not write (a.txt)",)),
 }
