@@ -19,6 +19,7 @@ from reprdiag.loaders.base import (
     ConcatSource,
     PooledSource,
     TensorSource,
+    checked_dtype,
     pool_rows,
     untrusted,
 )
@@ -142,7 +143,9 @@ def select_arrays(arrays: list[ArraySource], keys: Sequence[str] | None,
 
 
 def as_rows(source: ArraySource, pool: str | None) -> ArraySource:
-    """Check a source's rank and pool it to 2-D where needed."""
+    """Check a source's dtype and rank (:func:`checked_dtype`) and pool it to 2-D where
+    needed."""
+    source = checked_dtype(source)
     ndim = len(source.shape)
     if ndim < 2:
         raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}, not rows × features",

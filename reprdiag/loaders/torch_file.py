@@ -7,6 +7,7 @@ file is in the zip format, so tensors are paged in as rows are read.
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,12 +30,14 @@ def _walk(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # a sparse tensor is refused with our own message
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def refusal_reason(exc: BaseException) -> str:

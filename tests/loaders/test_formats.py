@@ -166,3 +166,57 @@ def test_list_arrays_includes_every_rank(tmp_path: Path) -> None:
     path = tmp_path / "e.npz"
     np.savez(path, a=np.zeros((3, 2)), b=np.zeros(4))
     assert sorted(s.key for s in list_arrays(path)) == ["a", "b"]
+
+
+# -- dtypes and layouts that used to be analyzed wrongly or crash (issue 14 item 2) ------------
+def _complex(tmp: Path, fmt: str) -> Path:
+    z = torch.randn(40, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    path = tmp / f"c.{fmt}"
+    if fmt == "safetensors":
+        save_file({"emb": z}, str(path))
+    elif fmt == "pt":
+        torch.save({"emb": z}, path)
+    else:
+        np.save(path, z.numpy())
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "npy"])
+def test_complex_data_is_refused_not_cut_to_its_real_part(tmp_path: Path, fmt: str) -> None:
+    path = _complex(tmp_path, fmt)
+    with pytest.raises(InputError) as info:
+        reprdiag.analyze(path, metrics=["rankme"], device="cpu")
+    assert info.value.exit_code == 2
+    assert "holds complex values (dtype complex64), whose imaginary part would be lost" in \
+        info.value.one_line()
+    assert "torch.view_as_real(x).flatten(1)" in info.value.one_line()
+    with pytest.raises(InputError, match="holds complex values"):  # an in-memory tensor too
+        reprdiag.analyze(torch.randn(40, 4, dtype=torch.complex128), device="cpu")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_read_as_float32(tmp_path: Path, fmt: str, dtype: torch.dtype) -> None:
+    """float8 rows are widened exactly: the metrics equal those of the same values stored as
+    float32 (the float8 → float32 conversion is exact)."""
+    x8 = torch.randn(300, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+    path = tmp_path / f"f8.{fmt}"
+    save_file({"emb": x8}, str(path)) if fmt == "safetensors" else torch.save({"emb": x8}, path)
+    got = reprdiag.analyze(path, metrics=["rankme", "vne", "avg_cosine"], device="cpu")
+    want = reprdiag.analyze(x8.to(torch.float32), metrics=["rankme", "vne", "avg_cosine"],
+                            device="cpu")
+    assert got.inputs[0].dtype == str(dtype).removeprefix("torch.")
+    for name, value in want.metrics.items():
+        assert got.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_tensors_are_refused_with_to_dense_hint(tmp_path: Path, layout: str) -> None:
+    x = torch.from_numpy(_x())
+    sparse = x.to_sparse() if layout == "coo" else x.to_sparse_csr()
+    torch.save({"emb": sparse}, tmp_path / "s.pt")
+    with pytest.raises(InputError) as info:
+        reprdiag.analyze(tmp_path / "s.pt", device="cpu")
+    assert info.value.one_line() == (f"{tmp_path / 's.pt'}[emb]: is a sparse tensor (layout "
+                                     f"sparse_{layout}); convert it with .to_dense() before "
+                                     "saving or analyzing it")
