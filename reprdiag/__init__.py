@@ -4,18 +4,60 @@
 >>> report = reprdiag.analyze(torch.eye(3, dtype=torch.float64), metrics=["vne"], device="cpu")
 >>> round(report.metrics["vne"], 6)
 1.098612
+
+The names below are imported on first use (PEP 562), so ``import reprdiag`` and the CLI's
+``--help`` do not import torch, pandas or matplotlib.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 from reprdiag._version import __version__
 
-# ``compare`` and ``gate`` are functions that shadow their modules' names as package
-# attributes: ``reprdiag.compare(...)`` is the function, while
-# ``from reprdiag.compare import Comparison`` still imports from the module.
-from reprdiag.api import analyze
-from reprdiag.compare import Comparison, compare
-from reprdiag.gate import GateResult, Rule, gate
-from reprdiag.metrics import METRICS
-from reprdiag.report.model import InputResult, Report
+if TYPE_CHECKING:
+    from reprdiag.api import analyze
+    from reprdiag.compare import Comparison, compare
+    from reprdiag.gate import GateResult, Rule, gate
+    from reprdiag.metrics import METRICS
+    from reprdiag.report.model import InputResult, Report
+
+#: Public name → the module defining it, imported when the name is first read.
+_LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
+         "Comparison": "reprdiag.compare", "gate": "reprdiag.gate", "GateResult": "reprdiag.gate",
+         "Rule": "reprdiag.gate", "METRICS": "reprdiag.metrics",
+         "InputResult": "reprdiag.report.model", "Report": "reprdiag.report.model"}
+#: Functions named like their modules: ``reprdiag.compare(...)`` is the function, while
+#: ``from reprdiag.compare import Comparison`` still imports from the module.
+_SHADOWED = ("compare", "gate")
 
 __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
            "__version__", "analyze", "compare", "gate"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'reprdiag' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """The package object: when the import system binds a submodule that a function of the
+    same name shadows (``reprdiag.compare``), the function is bound instead."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from reprdiag.defaults import NOISE_Z
 from reprdiag.distributed import joined
 from reprdiag.errors import InputError
 from reprdiag.metrics import METRICS, resolve
@@ -47,8 +48,7 @@ VERDICT_TOLERANCE_PCT = 1.0
 #: How many of the largest changes the verdict names per run.
 VERDICT_TOP = 3
 
-#: |z| below this marks a change "within noise" (runs with standard errors).
-NOISE_Z = 2.0
+#: What a change with |z| < NOISE_Z is called (runs with standard errors).
 NOISE = "within noise"
 
 CHANGES = ("better", "worse", "neutral", "same", NOISE, "n/a")

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.errors import InputError, ReprdiagWarning, ResourceError
 from reprdiag.metrics.inputs import Statistics
 from reprdiag.stats import Reservoir, Scratch, StreamingMoments, _splitmix64
 
 MIN_BLOCKS = 5
-DEFAULT_BLOCKS = 20
 BLOCK_SALT = 0x2545F4914F6CDD1D  # keeps block labels independent of the sample's priorities
 BUDGET_ENV = "REPRDIAG_MEMORY_BUDGET"  # bytes; overrides the device's free memory / 2
 

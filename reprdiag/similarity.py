@@ -21,143 +21,19 @@ the metrics are O(D²) from the moments.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from reprdiag.crossmoments import CrossMoments
 from reprdiag.errors import InputError, UsageError
 from reprdiag.loaders import ArraySource, open_sources
+from reprdiag.metrics.cka import linear_cka
 
-PRECISIONS = ("float64", "float32")
-
-
-@dataclass
-class CrossMoments:
-    """Streaming sufficient statistics of L row-aligned inputs (the update/compute split).
-
-    ``widths`` are the inputs' column counts. Rows are shifted by ``shift`` (the first chunk's
-    column means) before they are summed, so the float64 sums stay well conditioned; products
-    are formed in ``precision`` and added in float64.
-
-    >>> m = CrossMoments([2, 1])
-    >>> m.update([torch.tensor([[1., 0.], [0., 1.], [1., 1.]]), torch.tensor([[1.], [0.], [2.]])])
-    >>> m.n, m.S.shape, m.U.shape, m.W.shape
-    (3, torch.Size([3, 3]), torch.Size([2, 3]), torch.Size([2, 2]))
-    """
-
-    widths: list[int]
-    precision: str = "float64"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    n: int = 0
-    shift: torch.Tensor | None = None
-    s: torch.Tensor = field(init=False)
-    S: torch.Tensor = field(init=False)
-    U: torch.Tensor = field(init=False)
-    W: torch.Tensor = field(init=False)
-    slices: list[slice] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {self.precision!r}",
-                             hint=f"use one of {', '.join(PRECISIONS)}")
-        dim, inputs = sum(self.widths), len(self.widths)
-        f64 = {"dtype": torch.float64, "device": self.device}
-        self.s = torch.zeros(dim, **f64)
-        self.S = torch.zeros(dim, dim, **f64)
-        self.U = torch.zeros(inputs, dim, **f64)
-        self.W = torch.zeros(inputs, inputs, **f64)
-        bounds = itertools.accumulate(self.widths, initial=0)
-        self.slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-    def update(self, chunks: Sequence[torch.Tensor]) -> None:
-        """Add the same rows of every input (``chunks[a]`` is rows × widths[a])."""
-        y = torch.cat([c.to(self.device, torch.float64) for c in chunks], dim=1)
-        if self.shift is None:
-            self.shift = y.mean(dim=0)
-        y -= self.shift
-        work = y.to(torch.float32) if self.precision == "float32" else y
-        q = torch.stack([(y[:, sl] ** 2).sum(dim=1) for sl in self.slices], dim=1)  # rows × L
-        self.n += y.shape[0]
-        self.s += y.sum(dim=0)
-        self.S += (work.T @ work).to(torch.float64)
-        self.U += q.T @ y
-        self.W += q.T @ q
-
-
-def _centred(m: CrossMoments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """C = Σ(y−μ)(y−μ)ᵀ, μ (shifted coordinates) and m = ‖μₐ‖² per input."""
-    mu = m.s / m.n
-    cross = m.S - m.n * torch.outer(mu, mu)
-    norms = torch.stack([mu[sl] @ mu[sl] for sl in m.slices])
-    return cross, mu, norms
-
-
-def _row_norm_products(m: CrossMoments, mu: torch.Tensor, norms: torch.Tensor,
-                       traces: torch.Tensor) -> torch.Tensor:
-    """Σᵢ ‖zₐᵢ‖²‖z_bᵢ‖² for centred rows z = y − μ, for every pair (a, b), from the moments.
-
-    Expanding ‖zᵢ‖² = qᵢ − 2yᵢᵀμ + ‖μ‖² gives
-    W_ab − 2μ_b·U_ab − 2μₐ·U_ba + 4μₐᵀS_abμ_b + m_b tr Sₐₐ + mₐ tr S_bb − 3n mₐm_b.
-    """
-    L = len(m.slices)
-    out = torch.empty(L, L, dtype=torch.float64, device=m.S.device)
-    for a, sa in enumerate(m.slices):
-        for b, sb in enumerate(m.slices):
-            out[a, b] = (m.W[a, b] - 2 * mu[sb] @ m.U[a, sb] - 2 * mu[sa] @ m.U[b, sa]
-                         + 4 * mu[sa] @ m.S[sa, sb] @ mu[sb] + norms[b] * traces[a]
-                         + norms[a] * traces[b] - 3 * m.n * norms[a] * norms[b])
-    return out
-
-
-def hsic_matrix(m: CrossMoments, debiased: bool = False) -> torch.Tensor:
-    """The L×L matrix of (scaled) linear HSIC values between inputs.
-
-    Biased: ‖C_ab‖²_F with C_ab the centred cross-moment block. Debiased (Song et al. 2012 in the
-    feature-space form of Kornblith's reference code):
-    ‖C_ab‖²_F − n/(n−2) Σᵢ‖zₐᵢ‖²‖z_bᵢ‖² + tr Cₐₐ tr C_bb / ((n−1)(n−2)), which needs n > 3.
-    """
-    cross, mu, norms = _centred(m)
-    L = len(m.slices)
-    hsic = torch.empty(L, L, dtype=torch.float64, device=cross.device)
-    for a, sa in enumerate(m.slices):
-        for b, sb in enumerate(m.slices):
-            hsic[a, b] = (cross[sa, sb] ** 2).sum()
-    if not debiased:
-        return hsic
-    n = m.n
-    if n <= 3:
-        raise UsageError(f"debiased CKA needs at least 4 rows, got {n}",
-                         hint="use the biased estimate (drop --debiased)")
-    centred_traces = torch.stack([cross[sl, sl].trace() for sl in m.slices])
-    raw_traces = torch.stack([m.S[sl, sl].trace() for sl in m.slices])
-    rows = _row_norm_products(m, mu, norms, raw_traces)
-    return hsic - n / (n - 2) * rows + torch.outer(centred_traces, centred_traces) / (
-        (n - 1) * (n - 2))
-
-
-def linear_cka(m: CrossMoments, debiased: bool = False) -> np.ndarray:
-    """Linear CKA between every pair of inputs: HSIC_ab / √(HSIC_aa · HSIC_bb).
-
-    Range [0, 1] for the biased estimate (the debiased one can dip slightly below 0 for
-    unrelated inputs); 1 on the diagonal. Complexity O(D²) from the moments. An input with no
-    variance (every row equal) has no defined CKA: NaN in its row and column.
-
-    >>> x = torch.randn(500, 8, dtype=torch.float64)
-    >>> m = CrossMoments([8, 8])
-    >>> m.update([x, 3 * x + 1])
-    >>> np.round(linear_cka(m), 12).tolist()
-    [[1.0, 1.0], [1.0, 1.0]]
-    """
-    hsic = hsic_matrix(m, debiased)
-    diag = hsic.diagonal().clamp_min(0)
-    scale = torch.sqrt(torch.outer(diag, diag))
-    out = torch.where(scale > 0, hsic / scale.clamp_min(torch.finfo(torch.float64).tiny),
-                      torch.full_like(hsic, float("nan")))
-    return out.cpu().numpy()
+__all__ = ["CrossMoments", "Similarity", "accumulate_cross", "linear_cka", "similarity"]
 
 
 def _rows(sources: Sequence[ArraySource]) -> int:

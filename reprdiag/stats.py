@@ -33,13 +33,35 @@ def safe_norms(norms: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_rows(rows: torch.Tensor) -> torch.Tensor:
-    """z_i = x_i/‖x_i‖, the zero vector for a zero row (a new tensor).
+    """z_i = x_i/‖x_i‖, the zero vector for a zero row (a new tensor, in ``rows``' dtype).
+    The norms are taken in float64, so a float32 row of tiny values (whose float32 squares
+    underflow) still normalizes to a unit vector.
 
     >>> z = normalize_rows(torch.tensor([[0.0, 0.0], [3e-30, 4e-30]], dtype=torch.float64))
     >>> [[round(v, 12) for v in row] for row in z.tolist()]
     [[0.0, 0.0], [0.6, 0.8]]
+    >>> normalize_rows(torch.tensor([[3e-30, 4e-30]])).tolist() == [[0.6000000238418579,
+    ...                                                               0.800000011920929]]
+    True
     """
-    return rows / safe_norms(torch.linalg.vector_norm(rows, dim=1, keepdim=True))
+    norms = safe_norms(torch.linalg.vector_norm(rows, dim=1, keepdim=True, dtype=_F64))
+    return rows / norms if rows.dtype == _F64 else (rows / norms).to(rows.dtype)
+
+
+#: A float32 row whose norm is below this (and not exactly 0) is multiplied in float64: the
+#: squares of all its entries may underflow float32. Above it, the row's largest entry squared
+#: is a normal float32 for any d below 2⁴⁰, and entries too small to square are below
+#: float32's rounding of the row's own norm.
+TINY_ROW = 2.0**-40
+
+
+def _has_tiny_rows(x: torch.Tensor, norms: torch.Tensor) -> bool:
+    """Whether some row of ``x`` is non-zero with a norm below :data:`TINY_ROW` (``norms``
+    its rows' norms in ``x``'s dtype; one reduction over them, the rows looked at only when
+    some norm is that small)."""
+    if x.shape[0] == 0 or float(norms.amin()) >= TINY_ROW:
+        return False
+    return bool(x[norms < TINY_ROW].ne(0).any())
 
 _F64 = torch.float64
 _SCRATCH_BYTES = 256 * 2**20  # largest per-chunk work buffer kept between updates
@@ -138,13 +160,16 @@ class StreamingMoments:
             return
         dtype = dtype or self.dtype
         x = rows.to(device=self.device, dtype=dtype)
+        work, gram, norms = self._scratch(x)
+        torch.linalg.vector_norm(x, dim=1, out=norms)
+        if dtype != _F64 and _has_tiny_rows(x, norms):
+            self.update(rows, _F64)  # float32 squares of such a row underflow: this chunk in 64
+            return
         if self.shift is None:
             self.shift = x.mean(dim=0, dtype=_F64)
-        work, gram, norms = self._scratch(x)
         y = torch.sub(x, self.shift.to(dtype), out=work)
         self.sum_y += y.sum(dim=0)
         self.sum_yy += torch.mm(y.T, y, out=gram)
-        torch.linalg.vector_norm(x, dim=1, out=norms)
         self.n_zero += int((norms <= ZERO_NORM).sum())
         z = torch.div(x, safe_norms(norms).unsqueeze(1), out=work)
         self.sum_z += z.sum(dim=0)

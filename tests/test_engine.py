@@ -117,3 +117,17 @@ def test_max_abs_is_one_pass_and_flags_non_finite() -> None:
     assert np.isnan(engine._max_abs(torch.tensor([[1.0, float("nan")]])))
     assert engine._max_abs(torch.tensor([[1.0, -float("inf")]])) == float("inf")
     assert engine._max_abs(torch.empty(0, 3)) == 0.0
+
+
+def test_rows_of_tiny_values_beside_ordinary_ones_keep_their_direction() -> None:
+    """A float32 row at scale 1e-25 is a direction like any other (only exact zeros are zero):
+    its chunk is multiplied in float64, so ρ = ZᵀZ/N matches float64 arithmetic."""
+    x = _rows(600, 8)
+    x[17] = x[17] * 1e-25
+    x[400] = x[400] * 1e-36
+    acc = accumulate(TensorSource(x), StreamOptions(chunk_rows=128, sample_size=64))
+    x64 = x.double().numpy()
+    z = x64 / np.linalg.norm(x64, axis=1, keepdims=True)
+    assert acc.moments.n_zero == 0
+    np.testing.assert_allclose(acc.moments.autocorrelation().numpy(), z.T @ z / len(z),
+                               rtol=1e-5, atol=1e-7)

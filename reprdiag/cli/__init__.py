@@ -11,6 +11,7 @@ from reprdiag.cli import compare as _compare  # noqa: F401
 from reprdiag.cli import extract as _extract  # noqa: F401  (registers the command)
 from reprdiag.cli import gate as _gate  # noqa: F401
 from reprdiag.cli import history as _history  # noqa: F401  (registers the command)
+from reprdiag.cli import list_metrics as _list_metrics  # noqa: F401
 from reprdiag.cli import similarity as _similarity  # noqa: F401
 from reprdiag.cli.app import app, main
 

@@ -1,14 +1,13 @@
-"""``reprdiag analyze`` and ``reprdiag list-metrics``."""
+"""``reprdiag analyze``."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reprdiag.api import analyze as run_analysis
 from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stderr, stdout, warn_report
 from reprdiag.cli.extract import (
     BatchSizeOpt,
@@ -24,6 +23,7 @@ from reprdiag.cli.extract import (
     print_layers,
 )
 from reprdiag.cli.gate import JunitOption, check_outputs, finish
+from reprdiag.cli.list_metrics import print_metrics
 from reprdiag.cli.options import (
     AnalysisOptions,
     Format,
@@ -32,14 +32,10 @@ from reprdiag.cli.options import (
     PlotFormatOption,
     with_analysis_options,
 )
-from reprdiag.distributed import is_main_process, joined
 from reprdiag.errors import EXIT_GATE_FAILED, UsageError
-from reprdiag.extract import analyze_model
-from reprdiag.gate import gate as run_gate
-from reprdiag.gate import load_config, needed_metrics, resolve_rules
-from reprdiag.report.export import render
-from reprdiag.report.model import Report
-from reprdiag.report.table import metric_tables, metrics_list_table
+
+if TYPE_CHECKING:
+    from reprdiag.report.model import Report
 
 
 def split_csv(values: list[str] | None) -> list[str] | None:
@@ -51,18 +47,14 @@ def split_csv(values: list[str] | None) -> list[str] | None:
 
 def show(report: Report, fmt: Format) -> None:
     """Print a report to stdout in the chosen form."""
+    from reprdiag.report.export import render
+    from reprdiag.report.table import metric_tables
+
     if fmt is Format.table:
         for table in metric_tables(report, stdout.width):
             stdout.print(table)
     else:
         emit(render(report, fmt.value))
-
-
-@app.command("list-metrics")
-@handle_errors
-def list_metrics() -> None:
-    """List every metric with its definition, range, direction and citation."""
-    stdout.print(metrics_list_table())
 
 
 @app.command("analyze")
@@ -97,8 +89,14 @@ def analyze(
     """Compute every diagnostic of each 2-D array in FILES (one table row each), or of each
     --layer of a --model run over --data."""
     if list_metrics_flag:
-        stdout.print(metrics_list_table())
+        print_metrics()
         return
+    from reprdiag.api import analyze as run_analysis
+    from reprdiag.distributed import is_main_process, joined
+    from reprdiag.extract import analyze_model
+    from reprdiag.gate import gate as run_gate
+    from reprdiag.gate import load_config, needed_metrics, resolve_rules
+
     if junit is not None and gate_config is None:
         raise UsageError("--junit needs --gate CONFIG", hint="add --gate reprdiag.toml")
     check_outputs(out, junit)  # before any data is read

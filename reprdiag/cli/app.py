@@ -23,7 +23,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from reprdiag.distributed import is_main_process, printed_by_rank0
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
 
 if TYPE_CHECKING:
@@ -77,6 +76,8 @@ def _warn_one_line(message: Warning | str, category: type[Warning], *_: Any,
                    **__: Any) -> None:
     """Show a warning as ``reprdiag: warning: MESSAGE``, one line on stderr (under
     ``torchrun``, on rank 0 only: every rank meets the same warnings)."""
+    from reprdiag.distributed import is_main_process
+
     if not is_main_process():
         return
     sys.stderr.write(f"reprdiag: warning: {' '.join(str(message).split())}\n")
@@ -96,6 +97,8 @@ def handle_errors(func: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except ReprdiagError as exc:  # torchrun: rank 0 prints shared errors
+            from reprdiag.distributed import printed_by_rank0
+
             raise fail(exc.one_line(), exc.exit_code, quiet=printed_by_rank0(exc)) from None
         except KeyboardInterrupt:
             raise fail("interrupted; no report was written", EXIT_INTERRUPTED) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,14 +18,16 @@ from reprdiag.cli.options import (
     PlotFormatOption,
     with_analysis_options,
 )
-from reprdiag.compare import NOISE_Z, Comparison
-from reprdiag.compare import compare as run_compare
-from reprdiag.distributed import is_main_process
-from reprdiag.report.table import comparison_tables
+from reprdiag.defaults import NOISE_Z
+
+if TYPE_CHECKING:
+    from reprdiag.compare import Comparison
 
 
 def show(comparison: Comparison, fmt: Format) -> None:
     """Print a comparison to stdout in the chosen form (tables, then notes and verdict)."""
+    from reprdiag.report.table import comparison_tables
+
     if fmt is Format.json:
         emit(comparison.to_json())
     elif fmt is Format.csv:
@@ -61,6 +63,9 @@ def compare(
     analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
+    from reprdiag.compare import compare as run_compare
+    from reprdiag.distributed import is_main_process
+
     check_outputs(out)  # before any data is read
     comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z,
                              **analysis.api_kwargs())

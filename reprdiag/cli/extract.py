@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from reprdiag.checkpoint.load import parse_model_args
 from reprdiag.cli.app import RichProgress, app, handle_errors, stdout
-from reprdiag.device import resolve_device
-from reprdiag.distributed import is_main_process, session
 from reprdiag.errors import UsageError
-from reprdiag.extract import ModelRun, extract, list_layers, shard_path
-from reprdiag.report.folder import check_writable_file
+
+if TYPE_CHECKING:
+    from reprdiag.extract import ModelRun
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
@@ -46,6 +44,9 @@ def model_run(model: str | None, data: str | None, weights: str | None,
               model_arg: list[str] | None, data_key: str | None, layer: list[str] | None,
               batch_size: int, limit: int | None, pool: str | None, device: str) -> ModelRun:
     """The library's :class:`ModelRun` from command-line options (both --model and --data)."""
+    from reprdiag.checkpoint.load import parse_model_args
+    from reprdiag.extract import ModelRun
+
     if model is None or data is None:
         raise UsageError(f"{'--model' if model else '--data'} needs "
                          f"{'--data' if model else '--model'}",
@@ -56,6 +57,8 @@ def model_run(model: str | None, data: str | None, weights: str | None,
 
 def print_layers(run: ModelRun) -> None:
     """``--list-layers``: each layer with its module type and output shape on one batch."""
+    from reprdiag.extract import list_layers
+
     table = Table(title=escape(f"layers of {run.model}"),
                   caption="output shapes from the first batch; — : did not produce one tensor")
     for col in ("layer", "type", "output shape"):
@@ -92,6 +95,11 @@ def extract_command(
 ) -> None:
     """Run a model over a dataset and save the rows of each named layer to one file (under
     torchrun: one shard per rank, OUT_STEM-RRRRR-of-WWWWW.SUFFIX)."""
+    from reprdiag.device import resolve_device
+    from reprdiag.distributed import is_main_process, session
+    from reprdiag.extract import extract, shard_path
+    from reprdiag.report.folder import check_writable_file
+
     if out is not None and not list_layers_flag:
         check_writable_file(out, "--out")  # before the model runs
     run = model_run(model, data, weights, model_arg, data_key, layer, batch_size, limit, pool,

@@ -6,24 +6,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
-from reprdiag.distributed import is_main_process
 from reprdiag.errors import EXIT_GATE_FAILED
-from reprdiag.gate import GateConfig, GateResult, find_config, load_config, write_junit
-from reprdiag.gate import gate as run_gate
-from reprdiag.report.folder import check_out_folder, check_writable_file
-from reprdiag.report.table import gate_table
+
+if TYPE_CHECKING:
+    from reprdiag.gate import GateConfig, GateResult
 
 
 def check_outputs(out: Path | None = None, junit: Path | None = None) -> None:
     """Refuse an ``--out`` folder or ``--junit`` file that cannot be written, before any
     data is read (a long run must not end in "cannot write")."""
+    from reprdiag.report.folder import check_out_folder, check_writable_file
+
     if out is not None:
         check_out_folder(out)
     if junit is not None:
@@ -32,6 +32,8 @@ def check_outputs(out: Path | None = None, junit: Path | None = None) -> None:
 
 def read_config(path: Path | None) -> GateConfig | None:
     """``--config PATH``, else ``reprdiag.toml`` or ``pyproject.toml`` here, else none."""
+    from reprdiag.gate import find_config, load_config
+
     found = path if path is not None else find_config(Path.cwd())
     return load_config(found) if found is not None else None
 
@@ -48,6 +50,9 @@ def finish(result: GateResult, fmt: Format = Format.table, junit: Path | None = 
            console: Console = stdout) -> None:
     """Show the checks (tables on ``console``), write the JUnit XML and the step summary;
     exit 1 when a rule failed."""
+    from reprdiag.gate import write_junit
+    from reprdiag.report.table import gate_table
+
     if fmt is Format.json:
         emit(json.dumps(result.to_dict(), indent=2, allow_nan=False))
     elif fmt is Format.csv:
@@ -94,6 +99,9 @@ def gate(
 
     Without rules (no config, no --fail-if) the "collapse" preset applies.
     """
+    from reprdiag.distributed import is_main_process
+    from reprdiag.gate import gate as run_gate
+
     check_outputs(junit=junit)
     result = run_gate(run, rules=fail_if or (), config=read_config(config), baseline=baseline,
                       **analysis.api_kwargs())

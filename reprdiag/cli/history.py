@@ -9,8 +9,6 @@ import typer
 
 from reprdiag.cli.analyze import split_csv
 from reprdiag.cli.app import app, handle_errors, stdout
-from reprdiag.monitor import history_metrics, read_history
-from reprdiag.report.plots import save_history_plot
 
 
 @app.command("plot-history")
@@ -25,6 +23,9 @@ def plot_history(
                        ] = None,
 ) -> None:
     """Plot each metric of a training history against the step, one panel per metric."""
+    from reprdiag.monitor import history_metrics, read_history
+    from reprdiag.report.plots import save_history_plot
+
     frame = read_history(file)
     names = history_metrics(frame, split_csv(metrics))
     path = save_history_plot(frame, names, out if out is not None else file.with_suffix(".png"))

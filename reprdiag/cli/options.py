@@ -18,7 +18,7 @@ import typer
 
 from reprdiag.cli.app import RichProgress
 from reprdiag.cli.extract import POOL_HELP
-from reprdiag.jackknife import DEFAULT_BLOCKS
+from reprdiag.defaults import DEFAULT_BLOCKS
 
 F = TypeVar("F", bound=Callable[..., Any])
 

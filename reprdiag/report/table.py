@@ -210,20 +210,6 @@ def _several(report: Report, width: int = 10_000) -> list[RenderableType]:
     return [*tables, _legend([*marks, "", ""], [*lines, _title(report), DIRECTIONS])]
 
 
-def metrics_list_table() -> Table:
-    """``--list-metrics``: each metric with its definition, range, direction and citation."""
-    from reprdiag.metrics.registry import resolve
-
-    table = Table(title="reprdiag metrics", show_lines=True)
-    table.add_column("name", no_wrap=True, style="bold")
-    for col in ("definition", "range", "direction", "citation"):
-        table.add_column(col, overflow="fold")
-    for info in resolve(None):
-        table.add_row(info.name, escape(info.summary), escape(info.range),
-                      f"{_ARROWS[info.direction]} {info.direction}", info.citation)
-    return table
-
-
 #: Rich styles of a change by the metric's direction (compare) and of a gate check.
 CHANGE_STYLES = {"better": "green", "worse": "bold red", "neutral": "yellow", "same": "dim",
                  "within noise": "dim", "n/a": "dim"}
