@@ -64,9 +64,11 @@ def analyze(
     files: Annotated[list[Path] | None, typer.Argument(help="Embedding files: safetensors, HDF5, "
                                                 "npy, npz, pt/pth.", show_default=False)
                      ] = None,
-    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", metavar="NAMES",
+                                                      help="Comma-separated "
                                                "metric names; default: all.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write report.json, CSVs, "
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR",
+                                             help="Write report.json, CSVs, "
                                       "summary.md and plots to this folder.")] = None,
     fmt: FormatOption = Format.table,
     concat: Annotated[bool, typer.Option("--concat", help="Treat the files as row shards "
@@ -81,7 +83,7 @@ def analyze(
     list_layers_flag: ListLayersOpt = False, batch_size: BatchSizeOpt = 64,
     limit: LimitOpt = None,
     gate_config: Annotated[Path | None, typer.Option(
-        "--gate", help="Then check the rules of this TOML config (as reprdiag gate "
+        "--gate", metavar="FILE", help="Then check the rules of this TOML config (as reprdiag gate "
         "--config) and exit 1 when one fails.")] = None,
     junit: JunitOption = None,
     analysis: AnalysisOptions = AnalysisOptions(),

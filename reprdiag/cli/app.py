@@ -8,9 +8,10 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,19 +24,94 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from reprdiag._version import __version__
 from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
 
 if TYPE_CHECKING:
     from reprdiag.report.model import InputResult, Report
 
+#: Commands listed first in ``reprdiag --help``, in this order; the others follow as registered.
+FIRST_COMMANDS = ("analyze", "compare", "gate")
+#: The placeholder of an option's value in help, by its Python type (flags show none).
+METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "Path": "PATH"}
+
+
+def metavar(param: Any) -> str:
+    """The placeholder help shows for a parameter's value, as click names them: ``INTEGER``,
+    ``FLOAT``, ``TEXT``, ``PATH``, the choices ``a|b|c``, nothing for a flag; an argument shows
+    its name (``FILES...``)."""
+    if getattr(param, "is_flag", False):
+        return ""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+    kind = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+    name = getattr(kind, "__name__", str(kind))
+    if isinstance(param, typer.core.TyperArgument):
+        return (param.name or name).upper()  # typer adds "..." to a list
+    return METAVARS.get(name, name.upper())
+
+
+def with_metavars(params: list[Any]) -> list[Any]:
+    """Give each parameter without an explicit metavar the one :func:`metavar` names (typer
+    would show Python types such as ``<list[Path]>``); an argument's name says what it takes,
+    so no type is shown beside it."""
+    for param in params:
+        if param.metavar is None:
+            param.metavar = metavar(param)
+        if isinstance(param, typer.core.TyperArgument):
+            param.display_type_rich = lambda ctx=None: None
+    return params
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose help shows metavars, not Python types."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return with_metavars(super().get_params(ctx))
+
+
+class Commands(typer.core.TyperGroup):
+    """The command group: the main commands first in help, and help that shows metavars."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            if type(command) is typer.core.TyperCommand:
+                command.__class__ = Command
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return with_metavars(super().get_params(ctx))
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = list(self.commands)
+        return [*[n for n in FIRST_COMMANDS if n in names],
+                *[n for n in names if n not in FIRST_COMMANDS]]
+
+
 app = typer.Typer(
     name="reprdiag",
+    cls=Commands,
     help="Representation-quality diagnostics: did my embeddings collapse?",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"reprdiag {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", "-V", help="Print the version and exit.", is_eager=True,
+        callback=_print_version)] = False,
+) -> None:
+    """Representation-quality diagnostics: did my embeddings collapse?"""
 
 stdout = Console(soft_wrap=False)
 if not stdout.is_terminal and "COLUMNS" not in os.environ:

@@ -49,15 +49,17 @@ def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (holding report.json) or "
                                                "embedding files; the first is the reference.",
                                                show_default=False)],
-    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", metavar="NAMES",
+                                                      help="Comma-separated "
                                                       "metric names; default: all.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.png (overlaid "
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR",
+                                             help="Write compare.png (overlaid "
                                              "spectra), compare.csv/json/md to this folder.")
                    ] = None,
     fmt: FormatOption = Format.table,
     plot_format: PlotFormatOption = PlotFormat.png,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip plots in --out.")] = False,
-    noise_z: Annotated[float, typer.Option("--noise-z", help="With standard errors "
+    noise_z: Annotated[float, typer.Option("--noise-z", metavar="Z", help="With standard errors "
                                            "(--uncertainty): |z| below this is within "
                                            "noise.")] = NOISE_Z,
     analysis: AnalysisOptions = AnalysisOptions(),

@@ -16,26 +16,31 @@ if TYPE_CHECKING:
     from reprdiag.extract import ModelRun
 
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
+    "--model", metavar="SPEC",
+        help="Model: a torch.export .pt2, a TorchScript file, package.module:factory "
     "(imports and trusts that module) or hf:FOLDER.", show_default=False)]
 WeightsOpt = Annotated[str | None, typer.Option(
-    "--weights", help="Weights for a factory: safetensors or a .pt state dict "
+    "--weights", metavar="FILE", help="Weights for a factory: safetensors or a .pt state dict "
     "(weights_only).", show_default=False)]
 ModelArgOpt = Annotated[list[str] | None, typer.Option(
-    "--model-arg", help="key=value passed to the factory (repeatable).", show_default=False)]
+    "--model-arg", metavar="KEY=VALUE",
+        help="key=value passed to the factory (repeatable).", show_default=False)]
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", help="Inputs: a tensor file, a folder of them, package.module:function, or a "
+    "--data", metavar="DATA",
+        help="Inputs: a tensor file, a folder of them, package.module:function, or a "
     "text file (hf:).", show_default=False)]
 DataKeyOpt = Annotated[str | None, typer.Option(
-    "--data-key", help="Array of the data file holding the inputs.", show_default=False)]
+    "--data-key", metavar="KEY",
+        help="Array of the data file holding the inputs.", show_default=False)]
 LayerOpt = Annotated[list[str] | None, typer.Option(
-    "--layer", "-l", help="Module name as named_modules() spells it (repeatable); default: the "
+    "--layer", "-l", metavar="NAME",
+        help="Module name as named_modules() spells it (repeatable); default: the "
     "model output (hf: every hidden.N).", show_default=False)]
 ListLayersOpt = Annotated[bool, typer.Option(
     "--list-layers", help="Print the model's layers with output shapes on one batch.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Examples per batch.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", metavar="N", help="Examples per batch.")]
 LimitOpt = Annotated[int | None, typer.Option(
-    "--limit", help="Use only the first N examples.", show_default=False)]
+    "--limit", metavar="N", help="Use only the first N examples.", show_default=False)]
 POOL_HELP = ("Reduce outputs of >2 axes: mean|first|flatten|spatial (3-D default: mean; "
              "spatial: N×C×H×W → N×C).")
 
@@ -75,7 +80,8 @@ def extract_command(
     model: ModelOpt = None,
     data: DataOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output file: .safetensors or .h5 (one N×d tensor per layer).",
+        "--out", "-o", metavar="FILE",
+            help="Output file: .safetensors or .h5 (one N×d tensor per layer).",
         show_default=False)] = None,
     layer: LayerOpt = None,
     weights: WeightsOpt = None,
@@ -83,12 +89,14 @@ def extract_command(
     data_key: DataKeyOpt = None,
     batch_size: BatchSizeOpt = 64,
     limit: LimitOpt = None,
-    pool: Annotated[str | None, typer.Option("--pool", help=POOL_HELP)] = None,
-    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.")
+    pool: Annotated[str | None, typer.Option("--pool", help=POOL_HELP, metavar="MODE")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N|mps.",
+                                        metavar="DEVICE")
                       ] = "auto",
     list_layers_flag: ListLayersOpt = False,
-    backend: Annotated[str, typer.Option("--backend", help="Under torchrun: auto (NCCL when "
-                                         "every rank has a GPU, else gloo)|nccl|gloo.")
+    backend: Annotated[str, typer.Option(
+        "--backend", metavar="auto|nccl|gloo", help="Under torchrun: auto is NCCL when every "
+        "rank has a GPU, else gloo.")
                        ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
                      ] = False,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
@@ -73,10 +74,11 @@ def finish(result: GateResult, fmt: Format = Format.table, junit: Path | None = 
 
 
 ConfigOption = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="TOML file with a [gate] (or [tool.reprdiag.gate]) table; default: "
-    "./reprdiag.toml, else [tool.reprdiag.gate] in ./pyproject.toml.")]
+    "--config", "-c", metavar="FILE", help=escape(
+        "TOML file with a [gate] (or [tool.reprdiag.gate]) table; default: ./reprdiag.toml, "
+        "else [tool.reprdiag.gate] in ./pyproject.toml."))]
 JunitOption = Annotated[Path | None, typer.Option(
-    "--junit", help="Write JUnit XML (one testcase per rule) to this file.")]
+    "--junit", metavar="FILE", help="Write JUnit XML (one testcase per rule) to this file.")]
 
 
 @app.command("gate")
@@ -87,10 +89,11 @@ def gate(
                                         "embedding file.", show_default=False)],
     config: ConfigOption = None,
     baseline: Annotated[Path | None, typer.Option(
-        "--baseline", "-b", help="Run folder or embedding file that relative rules "
+        "--baseline", "-b", metavar="RUN", help="Run folder or embedding file that relative rules "
         "(max_drop, max_rise) compare against.")] = None,
     fail_if: Annotated[list[str] | None, typer.Option(
-        "--fail-if", help='Fail when this holds, e.g. "rankme < 64" (repeatable).')] = None,
+        "--fail-if", metavar="EXPR",
+            help='Fail when this holds, e.g. "rankme < 64" (repeatable).')] = None,
     junit: JunitOption = None,
     fmt: FormatOption = Format.table,
     analysis: AnalysisOptions = AnalysisOptions(),

@@ -16,9 +16,11 @@ from reprdiag.cli.app import app, handle_errors, stdout
 def plot_history(
     file: Annotated[Path, typer.Argument(help="History CSV written by SpectralMonitor.",
                                          show_default=False)],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Image to write (.png, .svg "
+    out: Annotated[Path | None, typer.Option("--out", "-o", metavar="IMAGE",
+                                             help="Image to write (.png, .svg "
                                       "or .pdf); default: FILE with .png.")] = None,
-    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", help="Comma-separated "
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", "-m", metavar="NAMES",
+                                                      help="Comma-separated "
                                                "columns to plot; default: every metric.")
                        ] = None,
 ) -> None:

@@ -82,37 +82,44 @@ class AnalysisOptions:
         return args
 
 
-def _option(name: str, annotation: Any, *decls: str, help: str) -> inspect.Parameter:
+def _option(name: str, annotation: Any, *decls: str, help: str, metavar: str | None = None
+            ) -> inspect.Parameter:
     default = AnalysisOptions.__dataclass_fields__[name].default
+    option = typer.Option(*decls, help=help, metavar=metavar)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[annotation, typer.Option(*decls, help=help)])
+                             annotation=Annotated[annotation, option])
 
 
 _PARAMETERS = (
-    _option("key", list[str] | None, "--key", "-k",
+    _option("key", list[str] | None, "--key", "-k", metavar="KEY",
             help="Tensor/dataset to analyze (repeatable); default: every 2-D array."),
-    _option("pool", str | None, "--pool", help=POOL_HELP),
-    _option("device", str, "--device", help="auto|cpu|cuda|cuda:N|mps."),
-    _option("precision", str, "--precision",
+    _option("pool", str | None, "--pool", help=POOL_HELP, metavar="MODE"),
+    _option("device", str, "--device", help="auto|cpu|cuda|cuda:N|mps.", metavar="DEVICE"),
+    _option("precision", str, "--precision", metavar="auto|float32|float64",
             help="auto (fp32 products for fp32/16 data, fp64 for fp64)|float32|float64."),
-    _option("chunk_size", int | None, "--chunk-size", help="Rows per chunk (default: ~64 MiB)."),
-    _option("sample_size", int, "--sample-size", help="Rows sampled for pairwise metrics."),
+    _option("chunk_size", int | None, "--chunk-size", help="Rows per chunk (default: ~64 MiB).",
+            metavar="ROWS"),
+    _option("sample_size", int, "--sample-size", help="Rows sampled for pairwise metrics.",
+            metavar="ROWS"),
     _option("seed", int, "--seed", help="Seed of the row sample."),
     _option("kappa", float, "--kappa", help="vMF concentration κ of er_entropy."),
-    _option("er_estimator", str, "--er-estimator", help="plugin|joe."),
-    _option("er_compat", str, "--er-compat",
+    _option("er_estimator", str, "--er-estimator", help="The entropy estimator.",
+            metavar="plugin|joe"),
+    _option("er_compat", str, "--er-compat", metavar="exact|reference",
             help="exact|reference (the official code's float arithmetic)."),
-    _option("nan", str, "--nan", help="error|drop rows holding NaN/Inf."),
+    _option("nan", str, "--nan", help="Rows holding NaN/Inf: an error, or dropped.",
+            metavar="error|drop"),
     _option("uncertainty", bool, "--uncertainty",
             help="Jackknife standard errors, bias and 95% intervals of every metric."),
-    _option("blocks", int, "--blocks", help="Jackknife blocks K (≥ 5; costs K more "
+    _option("blocks", int, "--blocks", metavar="K", help="Jackknife blocks K (≥ 5; costs K more "
             "eigendecompositions and K×2 d×d moment matrices)."),
-    _option("backend", str, "--backend", help="Under torchrun: auto (NCCL when every rank "
-            "has a GPU, else gloo)|nccl|gloo."),
-    _option("labels", str | None, "--labels", help="Class ids, one per row: KEY of the same "
-            "file or PATH[:KEY]; adds nc1, lidar, NC2 and per-class metrics."),
-    _option("pair", str | None, "--pair", help="A second, row-aligned view: KEY or PATH[:KEY]; "
-            "adds alignment, Barlow Twins terms and CKA between the views."),
+    _option("backend", str, "--backend", metavar="auto|nccl|gloo", help="Under torchrun: "
+            "auto is NCCL when every rank has a GPU, else gloo."),
+    _option("labels", str | None, "--labels", metavar="KEY|PATH[:KEY]", help="Class ids, one "
+            "per row (a key of the same file, or another file); adds nc1, lidar, NC2 and "
+            "per-class metrics."),
+    _option("pair", str | None, "--pair", metavar="KEY|PATH[:KEY]", help="A second, "
+            "row-aligned view; adds alignment, Barlow Twins terms and CKA between the views."),
     _option("quiet", bool, "--quiet", "-q", help="No progress bar."),
 )
 

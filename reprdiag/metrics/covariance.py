@@ -88,16 +88,20 @@ def vicreg_std(stats: Statistics) -> float:
 
 
 @metric("std_normalized", summary="√d · mean_k std_k(z): 0 at complete collapse, ≈1 healthy",
-        range="[0, √d]", direction="higher",
-        citation="Lightly collapse monitor; Chen & He, SimSiam, CVPR 2021",
-        bounds=lambda n, d: (0.0, math.sqrt(d) * math.sqrt(n / max(n - 1, 1)) + 1e-9))
+        range="[0, ~1]", direction="higher",
+        citation="Lightly collapse monitor (× √d); Chen & He, SimSiam, CVPR 2021",
+        bounds=lambda n, d: (0.0, math.sqrt(n / max(n - 1, 1)) + 1e-9))
 def std_normalized(stats: Statistics) -> float:
     """Normalized per-dimension std of the L2-normalized rows.
 
     Formula: √d · mean_k std_k(z) (unbiased std over rows of z = x/‖x‖). About 1 for
     isotropic embeddings (each coordinate of a random unit vector has std 1/√d) and 0 when
-    every row points the same way (complete collapse). Higher is healthier (up to ~1).
-    Complexity: O(d) from the shared moments.
+    every row points the same way (complete collapse). Range [0, ~1]: at most √(N/(N−1)),
+    since Σ_k var_k(z) ≤ N/(N−1)·mean‖z‖² ≤ N/(N−1) and mean_k std_k ≤ √(mean_k var_k).
+    Higher is healthier. This is Lightly's ``std_of_l2_normalized`` (mean_k std_k(z), about
+    1/√d when healthy) times √d, so that one scale reads the same at every d.
+    Complexity: O(d) from the shared moments, or O(N·d) two-pass over the rows when all of
+    them are at hand (then identical rows give exactly 0).
     Citation: Chen & He, "Exploring Simple Siamese Representation Learning", CVPR 2021
     (the std of ℓ2-normalized outputs), as monitored by Lightly.
 

@@ -94,8 +94,11 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     Formula: ℓ_i = −logsumexp_j(κ e_iᵀe_j) + ln M − ln C_d(κ), with
     C_d(κ) = κ^{d/2−1}/((2π)^{d/2} I_{d/2−1}(κ)); the plug-in estimator (default) is
     Σ_i softmax(−ℓ)_i ℓ_i and Joe's is mean_i ℓ_i (``er_estimator="joe"``). ``er_compat=
-    "reference"`` reproduces the official float arithmetic ln(I_ν(κ) + 1e-7), which underflows
-    for large d. Range: at most the log-area of the sphere (the uniform distribution); falls
+    "reference"`` reproduces the official float arithmetic ln(I_ν(κ) + 1e-7): once
+    I_ν(κ) ≪ 1e-7 (d ≥ 52 at κ = 10) the 1e-7 guard, not an underflow, sets that term to
+    ln 1e-7 = −16.1 (true ln I₁₉₁(10) = −508.2 at d = 384, I ≈ 1.96e-221 a normal float64), so
+    the constant is off by 492 nats at d = 384 and about 1786 at d = 1000.
+    Range: at most the log-area of the sphere (the uniform distribution); falls
     as the rows concentrate. Higher is healthier. Rows of norm exactly 0 have no direction,
     so they are left out of the sample (a zero vector is not a point of the sphere, and kept
     in, it would break the bound); NaN when every sampled row is zero.

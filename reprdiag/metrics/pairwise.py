@@ -390,8 +390,10 @@ def er_entropy(
         Joe (``estimator="joe"``; official ``reduction="average"``): H = (1/M) sum_i l_i.
     ``compat="exact"`` uses the exact ln I_{d/2-1}(kappa) of :func:`log_bessel_iv`.
     ``compat="reference"`` reproduces the official arithmetic, ln(I_{d/2-1}(kappa) + 1e-7)
-    with I evaluated as a float64 number: I underflows to 0 for large d, and the term becomes
-    ln(1e-7) (at d = 1000, kappa = 10 that is about 1786 nats above the exact value).
+    with I evaluated as a float64 number: once I << 1e-7 (d >= 52 at kappa = 10) the 1e-7
+    guard, not an underflow, makes the term ln(1e-7) = -16.1 (at d = 384 the exact ln I is
+    -508.2, I ~ 1.96e-221 a normal float64; I underflows only from d = 510): 492 nats above
+    the exact value at d = 384, about 1786 at d = 1000.
 
     Range: a differential entropy on S^(d-1), so any real number, at most about
     ln |S^(d-1)| (uniform rows) up to the kernel's smoothing; collapse drives it down towards
