@@ -34,6 +34,7 @@ import pandas as pd
 from reprdiag.compare import match_inputs
 from reprdiag.distributed import joined
 from reprdiag.errors import ConfigError, InputError, UsageError
+from reprdiag.loaders import check_regular_file
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write, format_estimate, format_value, markdown_table
 from reprdiag.report.model import InputResult, Report
@@ -500,6 +501,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         except ImportError:
             raise ConfigError("reading TOML needs Python ≥ 3.11 or the tomli package",
                               source=str(path), hint="pip install tomli") from None
+    if os.path.lexists(path) and not path.is_dir():  # a FIFO would block in open()
+        check_regular_file(path, str(path), "a config file")
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

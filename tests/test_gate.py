@@ -284,3 +284,16 @@ def test_a_gate_that_checks_nothing_fails() -> None:
     result = evaluate(Report([]), [Rule("rankme", "min", 1.0)])
     assert result.checks == [] and not result.passed
     assert result.summary() == "FAIL: no rule could be checked (the run holds no input)"
+
+
+def test_config_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    os.mkfifo(tmp_path / "reprdiag.toml")
+    signal.alarm(20)  # a regression fails (the alarm interrupts open) instead of hanging
+    try:
+        with pytest.raises(InputError, match=r"reprdiag\.toml: is a named pipe \(FIFO\)"):
+            load_config(tmp_path / "reprdiag.toml")
+    finally:
+        signal.alarm(0)

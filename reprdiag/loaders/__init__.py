@@ -8,7 +8,9 @@ sources to analyze.
 from __future__ import annotations
 
 import difflib
+import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from reprdiag.loaders.base import (
     ConcatSource,
     PooledSource,
     TensorSource,
+    checked_dtype,
     pool_rows,
     untrusted,
 )
@@ -28,8 +31,8 @@ from reprdiag.loaders.safetensors_file import open_safetensors
 from reprdiag.loaders.torch_file import open_torch
 
 __all__ = ["FORMATS", "POOL_METHODS", "ArraySource", "ConcatSource", "PooledSource",
-           "TensorSource", "detect_format", "list_arrays", "open_sources", "pool_rows",
-           "select_arrays"]
+           "TensorSource", "check_regular_file", "detect_format", "list_arrays", "open_sources",
+           "pool_rows", "select_arrays"]
 
 Opener = Callable[[Path], list[ArraySource]]
 
@@ -80,6 +83,41 @@ def _sniff_zip(path: Path) -> str:
                      source=source_label(path), hint="supported: .npz and torch.save files")
 
 
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: Path, label: str | None = None,
+                       what: str = "an embedding file") -> None:
+    """Refuse, before anything opens it, a path that is not a regular file: missing (or a
+    dangling link), a symbolic-link loop, a folder, a FIFO or a device (``open`` on a FIFO
+    blocks until a writer appears; a device never ends)."""
+    label = label or source_label(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise InputError(f"is a symbolic link to {os.readlink(path)}, which does not exist",
+                             source=label, hint="fix or remove the link") from exc
+        raise InputError("no such file", source=label, hint="check the path") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError("is a symbolic link loop (a link that points back to itself)",
+                             source=label, hint="fix the links along the path") from exc
+        if exc.errno == errno.EACCES:
+            raise InputError("permission denied", source=label,
+                             hint="check the file's permissions") from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=label,
+                         hint="check the path") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"is a directory, not {what}", source=label,
+                         hint="pass a file (or a run folder holding report.json to compare/gate)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
+        raise InputError(f"is {kind}, not a regular file", source=label,
+                         hint=f"save {what} to disk and pass its path")
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Name of the format of ``path``, read from its magic bytes.
 
@@ -87,11 +125,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     label = source_label(path)
-    if not path.exists():
-        raise InputError("no such file", source=label, hint="check the path")
-    if path.is_dir():
-        raise InputError("is a directory, not an embedding file", source=label,
-                         hint="pass a file (or a run folder holding report.json to compare/gate)")
+    check_regular_file(path, label)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -142,7 +176,9 @@ def select_arrays(arrays: list[ArraySource], keys: Sequence[str] | None,
 
 
 def as_rows(source: ArraySource, pool: str | None) -> ArraySource:
-    """Check a source's rank and pool it to 2-D where needed."""
+    """Check a source's dtype and rank (:func:`checked_dtype`) and pool it to 2-D where
+    needed."""
+    source = checked_dtype(source)
     ndim = len(source.shape)
     if ndim < 2:
         raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}, not rows × features",

@@ -72,6 +72,11 @@ class ArraySource(ABC):
         """Rows ``[start, stop)`` as a CPU tensor."""
 
     @property
+    def layout(self) -> str:
+        """``strided`` for a dense array; a sparse tensor's layout (``sparse_coo``...)."""
+        return "strided"
+
+    @property
     def label(self) -> str:
         """``FILE[KEY]``, the name used in tables and error messages."""
         return source_label(self.path if self.path is not None else "<tensor>", self.key)
@@ -128,8 +133,59 @@ class TensorSource(ArraySource):
     def dtype(self) -> str:
         return str(self._data.dtype).removeprefix("torch.")
 
+    @property
+    def layout(self) -> str:
+        return str(self._data.layout).removeprefix("torch.")
+
     def read(self, start: int, stop: int) -> torch.Tensor:
         return self._data[start:stop]
+
+
+def checked_dtype(source: ArraySource) -> ArraySource:
+    """Refuse what would be analyzed wrongly or not at all, and widen what torch cannot
+    compute with: complex values (their imaginary part would be dropped silently) and sparse
+    tensors are refused; float8 rows are read as float32 (exactly: every float8 value is a
+    float32 value)."""
+    name = source.dtype.lower()
+    if name.startswith("complex") or name in ("c64", "c128", "c32"):
+        raise InputError(f"holds complex values (dtype {source.dtype}), whose imaginary part "
+                         "would be lost", source=source.label,
+                         hint="pass torch.view_as_real(x).flatten(1) to analyze both parts as "
+                         "features, or x.real / x.abs()")
+    if source.layout != "strided":
+        raise InputError(f"is a sparse tensor (layout {source.layout})", source=source.label,
+                         hint="convert it with .to_dense() before saving or analyzing it")
+    if name.startswith(("float8", "f8_")):
+        return CastSource(source, torch.float32)
+    return source
+
+
+class CastSource(ArraySource):
+    """A source whose rows are converted to ``dtype`` as they are read (float8 → float32);
+    :attr:`dtype` still names the stored dtype."""
+
+    def __init__(self, inner: ArraySource, dtype: torch.dtype):
+        self.inner, self.cast = inner, dtype
+        self.path, self.key = inner.path, inner.key
+
+    @property
+    def label(self) -> str:
+        return self.inner.label
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.inner.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.inner.dtype
+
+    @property
+    def file_size(self) -> int | None:
+        return self.inner.file_size
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.inner.read(start, stop).to(self.cast)
 
 
 def check_pool(method: str | None) -> None:

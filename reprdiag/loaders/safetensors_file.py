@@ -12,7 +12,8 @@ from reprdiag.loaders.base import ArraySource, FileArraySource
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-           "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64"}
+           "BOOL": "bool", "U16": "uint16", "U32": "uint32", "U64": "uint64",
+           "C64": "complex64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
 class SafetensorsSource(FileArraySource):

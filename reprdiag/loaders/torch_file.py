@@ -7,6 +7,8 @@ file is in the zip format, so tensors are paged in as rows are read.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,26 +31,43 @@ def _walk(obj: object, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # a sparse tensor is refused with our own message
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def refusal_reason(exc: BaseException) -> str:
-    r"""The line of torch's weights-only refusal that names what was refused.
+    r"""What torch's weights-only unpickler refused, without torch's advice around it (which
+    suggests reloading with ``weights_only=False`` or filing an issue with torch).
 
     >>> refusal_reason(Exception("Weights only load failed. Re-running ...\n\nTrying to load "
     ...                          "unsupported GLOBAL posix.system whose module posix is blocked."))
     'Trying to load unsupported GLOBAL posix.system whose module posix is blocked'
+    >>> refusal_reason(Exception("... WeightsUnpickler error: Unsupported global: GLOBAL "
+    ...                          "__main__.Q was not an allowed global by default. Please use"))
+    'unsupported global __main__.Q'
+    >>> refusal_reason(Exception("Weights only load failed. ...\nPlease file an issue with the "
+    ...                          "following ...: WeightsUnpickler error: \n\nUnsupported "
+    ...                          "operand 130\n\nCheck the documentation of torch.load ..."))
+    'Unsupported operand 130'
     """
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in lines:
-        if "unsupported" in line.lower() or "WeightsUnpickler" in line:
-            return line.rstrip(".")[:200]
-    return (lines[-1] if lines else type(exc).__name__)[:200]
+    text = str(exc)
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+    if found:
+        return f"unsupported global {found.group(1)}"
+    found = re.search(r"Trying to load unsupported GLOBAL \S+ whose module \S+ is blocked", text)
+    if found:
+        return found.group(0)
+    detail = text.split("WeightsUnpickler error:", 1)[-1]
+    torch_advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [ln.strip() for ln in detail.splitlines()
+             if ln.strip() and not ln.strip().startswith(torch_advice)]
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")[:200]
 
 
 def _first_line(exc: BaseException) -> str:

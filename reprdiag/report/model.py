@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from reprdiag.errors import InputError, source_label
+from reprdiag.loaders import check_regular_file
 from reprdiag.report.schema import SCHEMA_VERSION, validate_report
 
 SPECTRUM_KINDS = ("covariance", "autocorrelation", "singular_values")
@@ -176,6 +178,8 @@ class Report:
         path = Path(path)
         if path.is_dir():
             path = path / "report.json"
+        if os.path.lexists(path) and not path.is_dir():  # a FIFO would block in open()
+            check_regular_file(path, what="a report.json")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:

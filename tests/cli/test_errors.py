@@ -207,6 +207,16 @@ def with_gate(*extra: str) -> Maker:
     return make
 
 
+def tensor_file(tmp: Path, name: str, tensor: torch.Tensor) -> list[str]:
+    """``{"emb": tensor}`` saved as safetensors or torch.save, by the name's extension."""
+    path = tmp / name
+    if name.endswith(".safetensors"):
+        save_file({"emb": tensor}, str(path))
+    else:
+        torch.save({"emb": tensor}, path)
+    return [str(path)]
+
+
 def margin_only(tmp: Path) -> list[str]:
     (tmp / "m.toml").write_text("[gate]\nmargin_se = 2\n")
     return valid(tmp)
@@ -276,6 +286,11 @@ CASES: dict[str, Case] = {
     "model-data-nan": Case(lambda t: ["--model", "torch.nn:Identity", "--data",
                                       *with_nan(t)], 2,
                            ("has 3 row(s) containing NaN or Inf (first at row 5)",)),
+    "complex-safetensors": Case(lambda t: [*tensor_file(t, "c.safetensors", torch.randn(
+        64, 8, dtype=torch.complex64))], 2, ("c.safetensors[emb]: holds complex values",
+                                              "torch.view_as_real")),
+    "sparse-pt": Case(lambda t: [*tensor_file(t, "s.pt", torch.eye(64, 8).to_sparse())], 2,
+                      ("s.pt[emb]: is a sparse tensor (layout sparse_coo)", ".to_dense()")),
     # options
     "unknown-metric": Case(valid_with("-m", "vne,rankmee"), 2,
                            ("unknown metric 'rankmee'", "did you mean 'rankme'?", "valid:")),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
+import subprocess
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -11,8 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 import reprdiag
-from reprdiag.errors import InputError, UsageError
+from reprdiag.errors import InputError, ResourceError, UsageError
 from reprdiag.loaders import ConcatSource, detect_format, list_arrays, open_sources
+from tests.conftest import PYTHON, run_cli_env
 
 
 def _x(n: int = 50, d: int = 6, seed: int = 0) -> np.ndarray:
@@ -166,3 +171,149 @@ def test_list_arrays_includes_every_rank(tmp_path: Path) -> None:
     path = tmp_path / "e.npz"
     np.savez(path, a=np.zeros((3, 2)), b=np.zeros(4))
     assert sorted(s.key for s in list_arrays(path)) == ["a", "b"]
+
+
+# -- dtypes and layouts that used to be analyzed wrongly or crash (issue 14 item 2) ------------
+def _complex(tmp: Path, fmt: str) -> Path:
+    z = torch.randn(40, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    path = tmp / f"c.{fmt}"
+    if fmt == "safetensors":
+        save_file({"emb": z}, str(path))
+    elif fmt == "pt":
+        torch.save({"emb": z}, path)
+    else:
+        np.save(path, z.numpy())
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt", "npy"])
+def test_complex_data_is_refused_not_cut_to_its_real_part(tmp_path: Path, fmt: str) -> None:
+    path = _complex(tmp_path, fmt)
+    with pytest.raises(InputError) as info:
+        reprdiag.analyze(path, metrics=["rankme"], device="cpu")
+    assert info.value.exit_code == 2
+    assert "holds complex values (dtype complex64), whose imaginary part would be lost" in \
+        info.value.one_line()
+    assert "torch.view_as_real(x).flatten(1)" in info.value.one_line()
+    with pytest.raises(InputError, match="holds complex values"):  # an in-memory tensor too
+        reprdiag.analyze(torch.randn(40, 4, dtype=torch.complex128), device="cpu")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_is_read_as_float32(tmp_path: Path, fmt: str, dtype: torch.dtype) -> None:
+    """float8 rows are widened exactly: the metrics equal those of the same values stored as
+    float32 (the float8 → float32 conversion is exact)."""
+    x8 = torch.randn(300, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+    path = tmp_path / f"f8.{fmt}"
+    save_file({"emb": x8}, str(path)) if fmt == "safetensors" else torch.save({"emb": x8}, path)
+    got = reprdiag.analyze(path, metrics=["rankme", "vne", "avg_cosine"], device="cpu")
+    want = reprdiag.analyze(x8.to(torch.float32), metrics=["rankme", "vne", "avg_cosine"],
+                            device="cpu")
+    assert got.inputs[0].dtype == str(dtype).removeprefix("torch.")
+    for name, value in want.metrics.items():
+        assert got.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-12), name
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_tensors_are_refused_with_to_dense_hint(tmp_path: Path, layout: str) -> None:
+    x = torch.from_numpy(_x())
+    sparse = x.to_sparse() if layout == "coo" else x.to_sparse_csr()
+    torch.save({"emb": sparse}, tmp_path / "s.pt")
+    with pytest.raises(InputError) as info:
+        reprdiag.analyze(tmp_path / "s.pt", device="cpu")
+    assert info.value.one_line() == (f"{tmp_path / 's.pt'}[emb]: is a sparse tensor (layout "
+                                     f"sparse_{layout}); convert it with .to_dense() before "
+                                     "saving or analyzing it")
+
+
+# -- inputs that hang or mislead (issue 14 item 7) ---------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+def test_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """``open()`` on a FIFO blocks until a writer appears: refused from its stat alone (a
+    subprocess with a timeout, so a regression fails instead of hanging the suite)."""
+    os.mkfifo(tmp_path / "pipe.npy")
+    proc = subprocess.run([PYTHON, "-m", "reprdiag", "analyze", "pipe.npy", "-q"], cwd=tmp_path,
+                          capture_output=True, text=True, env=run_cli_env(), timeout=120)
+    assert proc.returncode == 2 and proc.stderr == (
+        "reprdiag: error: pipe.npy: is a named pipe (FIFO), not a regular file; save an "
+        "embedding file to disk and pass its path\n")
+
+
+def test_character_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="/dev/zero: is a character device, not a regular file"):
+        detect_format("/dev/zero")
+
+
+def test_symlink_loop_and_dangling_link_are_named(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.npy")
+    with pytest.raises(InputError) as info:
+        detect_format(tmp_path / "a")
+    assert info.value.one_line() == (f"{tmp_path / 'a'}: is a symbolic link loop (a link that "
+                                     "points back to itself); fix the links along the path")
+    with pytest.raises(InputError, match=r"is a symbolic link to .*gone\.npy, which does not "
+                                         r"exist; fix or remove the link"):
+        detect_format(tmp_path / "dangling")
+
+
+def _npz_claiming(path: Path, shape: tuple[int, ...], compression: int) -> Path:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        archive.writestr("emb.npy", header.getvalue() + b"\0" * 4096)
+    return path
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED],
+                         ids=["stored", "compressed"])
+def test_npz_member_claiming_30_gb_names_the_file(tmp_path: Path, compression: int) -> None:
+    """Was "out of memory; try a smaller --chunk-size" with no file name (compressed) and the
+    advice to avoid object dtypes (stored)."""
+    path = _npz_claiming(tmp_path / "huge.npz", (100_000, 80_000), compression)
+    with pytest.raises(InputError) as info:
+        reprdiag.analyze(path, device="cpu")
+    assert info.value.one_line() == (
+        f"{path}[emb]: member 'emb' claims shape (100000, 80000) of float32 (32.0 GB) but holds "
+        "only 4.1 kB of data; the file is truncated or corrupt; rewrite it")
+
+
+def test_compressed_npz_member_larger_than_memory_says_how_to_store_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reprdiag.loaders import numpy_file
+
+    np.savez_compressed(tmp_path / "z.npz", emb=_x(1000, 8))
+    monkeypatch.setattr(numpy_file, "available_memory", lambda: 10_000)
+    with pytest.raises(ResourceError) as info:
+        reprdiag.analyze(tmp_path / "z.npz", device="cpu")
+    assert info.value.exit_code == 3
+    assert info.value.one_line() == (
+        f"{tmp_path / 'z.npz'}[emb]: member 'emb' is compressed, so it must be unpacked into "
+        "memory whole: 32.0 kB, more than the 10.0 kB available; save it uncompressed "
+        "(np.savez, not np.savez_compressed), as .npy or as safetensors, so that it is read row "
+        "by row")
+    monkeypatch.undo()  # with the memory there, the same file reads back exactly
+    np.testing.assert_array_equal(_read_all(open_sources(tmp_path / "z.npz")[0]), _x(1000, 8))
+
+
+def test_refused_pickle_gets_our_message_not_torchs(tmp_path: Path) -> None:
+    """An opcode the weights-only unpickler lacks made torch say "Please file an issue"; an
+    unknown class made it suggest allowlisting the class. Both now name only what was
+    refused."""
+    torch.save({"emb": torch.from_numpy(_x())}, tmp_path / "ok.pth")
+    with zipfile.ZipFile(tmp_path / "ok.pth") as archive:
+        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(tmp_path / "ext.pth", "w") as archive:
+        for info, data in members:
+            archive.writestr(info, b"\x80\x02\x82\x01." if info.filename.endswith("data.pkl")
+                             else data)
+    torch.save({"emb": torch.from_numpy(_x()), "counts": np.ones(3)}, tmp_path / "np.pth")
+    for name, reason in (("ext.pth", "Unsupported operand 130"),
+                         ("np.pth", "unsupported global numpy.")):
+        with pytest.raises(InputError) as info:
+            reprdiag.analyze(tmp_path / name, device="cpu")
+        text = info.value.one_line()
+        assert f"refuses to load ({reason}" in text and "nothing in it was run" in text
+        assert "file an issue" not in text.lower() and "add_safe_globals" not in text

@@ -83,3 +83,17 @@ def test_report_json_that_is_a_folder(tmp_path: Path) -> None:
     (tmp_path / "report.json").mkdir()
     with pytest.raises(InputError, match=r"report\.json: is a folder, not a report"):
         reprdiag.Report.load(tmp_path)
+
+
+def test_report_json_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    os.mkfifo(tmp_path / "report.json")
+    signal.alarm(20)  # a regression fails (the alarm interrupts open) instead of hanging
+    try:
+        with pytest.raises(InputError, match=r"report\.json: is a named pipe \(FIFO\), not a "
+                                             r"regular file; save a report\.json to disk"):
+            reprdiag.Report.load(tmp_path)
+    finally:
+        signal.alarm(0)
