@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reprdiag.cli.analyze import split_csv
+from reprdiag.cli.analyze import say_written, split_csv
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.gate import check_outputs
 from reprdiag.cli.options import (
@@ -77,3 +77,5 @@ def compare(
     if out is not None:
         comparison.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(comparison, fmt)
+    if out is not None:
+        say_written(out, fmt)
