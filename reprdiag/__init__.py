@@ -12,11 +12,18 @@ The names below are imported on first use (PEP 562), so ``import reprdiag`` and 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 from typing import TYPE_CHECKING, Any
 
 from reprdiag._version import __version__
+
+# OpenMP threads waiting at a barrier sleep instead of spinning (set before torch loads its
+# OpenMP runtime; a value the user set wins). Spinning threads fight other processes for the
+# cores: on 2 shared cores (load 5) a 384² eigvalsh took 1.3 s spinning and 0.03 s passive,
+# `analyze --uncertainty` of 3,000 × 32 rows 11.1 s and 0.75 s (bench/RESULTS.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from reprdiag.api import analyze

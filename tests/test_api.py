@@ -117,3 +117,17 @@ def test_small_cpu_eigensolves_run_on_one_thread(monkeypatch: pytest.MonkeyPatch
         assert seen == [1, 1, 1] and torch.get_num_threads() == 2  # λ, η and σ
     finally:
         torch.set_num_threads(before)
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise() -> None:
+    import subprocess
+
+    from tests.conftest import PYTHON, run_cli_env
+
+    code = "import os, reprdiag; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in run_cli_env().items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "PASSIVE"
+    mine = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert mine.stdout.strip() == "ACTIVE"

@@ -64,7 +64,8 @@ def unresolved_dependence(stats: Statistics, infos: Sequence[MetricInfo],
                           options: dict[str, object], values: dict[str, float]
                           ) -> dict[str, tuple[float, float]]:
     """{metric: (low, high)} for each moment metric that moves materially (module doc) when
-    the unresolved values go to 0 or to their floor; low/high are the two values obtained."""
+    the unresolved values go to 0 or to their floor; (low, high) spans the two values obtained
+    and the reported one."""
     checked = [i for i in infos if not i.uses_sample and not i.discrete and i.name in values]
     if not checked:
         return {}
@@ -76,5 +77,5 @@ def unresolved_dependence(stats: Statistics, infos: Sequence[MetricInfo],
         if not all(math.isfinite(t) for t in (v, a, b)):
             continue
         if max(abs(a - v), abs(b - v)) > MATERIAL * max(abs(v), 1.0 if v == 0 else 0.0):
-            out[info.name] = (min(a, b), max(a, b))
+            out[info.name] = (min(a, b, v), max(a, b, v))
     return out
