@@ -200,7 +200,7 @@ class Comparison:
                 "verdict": self.verdict(), "rows": rows}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
