@@ -28,7 +28,13 @@ from rich.progress import (
 from rich.text import Text
 
 from reprdiag._version import __version__
-from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
+from reprdiag.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RESOURCE,
+    ReprdiagError,
+    ReprdiagWarning,
+    interrupted_line,
+)
 
 if TYPE_CHECKING:
     from reprdiag.report.model import InputResult, Report
@@ -179,8 +185,8 @@ def handle_errors(func: F) -> F:
             from reprdiag.distributed import printed_by_rank0
 
             raise fail(exc.one_line(), exc.exit_code, quiet=printed_by_rank0(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; no report was written", EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (errors.Terminated)
+            raise fail(*interrupted_line(exc)) from None
         except MemoryError:
             raise fail("out of memory; try a smaller --chunk-size or --sample-size",
                        EXIT_RESOURCE) from None
@@ -402,6 +408,8 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point: even a usage error is one line on stderr (exit 2)."""
     try:
         code = app(args=args, prog_name="reprdiag", standalone_mode=False)
+    except KeyboardInterrupt as exc:  # outside a command: while parsing, or in typer
+        raise SystemExit(fail(*interrupted_line(exc)).exit_code) from None
     except typer.Abort:
         raise SystemExit(fail("aborted", EXIT_INTERRUPTED).exit_code) from None
     except typer.TyperException as exc:  # click's parsing errors, vendored by typer
