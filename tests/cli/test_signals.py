@@ -110,3 +110,28 @@ def test_signal_while_writing_keeps_the_old_run(signum: int, tmp_path: Path) -> 
     code, line = CODES[signum]
     assert_one_line_error(proc, code, line)
     assert snapshot(tmp_path / "run") == before and beside(tmp_path) == ["run"]
+
+
+@pytest.mark.parametrize(("exc", "code", "line"), [
+    (KeyboardInterrupt(), 130, "interrupted; no report was written"),
+    (None, 143, "terminated by SIGTERM; no report was written")], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_the_cli_itself_is_imported(exc, code: int, line: str, monkeypatch,
+                                                 capsys) -> None:
+    """The window before any command runs (typer, rich and the commands being imported)."""
+    import reprdiag.cli
+    from reprdiag.errors import Terminated
+
+    error = exc if exc is not None else Terminated(signal.SIGTERM)
+
+    def interrupted() -> None:
+        raise error
+
+    monkeypatch.setattr(reprdiag.cli, "_load_app", interrupted)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            reprdiag.cli.main(["--help"])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert info.value.code == code
+    assert capsys.readouterr().err == f"reprdiag: error: {line}\n"
