@@ -81,6 +81,33 @@ def work_dtype(storage_dtype: str | torch.dtype, precision: str = "auto") -> tor
     return choose(storage_dtype, precision)[0]
 
 
+#: CPU Gram products of at least this width form only the upper block triangle (2×2 blocks):
+#: 3/4 of the multiply-adds, measured 0.79–0.83× the time of one full product at d = 384 and
+#: 768 (64 MiB fp32 chunks, MKL, 2 cores). CUDA keeps one full product.
+SYMMETRIC_MIN_WIDTH = 256
+
+
+def gram_product(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """xᵀx into ``out`` (d×d, x's dtype). On the CPU for d ≥ :data:`SYMMETRIC_MIN_WIDTH` only
+    the blocks on and above the diagonal of a 2×2 split are multiplied; the block below is
+    their transpose (xᵀx is symmetric).
+
+    >>> x = torch.randn(50, 300)
+    >>> bool(torch.allclose(gram_product(x, torch.empty(300, 300)), x.T @ x, atol=1e-4))
+    True
+    """
+    d = x.shape[1]
+    if x.device.type != "cpu" or d < SYMMETRIC_MIN_WIDTH:
+        return torch.mm(x.T, x, out=out)
+    h = d // 2
+    a, b = x[:, :h], x[:, h:]
+    out[:h, :h] = a.T @ a
+    out[:h, h:] = a.T @ b
+    out[h:, h:] = b.T @ b
+    out[h:, :h] = out[:h, h:].T
+    return out
+
+
 class Scratch:
     """Work buffers for one chunk of rows, reused from chunk to chunk: an n×d one shaped like
     the chunk (kept up to 256 MiB), a d×d one for a Gram product and an n-vector for the row
@@ -169,11 +196,11 @@ class StreamingMoments:
             self.shift = x.mean(dim=0, dtype=_F64)
         y = torch.sub(x, self.shift.to(dtype), out=work)
         self.sum_y += y.sum(dim=0)
-        self.sum_yy += torch.mm(y.T, y, out=gram)
+        self.sum_yy += gram_product(y, gram)
         self.n_zero += int((norms <= ZERO_NORM).sum())
         z = torch.div(x, safe_norms(norms).unsqueeze(1), out=work)
         self.sum_z += z.sum(dim=0)
-        self.sum_zz += torch.mm(z.T, z, out=gram)
+        self.sum_zz += gram_product(z, gram)
         self.n += x.shape[0]
 
     def to(self, device: torch.device | str) -> StreamingMoments:

@@ -131,3 +131,14 @@ def test_rows_of_tiny_values_beside_ordinary_ones_keep_their_direction() -> None
     assert acc.moments.n_zero == 0
     np.testing.assert_allclose(acc.moments.autocorrelation().numpy(), z.T @ z / len(z),
                                rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("d", [40, 300, 301])
+def test_gram_product_upper_blocks_equal_the_full_product(d: int) -> None:
+    from reprdiag.stats import gram_product
+
+    x = _rows(500, d)
+    got = gram_product(x, torch.empty(d, d))
+    want = x.double().T @ x.double()
+    assert torch.equal(got, got.T)  # the lower block is the upper one's transpose
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-3)

@@ -44,7 +44,7 @@ def test_default_preset_fails_the_collapsed_sample_with_junit(tmp_path: Path) ->
     assert failed == ["effective_rank_frac ≥ 0.1"]
     text = summary.read_text()
     assert text.startswith("earlier step\n")  # appended, not overwritten
-    assert "| embeddings | effective_rank_frac ≥ 0.1 | 0.013024 | ≥ 0.1 | ❌ FAIL |" in text
+    assert "| embeddings | effective_rank_frac ≥ 0.1 | 0.013032 | ≥ 0.1 | ❌ FAIL |" in text
 
 
 def test_baseline_rule_catches_a_drop(tmp_path: Path, minilm_run: Path) -> None:
