@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import reprdiag  # noqa: E402
 from reprdiag.metrics import METRICS, Statistics, compute, resolve  # noqa: E402
 
-CONTINUOUS = tuple(i.name for i in resolve(None) if not i.discrete)
+CONTINUOUS = tuple(i.name for i in resolve(None) if not i.discrete and not i.needs)
 TAIL_METRICS = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "alpha_req")
 
 

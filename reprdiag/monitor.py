@@ -64,7 +64,7 @@ class ScalarWriter(Protocol):
 
 def default_metrics() -> list[str]:
     """The metrics that need only the moments (no row sample): cheap enough for every log."""
-    return [m.name for m in resolve(None) if not m.uses_sample]
+    return [m.name for m in resolve(None) if not m.uses_sample and not m.needs]
 
 
 def open_tensorboard(log_dir: str | Path) -> ScalarWriter:

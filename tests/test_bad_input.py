@@ -179,11 +179,11 @@ def gpu_that_is_always_full(monkeypatch: pytest.MonkeyPatch) -> list[torch.devic
     real_pass, devices = engine._one_pass, []
 
     def one_pass(source: object, opts: engine.StreamOptions, rows: int,
-                 progress: object) -> engine.Accumulated:
+                 progress: object, *companions: object) -> engine.Accumulated:
         devices.append(opts.device)
         if opts.device.type != "cpu":
             raise fake_oom()
-        return real_pass(source, opts, rows, progress)
+        return real_pass(source, opts, rows, progress, *companions)
 
     monkeypatch.setattr(engine, "_one_pass", one_pass)
     return devices

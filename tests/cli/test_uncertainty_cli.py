@@ -14,7 +14,7 @@ from reprdiag.jackknife import BUDGET_ENV, moment_bytes
 from reprdiag.metrics import METRICS
 from tests.conftest import PYTHON, run_cli_env
 
-CONTINUOUS = {m for m, info in METRICS.items() if not info.discrete}
+CONTINUOUS = {m for m, info in METRICS.items() if not info.discrete and not info.needs}
 
 
 @pytest.fixture(scope="module")
