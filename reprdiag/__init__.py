@@ -31,18 +31,20 @@ if TYPE_CHECKING:
     from reprdiag.gate import GateResult, Rule, gate
     from reprdiag.metrics import METRICS
     from reprdiag.report.model import InputResult, Report
+    from reprdiag.report.read import read_report
 
 #: Public name → the module defining it, imported when the name is first read.
 _LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
          "Comparison": "reprdiag.compare", "gate": "reprdiag.gate", "GateResult": "reprdiag.gate",
          "Rule": "reprdiag.gate", "METRICS": "reprdiag.metrics",
-         "InputResult": "reprdiag.report.model", "Report": "reprdiag.report.model"}
+         "InputResult": "reprdiag.report.model", "Report": "reprdiag.report.model",
+         "read_report": "reprdiag.report.read"}
 #: Functions named like their modules: ``reprdiag.compare(...)`` is the function, while
 #: ``from reprdiag.compare import Comparison`` still imports from the module.
 _SHADOWED = ("compare", "gate")
 
 __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
-           "__version__", "analyze", "compare", "gate"]
+           "__version__", "analyze", "compare", "gate", "read_report"]
 
 
 def __getattr__(name: str) -> Any:

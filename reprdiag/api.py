@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -161,26 +161,34 @@ def input_warnings(acc: Accumulated) -> list[str]:
 
 
 def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
-             metric_opts: MetricOptions) -> tuple[Statistics, dict[str, list[float]],
-                                                  dict[str, float], float, float]:
+             metric_opts: MetricOptions, step: Callable[[str], None] = lambda _: None
+             ) -> tuple[Statistics, dict[str, list[float]], dict[str, float], float, float]:
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
     infos = resolve(metric_names)
+    step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
     t0 = time.perf_counter()
     spectra = spectra_lists(stats)
     t1 = time.perf_counter()
+    step("metrics")
     values = compute(stats, infos, asdict(metric_opts))
     return stats, spectra, values, t1 - t0, time.perf_counter() - t1
 
 
 def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: MetricOptions,
-            label: str) -> tuple[Statistics, dict[str, list[float]], dict[str, float],
-                                 float, float]:
+            label: str, progress: Progress | None = None
+            ) -> tuple[Statistics, dict[str, list[float]], dict[str, float], float, float]:
     """Spectra and metrics of accumulated statistics; a device out-of-memory in the
     eigen-solves moves the statistics to the CPU and computes them there (noted in
-    ``acc.notes``)."""
+    ``acc.notes``). A ``progress`` sink with a ``phase`` method hears of each step."""
+    phase = getattr(progress, "phase", None)
+
+    def step(name: str) -> None:
+        if phase is not None:
+            phase(f"{label} · {name}")
+
     try:
-        return _measure(acc, metric_names, metric_opts)
+        return _measure(acc, metric_names, metric_opts, step)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -192,7 +200,7 @@ def measure(acc: Accumulated, metric_names: Sequence[str] | None, metric_opts: M
     release_device_memory()
     acc.notes.append(f"out of memory on {device} in the spectra; computed them on the CPU")
     acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
-    return _measure(acc, metric_names, metric_opts)
+    return _measure(acc, metric_names, metric_opts, step)
 
 
 def precision_record(stats: Statistics, acc: Accumulated, metric_names: Sequence[str] | None,
@@ -233,7 +241,9 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
     pass kept per-block moments; ``block_map`` spreads the blocks, see
     :func:`reprdiag.uncertainty.estimate`)."""
     stats, spectra, values, t_spectra, t_metrics = measure(acc, metric_names, metric_opts,
-                                                           source.label)
+                                                           source.label, progress)
+    if hasattr(progress, "phase"):
+        progress.phase(None)  # type: ignore[union-attr]
     precision = precision_record(stats, acc, metric_names, metric_opts, values)
     path = str(source.path) if source.path is not None else None
     result = InputResult(

@@ -69,6 +69,27 @@ def z_score(delta: float, se_ref: float, se_run: float) -> float:
     return delta / scale if scale > 0 else math.copysign(math.inf, delta)
 
 
+#: Metrics whose value changes when the embeddings are rescaled (x → s·x): their "better" at
+#: one scale is not better at another, so a change of theirs is ``neutral`` and does not vote
+#: in the verdict. Every other metric is scale-invariant by definition
+#: (tests/test_scale_invariance.py; tests/test_compare.py checks these three do move).
+SCALE_DEPENDENT = ("partition_isotropy", "cov_offdiag", "vicreg_std")
+#: How inputs are matched across runs: by exact key, or by the key's last path component.
+MATCHES = ("key", "suffix")
+
+
+def voting_direction(name: str) -> str:
+    """The direction a change of metric ``name`` is judged by in a comparison: its registry
+    direction, except ``neutral`` for :data:`SCALE_DEPENDENT` metrics.
+
+    >>> voting_direction("rankme"), voting_direction("cov_offdiag"), voting_direction("alpha_req")
+    ('higher', 'neutral', 'neutral')
+    """
+    if name in SCALE_DEPENDENT or name not in METRICS:
+        return "neutral"
+    return METRICS[name].direction
+
+
 def classify(delta: float, direction: str) -> str:
     """``better``/``worse``/``neutral`` for a change of a metric with that direction.
 
@@ -98,23 +119,55 @@ def relative_change(value: float, reference: float) -> float:
     return 100.0 * delta / abs(reference) if reference != 0 else math.nan
 
 
-def match_inputs(reports: Sequence[Report], labels: Sequence[str]
+def match_key(result: InputResult, match: str = "key") -> str:
+    """What an input is matched by: its key (``match="key"``), or the key's last path
+    component (``"suffix"``: ``hidden_states/layer_3`` pairs with ``layer_3``).
+
+    >>> r = InputResult("a.h5[hidden_states/layer_3]", 1, 1, "float32", {}, {}, {},
+    ...                 key="hidden_states/layer_3")
+    >>> match_key(r), match_key(r, "suffix")
+    ('hidden_states/layer_3', 'layer_3')
+    """
+    key = input_key(result)
+    return key.rsplit("/", 1)[-1] if match == "suffix" else key
+
+
+def _keyed(report: Report, label: str, match: str) -> dict[str, InputResult]:
+    keyed: dict[str, InputResult] = {}
+    for r in report.inputs:
+        k = match_key(r, match)
+        if k in keyed:
+            raise InputError(f"inputs {input_key(keyed[k])} and {input_key(r)} both end in "
+                             f"{k!r}", source=label, hint="match them by full key (--match "
+                             "key), or pick one with --key")
+        keyed[k] = r
+    return keyed
+
+
+def match_inputs(reports: Sequence[Report], labels: Sequence[str], match: str = "key"
                  ) -> tuple[dict[str, list[InputResult]], list[str]]:
     """Pair the inputs of several runs: ``{key: [result in run 0, run 1, ...]}`` plus notes
     on inputs that only some runs hold.
 
     Runs holding a single input each are paired whatever their keys; otherwise inputs are
-    matched by key, in the first run's order.
+    matched by key (``match="suffix"``: by the key's last path component), in the first
+    run's order.
     """
+    if match not in MATCHES:
+        from reprdiag.errors import UsageError
+
+        raise UsageError(f"unknown --match {match!r}", hint=f"use one of {', '.join(MATCHES)}")
     if all(len(r.inputs) == 1 for r in reports):
         return {input_key(reports[0].inputs[0]): [r.inputs[0] for r in reports]}, []
-    keyed = [{input_key(r): r for r in rep.inputs} for rep in reports]
+    keyed = [_keyed(rep, lab, match) for rep, lab in zip(reports, labels, strict=True)]
     common = [k for k in keyed[0] if all(k in run for run in keyed)]
     if not common:
         listing = "; ".join(f"{lab}: {', '.join(run) or '-'}" for lab, run in zip(
             labels, keyed, strict=True))
+        suffix = "" if match == "suffix" else "; keys that differ by a prefix pair with "\
+            "--match suffix"
         raise InputError("the runs share no input key", source=", ".join(labels),
-                         hint=f"pick one input of each with --key ({listing})")
+                         hint=f"pick one input of each with --key ({listing}){suffix}")
     notes = []
     for key in dict.fromkeys(k for run in keyed for k in run):
         if key not in common:
@@ -166,7 +219,7 @@ class Comparison:
         rows = []
         for key, results in self.inputs.items():
             for name in self.metric_names:
-                direction = METRICS[name].direction if name in METRICS else "neutral"
+                direction = voting_direction(name)
                 ref = results[0].metrics.get(name, math.nan)
                 for label, res in zip(self.runs, results, strict=True):
                     value = res.metrics.get(name, math.nan)
@@ -200,7 +253,7 @@ class Comparison:
                 "verdict": self.verdict(), "rows": rows}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, ensure_ascii=False)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -268,12 +321,17 @@ def format_signed(value: float, percent: bool = False) -> str:
     ('+0.5', '−2', '0')
     >>> format_signed(12.34, True), format_signed(-98.0, True), format_signed(0.0, True)
     ('+12.3%', '−98.0%', '0%')
+    >>> format_signed(-0.0123, True), format_signed(0.04, True)
+    ('−0.01%', '+0.04%')
     """
     if not math.isfinite(value):
         return "n/a"
     if value == 0:
         return "0%" if percent else "0"
-    text = f"{abs(value):.1f}%" if percent else format_value(abs(value))
+    if percent:  # a change too small for one decimal still shows a digit, never "−0.0%"
+        text = f"{abs(value):.1f}%" if abs(value) >= 0.05 else f"{abs(value):.1g}%"
+    else:
+        text = format_value(abs(value))
     return ("+" if value > 0 else "−") + text
 
 
@@ -294,7 +352,7 @@ def _run_verdict(part: pd.DataFrame, layered: bool, noise_z: float = NOISE_Z) ->
     tally = ", ".join(f"{int(counts[c])} {c}" for c in ("worse", "better", "neutral")
                       if c in counts) or ("no real change" if noise else "no metric moved")
     top = real.reindex(real["delta_pct"].abs().sort_values(ascending=False).index)
-    top = top[top["delta_pct"].abs() > 0].head(VERDICT_TOP)
+    top = top[top["delta_pct"].abs() >= VERDICT_TOLERANCE_PCT].head(VERDICT_TOP)
     named = ", ".join(
         f"{(row['input'] + '/') if layered else ''}{row['metric']} "
         f"{format_signed(row['delta_pct'], True)} ({row['change']}"
@@ -308,7 +366,7 @@ def _run_verdict(part: pd.DataFrame, layered: bool, noise_z: float = NOISE_Z) ->
 
 
 def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
-            labels: Sequence[str] | None = None, noise_z: float = NOISE_Z,
+            labels: Sequence[str] | None = None, noise_z: float = NOISE_Z, match: str = "key",
             **analyze_options: Any) -> Comparison:
     """Compare two or more runs against the first.
 
@@ -316,7 +374,8 @@ def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
     (analyzed with :func:`reprdiag.analyze` and ``analyze_options``), or a :class:`Report`.
     ``keys`` picks the inputs to compare and ``metrics`` (an analyze option) the metrics
     shown. A path given twice is read once. With standard errors (runs analyzed with
-    ``uncertainty=True``), changes with |z| < ``noise_z`` are "within noise".
+    ``uncertainty=True``), changes with |z| < ``noise_z`` are "within noise". ``match="suffix"``
+    pairs inputs whose keys differ by a prefix (``hidden_states/layer_3`` with ``layer_3``).
     """
     if not (math.isfinite(noise_z) and noise_z > 0):
         from reprdiag.errors import UsageError
@@ -334,7 +393,7 @@ def compare(runs: Sequence[RunLike], *, keys: Sequence[str] | None = None,
     with joined(analyze_options) as options:  # torchrun: one process group for every run
         reports = _load_all(runs, keys, options)
     names = unique_labels(labels or [run_label(run, i) for i, run in enumerate(runs)])
-    matched, notes = match_inputs(reports, names)
+    matched, notes = match_inputs(reports, names, match)
     comparison = Comparison(runs=names, inputs=matched, notes=notes,
                             only=list(only) if only else None, noise_z=noise_z)
     for key, results in matched.items():

@@ -8,11 +8,15 @@ Exit codes (docs/design.md §2): 0 ok, 1 gate failed, 2 bad usage or input, 3 re
 
 from __future__ import annotations
 
+import signal
+import threading
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCE = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15 (SIGHUP: 129)
 
 
 class ReprdiagError(Exception):
@@ -84,3 +88,46 @@ def check_choice(value: object, choices: tuple[str, ...], what: str) -> None:
 
 class ReprdiagWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI prints one line)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C's KeyboardInterrupt so that every ``finally``
+    and cleanup runs (temporary files removed, the old ``--out`` run left intact); the CLI
+    exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def raise_on_termination() -> None:
+    """Make SIGTERM and SIGHUP raise :class:`Terminated` (the CLI's entry point calls this
+    first; the default action kills the process without any cleanup). SIGINT keeps Python's
+    KeyboardInterrupt. Only the main thread may install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_terminated)
+
+
+def interrupted_line(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line and exit code of an interruption: 130 for Ctrl-C, 128 + N for signal N.
+
+    >>> interrupted_line(KeyboardInterrupt())
+    ('interrupted; no report was written', 130)
+    >>> interrupted_line(Terminated(signal.SIGTERM))
+    ('terminated by SIGTERM; no report was written', 143)
+    """
+    if isinstance(exc, Terminated):
+        return f"terminated by {exc.name}; no report was written", exc.exit_code
+    return "interrupted; no report was written", EXIT_INTERRUPTED

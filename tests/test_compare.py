@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from reprdiag.compare import Comparison, classify, match_inputs
 from reprdiag.errors import InputError, UsageError
 from reprdiag.report.model import InputResult, Report
 from reprdiag.report.plots import compare_figure, compare_layers_figure, layer_figure
+from tests.conftest import PYTHON, run_cli_env
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +198,49 @@ def test_comparison_holds_results_per_run() -> None:
     a = Report([_result("a", "k", {"vne": 2.0})])
     cmp = Comparison(runs=["A"], inputs={"k": a.inputs})
     assert "nothing to compare" in cmp.verdict()
+
+
+def test_scale_dependent_metrics_move_with_scale_and_do_not_vote() -> None:
+    """The metrics that do not vote are exactly those a rescaling moves; a rescaled copy of a
+    run is neither better nor worse."""
+    from reprdiag.compare import SCALE_DEPENDENT, voting_direction
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 16)) * np.geomspace(1.0, 0.1, 16) + 0.2
+    names = list(reprdiag.METRICS)
+    base = reprdiag.analyze(x, device="cpu").inputs[0].metrics
+    scaled = reprdiag.analyze(7.0 * x, device="cpu").inputs[0].metrics
+    moved = {n for n in names if abs(scaled[n] - base[n]) > 1e-6 * max(1.0, abs(base[n]))}
+    assert moved == set(SCALE_DEPENDENT)
+    assert all(voting_direction(n) == "neutral" for n in SCALE_DEPENDENT)
+    cmp = reprdiag.compare([x, 7.0 * x], device="cpu")
+    verdict = cmp.verdict()
+    assert "better" not in verdict and "worse" not in verdict, verdict
+    later = cmp.frame[cmp.frame["run"] == "run2"]
+    assert set(later[later["delta_pct"].abs() > 1e-6]["change"]) == {"neutral"}
+    assert set(later[later["metric"].isin(SCALE_DEPENDENT)]["change"]) == {"neutral"}
+
+
+def test_match_suffix_pairs_keys_that_differ_by_a_prefix(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    layers = [rng.standard_normal((300, 8)) for _ in range(2)]
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        for i, arr in enumerate(layers):
+            f[f"hidden_states/layer_{i}"] = arr
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        for i, arr in enumerate(layers):
+            f[f"layer_{i}"] = arr
+
+    def cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "reprdiag", "compare", "a.h5", "b.h5", "-m", "vne",
+                               "-f", "json", "-q", "--device", "cpu", *extra], cwd=tmp_path,
+                              env=run_cli_env(), capture_output=True, text=True, timeout=300)
+
+    proc = cli()
+    assert proc.returncode == 2 and "--match suffix" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    proc = cli("--match", "suffix")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["inputs"] == ["layer_0", "layer_1"]
+    assert all(r["delta"] == 0 for r in data["rows"])

@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reprdiag.cli.app import RichProgress, app, emit, handle_errors, stderr, stdout, warn_report
+from reprdiag.cli.app import (
+    RichProgress,
+    app,
+    emit,
+    handle_errors,
+    stderr,
+    stdout,
+    warn_report,
+    wrote_line,
+)
 from reprdiag.cli.extract import (
     BatchSizeOpt,
     DataKeyOpt,
@@ -55,6 +64,21 @@ def show(report: Report, fmt: Format) -> None:
             stdout.print(table)
     else:
         emit(render(report, fmt.value))
+
+
+#: Files of a run folder named first in the closing line, in this order.
+FIRST_FILES = ("report.json", "compare.json", "metrics.csv", "spectrum.csv", "compare.csv",
+               "summary.md", "compare.md", "report.html")
+
+
+def say_written(out: Path, fmt: Format) -> None:
+    """The closing line: where ``--out`` wrote what (on stdout after a table, else stderr,
+    so machine-readable stdout stays clean)."""
+    names = sorted((p.name for p in out.iterdir() if p.is_file()),
+                   key=lambda n: (FIRST_FILES.index(n) if n in FIRST_FILES else len(FIRST_FILES),
+                                  n))
+    console = stdout if fmt is Format.table else stderr
+    console.print(wrote_line(out, names), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("analyze")
@@ -138,5 +162,7 @@ def analyze(
     if out is not None:
         report.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(report, fmt)
+    if out is not None:
+        say_written(out, fmt)
     if result is not None:
         finish(result, Format.table, junit, stdout if fmt is Format.table else stderr)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,7 +28,13 @@ from rich.progress import (
 from rich.text import Text
 
 from reprdiag._version import __version__
-from reprdiag.errors import EXIT_INTERRUPTED, EXIT_RESOURCE, ReprdiagError, ReprdiagWarning
+from reprdiag.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_RESOURCE,
+    ReprdiagError,
+    ReprdiagWarning,
+    interrupted_line,
+)
 
 if TYPE_CHECKING:
     from reprdiag.report.model import InputResult, Report
@@ -176,8 +185,8 @@ def handle_errors(func: F) -> F:
             from reprdiag.distributed import printed_by_rank0
 
             raise fail(exc.one_line(), exc.exit_code, quiet=printed_by_rank0(exc)) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted; no report was written", EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (errors.Terminated)
+            raise fail(*interrupted_line(exc)) from None
         except MemoryError:
             raise fail("out of memory; try a smaller --chunk-size or --sample-size",
                        EXIT_RESOURCE) from None
@@ -204,39 +213,107 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.1f} {self.unit}/s" if speed else "", style="cyan")
+        return Text(f"{si(speed)} {self.unit}/s" if speed else "", style="cyan")
+
+
+def si(value: float) -> str:
+    """A rate in three significant digits with an SI prefix: ``980``, ``12.3k``, ``1.5M``.
+
+    >>> si(980.4), si(12_345.0), si(1_500_000.0), si(4.2e10)
+    ('980', '12.3k', '1.5M', '42G')
+    """
+    for prefix in ("", "k", "M"):
+        if abs(value) < 999.5:
+            return f"{value:.3g}{prefix}"
+        value /= 1000
+    return f"{value:.3g}G"
+
+
+def short_label(label: str, width: int) -> str:
+    """An input's name cut to ``width`` characters for a progress line: the file name (not
+    its folders) and key, then an ellipsis in the middle.
+
+    >>> short_label("runs/sample/minilm.safetensors[embeddings] · jackknife", 80)
+    'minilm.safetensors[embeddings] · jackknife'
+    >>> short_label("data/a_very_long_file_name_of_embeddings.safetensors[emb]", 24)
+    'a_very_long…tensors[emb]'
+    """
+    base, sep, rest = label.partition("[")
+    text = base.rsplit("/", 1)[-1] + sep + rest
+    if len(text) <= width:
+        return text
+    half = (width - 1) // 2
+    return text[:half] + "…" + text[len(text) - (width - 1 - half):]
 
 
 class RichProgress:
-    """The engine's progress sink: a rich bar on stderr, shown only when stderr is a terminal
-    and the pass has taken more than half a second. ``unit`` names what ``advance`` counts
-    (rows of a file, batches of a model run); a total of 0 means unknown."""
+    """The engine's progress sink, on stderr.
+
+    On a terminal: a bar while a pass reads (shown once it has taken more than half a second)
+    and a status line with a spinner for each later phase (spectra, metrics, jackknife).
+    Elsewhere (CI logs): a plain line every :attr:`EVERY_S` seconds while something runs, so a
+    long run is never silent; a run shorter than that prints nothing. ``unit`` names what
+    ``advance`` counts (rows of a file, batches of a model run); a total of 0 means unknown.
+    """
 
     DELAY_S = 0.5
+    #: Seconds between plain lines; ``REPRDIAG_PROGRESS_S`` overrides it.
+    EVERY_S = 10.0
 
     def __init__(self, enabled: bool = True, unit: str = "rows"):
-        self.enabled = enabled and stderr.is_terminal
+        self.live = enabled and stderr.is_terminal
+        self.plain = enabled and not stderr.is_terminal
+        self.enabled = self.live  # kept for callers that ask whether a bar can show
         self.unit = unit
         self._bar: Progress | None = None
+        self._status: Any = None
         self._label, self._total, self._done, self._t0 = "", 0, 0, 0.0
         self._unit = unit
+        self._phase: str | None = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._begun = time.perf_counter()
+        self.every_s = float(os.environ.get("REPRDIAG_PROGRESS_S") or self.EVERY_S)
 
     def start(self, label: str, total: int, unit: str | None = None) -> None:
         """Begin a bar; ``unit`` overrides the constructor's for this bar (e.g. ``blocks``)."""
-        self._label, self._total, self._done, self._t0 = label, total, 0, time.perf_counter()
-        self._unit = unit or self.unit
+        self._stop_status()
+        with self._lock:
+            self._label, self._total, self._done = label, total, 0
+            self._t0 = time.perf_counter()
+            self._unit = unit or self.unit
+            self._phase = None
+        self._arm()
+
+    def phase(self, label: str | None) -> None:
+        """A step without a count (``FILE[KEY] · spectra``) begins; ``None``: none runs."""
+        self.finish()
+        with self._lock:
+            self._phase, self._label, self._total = label, "", 0
+            self._t0 = time.perf_counter()
+        if label is None:
+            self._disarm()
+            return
+        if self.live:
+            self._status = stderr.status(escape(short_label(label, max(20, stderr.width - 4)))
+                                         + " …", spinner="dots")
+            self._status.start()
+        self._arm()
 
     def advance(self, rows: int) -> None:
-        self._done += rows
-        if not self.enabled:
+        with self._lock:
+            self._done += rows
+        if not self.live:
             return
         if self._bar is None and time.perf_counter() - self._t0 > self.DELAY_S:
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn(self._unit),
-                                 RateColumn(self._unit), TimeRemainingColumn(), console=stderr,
-                                 transient=True)
+            # the label gets what the bar, counts, rate and time left do not need
+            label = short_label(self._label, max(12, stderr.width - 60))
+            self._bar = Progress(TextColumn("[bold]{task.description}"),
+                                 BarColumn(bar_width=20), MofNCompleteColumn(),
+                                 TextColumn(self._unit), RateColumn(self._unit),
+                                 TimeRemainingColumn(), console=stderr, transient=True)
             self._bar.start()
-            self._task = self._bar.add_task(self._label, total=self._total or None)
+            self._task = self._bar.add_task(escape(label), total=self._total or None)
         if self._bar is not None:
             self._bar.update(self._task, completed=self._done)
 
@@ -244,6 +321,72 @@ class RichProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        self._stop_status()
+        with self._lock:
+            self._label, self._phase = "", None
+        self._disarm()
+
+    def line(self) -> str:
+        """The plain progress line: elapsed time, what runs, how far it got."""
+        with self._lock:
+            elapsed = time.perf_counter() - self._begun
+            if self._phase is not None:
+                what = f"{self._phase} …"
+            elif self._label:
+                rate = self._done / max(time.perf_counter() - self._t0, 1e-9)
+                count = (f"{self._done:,} of {self._total:,} {self._unit} "
+                         f"({100 * self._done / self._total:.0f}%)" if self._total
+                         else f"{self._done:,} {self._unit}")
+                what = f"{self._label}: {count}, {rate:,.0f} {self._unit}/s"
+            else:
+                return ""
+        return f"reprdiag: [{elapsed:,.0f} s] {what}"
+
+    def _tick(self) -> None:
+        text = self.line()
+        if text:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+        with self._lock:
+            self._timer = None
+        if text:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Plain mode: a line in EVERY_S seconds (unless one is due already)."""
+        if not self.plain:
+            return
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.every_s, self._tick)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _disarm(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def wrote_line(folder: Path, names: Iterable[str]) -> str:
+    """``wrote runs/A/: report.json, metrics.csv, summary.md and 3 plots (png)``.
+
+    >>> wrote_line(Path("runs/A"), ["report.json", "summary.md", "a.png", "b.png"])
+    'wrote runs/A/: report.json, summary.md and 2 plots (png)'
+    """
+    names = list(names)
+    plots = [n for n in names if n.rsplit(".", 1)[-1] in ("png", "svg", "pdf")]
+    files = [n for n in names if n not in plots]
+    kinds = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in plots}))
+    what = ", ".join(files) + (f" and {len(plots)} plot{'s' * (len(plots) != 1)} ({kinds})"
+                               if plots else "")
+    return f"wrote {str(folder).rstrip('/')}/: {what}"
 
 
 def emit(text: str) -> None:
@@ -265,6 +408,8 @@ def main(args: list[str] | None = None) -> None:
     """Console-script entry point: even a usage error is one line on stderr (exit 2)."""
     try:
         code = app(args=args, prog_name="reprdiag", standalone_mode=False)
+    except KeyboardInterrupt as exc:  # outside a command: while parsing, or in typer
+        raise SystemExit(fail(*interrupted_line(exc)).exit_code) from None
     except typer.Abort:
         raise SystemExit(fail("aborted", EXIT_INTERRUPTED).exit_code) from None
     except typer.TyperException as exc:  # click's parsing errors, vendored by typer

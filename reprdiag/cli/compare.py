@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reprdiag.cli.analyze import split_csv
+from reprdiag.cli.analyze import say_written, split_csv
 from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.gate import check_outputs
 from reprdiag.cli.options import (
@@ -62,6 +62,9 @@ def compare(
     noise_z: Annotated[float, typer.Option("--noise-z", metavar="Z", help="With standard errors "
                                            "(--uncertainty): |z| below this is within "
                                            "noise.")] = NOISE_Z,
+    match: Annotated[str, typer.Option(
+        "--match", metavar="key|suffix", help="Pair inputs of runs by their full key, or by "
+        "its last part (suffix: hidden_states/layer_3 pairs with layer_3).")] = "key",
     analysis: AnalysisOptions = AnalysisOptions(),
 ) -> None:
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
@@ -69,7 +72,7 @@ def compare(
     from reprdiag.distributed import is_main_process
 
     check_outputs(out)  # before any data is read
-    comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z,
+    comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z, match=match,
                              **analysis.api_kwargs())
     if not is_main_process():  # under torchrun, rank 0 alone prints and writes
         return
@@ -77,3 +80,5 @@ def compare(
     if out is not None:
         comparison.save(out, plots=not no_plots, plot_format=plot_format.value)
     show(comparison, fmt)
+    if out is not None:
+        say_written(out, fmt)

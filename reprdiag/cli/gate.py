@@ -55,7 +55,7 @@ def finish(result: GateResult, fmt: Format = Format.table, junit: Path | None = 
     from reprdiag.report.table import gate_table
 
     if fmt is Format.json:
-        emit(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        emit(json.dumps(result.to_dict(), indent=2, allow_nan=False, ensure_ascii=False))
     elif fmt is Format.csv:
         emit(result.frame().to_csv(index=False))
     elif fmt is Format.markdown:

@@ -160,12 +160,12 @@ def checked_dtype(source: ArraySource) -> ArraySource:
     return source
 
 
-class CastSource(ArraySource):
-    """A source whose rows are converted to ``dtype`` as they are read (float8 → float32);
-    :attr:`dtype` still names the stored dtype."""
+class DerivedSource(ArraySource):
+    """A source that reads another one and transforms its rows; the name, stored dtype and
+    file are the inner source's."""
 
-    def __init__(self, inner: ArraySource, dtype: torch.dtype):
-        self.inner, self.cast = inner, dtype
+    def __init__(self, inner: ArraySource):
+        self.inner = inner
         self.path, self.key = inner.path, inner.key
 
     @property
@@ -183,6 +183,15 @@ class CastSource(ArraySource):
     @property
     def file_size(self) -> int | None:
         return self.inner.file_size
+
+
+class CastSource(DerivedSource):
+    """A source whose rows are converted to ``dtype`` as they are read (float8 → float32);
+    :attr:`dtype` still names the stored dtype."""
+
+    def __init__(self, inner: ArraySource, dtype: torch.dtype):
+        super().__init__(inner)
+        self.cast = dtype
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         return self.inner.read(start, stop).to(self.cast)
@@ -222,27 +231,19 @@ def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
     raise AssertionError(method)
 
 
-class PooledSource(ArraySource):
+class PooledSource(DerivedSource):
     """A source of more than two axes seen through :func:`pool_rows`."""
 
     def __init__(self, inner: ArraySource, method: str):
         check_pool(method)
-        self.inner, self.method = inner, method
-        self.path, self.key = inner.path, inner.key
-
-    @property
-    def label(self) -> str:
-        return self.inner.label
+        super().__init__(inner)
+        self.method = method
 
     @property
     def shape(self) -> tuple[int, ...]:
         n, *rest = self.inner.shape
         width = {"flatten": int(np.prod(rest)), "spatial": rest[0]}.get(self.method, rest[-1])
         return (n, width)
-
-    @property
-    def dtype(self) -> str:
-        return self.inner.dtype
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         return pool_rows(self.inner.read(start, stop), self.method)

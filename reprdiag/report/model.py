@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -53,7 +54,7 @@ class InputResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["metrics"] = {k: _finite_or_none(v) for k, v in self.metrics.items()}
+        out["metrics"] = {k: _metric_json(k, v) for k, v in self.metrics.items()}
         out["uncertainty"] = {m: {k: _finite_or_none(v) for k, v in est.items()}
                               for m, est in self.uncertainty.items()}
         out["spectra_se"] = {k: [_finite_or_none(v) for v in vs]
@@ -77,6 +78,28 @@ class InputResult:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+@functools.cache
+def _counts() -> frozenset[str]:
+    """Metrics that count something (``numerical_rank``): integers in report.json."""
+    from reprdiag.catalog import read_catalog
+
+    return frozenset(m["name"] for m in read_catalog() if m["discrete"])
+
+
+def _metric_json(name: str, value: float) -> float | int | None:
+    """A metric's value as report.json holds it: ``None`` when not finite, an integer for a
+    count (``381``, not ``381.0``).
+
+    >>> _metric_json("numerical_rank", 381.0), _metric_json("vne", 2.0)
+    (381, 2.0)
+    >>> _metric_json("vne", math.nan) is None
+    True
+    """
+    if not math.isfinite(value):
+        return None
+    return int(value) if name in _counts() and float(value).is_integer() else value
 
 
 @dataclass
@@ -138,7 +161,7 @@ class Report:
                 "inputs": [r.to_dict() for r in self.inputs]}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

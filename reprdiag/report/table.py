@@ -4,7 +4,7 @@ columns under short labels with a legend, wrapped into column groups to fit the 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -163,9 +163,14 @@ def wrapped_tables(title: str, index: list[Column], groups: list[list[Column]],
     return tables
 
 
-def _metric_index(names: Sequence[str]) -> list[Column]:
+def _direction(name: str) -> str:
+    return METRICS[name].direction if name in METRICS else ""
+
+
+def _metric_index(names: Sequence[str], direction: Callable[[str], str] = _direction
+                  ) -> list[Column]:
     """The metric column and the column of its direction arrow."""
-    arrows = [_ARROWS.get(METRICS[n].direction, "") if n in METRICS else "" for n in names]
+    arrows = [_ARROWS.get(direction(n), "") for n in names]
     return [Column("metric", list(names), "left", "bold"), Column("", arrows, "center")]
 
 
@@ -220,14 +225,14 @@ def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[Rende
     with its value in each run, then Δ and Δ% of each later run against the first, coloured
     by whether the change is better or worse for that metric. One table, its column groups
     wrapped to ``width`` like pandas; long run labels are shortened, with a legend below."""
-    from reprdiag.compare import change_cells
+    from reprdiag.compare import change_cells, voting_direction
 
     frame = comparison.frame
     runs = list(comparison.runs)
     keys = list(comparison.inputs)
     names = comparison.metric_names
     index = [Column(c.header, c.cells * len(keys), c.justify, c.style)
-             for c in _metric_index(names)]
+             for c in _metric_index(names, voting_direction)]
     inputs = keys
     if comparison.layered:
         inputs = short_labels([f"x[{k}]" for k in keys])
@@ -277,7 +282,12 @@ def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[Rende
             differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
             marks.append("N × d")
             lines.append(f"{key}: {shapes[key]}{differ}")
-    notes = [caption, *([noise.removeprefix(" · ")] if noise else [])]
+    from reprdiag.compare import SCALE_DEPENDENT
+
+    scaled = [n for n in names if n in SCALE_DEPENDENT]
+    notes = [caption, *([noise.removeprefix(" · ")] if noise else []),
+             *([f"{', '.join(scaled)}: depend on the embeddings' scale, so neutral here"]
+               if scaled else [])]
     return [*out, _legend([*marks, *[""] * len(notes)], [*lines, *notes])]
 
 

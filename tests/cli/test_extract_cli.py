@@ -125,3 +125,18 @@ def test_bad_model_options_exit_2(args: list[str], message: str) -> None:
     done = cli("analyze", *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("out", "needle"), [
+    ("/proc/reprdiag-test/e.safetensors", "/proc/reprdiag-test/e.safetensors: cannot be "
+     "written (No such file or directory); pick a writable --out"),
+    (".", ".: is a folder, not a file; give --out a file name")])
+def test_unwritable_extract_out_is_refused_before_the_model_runs(out: str, needle: str,
+                                                                 tmp_path: Path) -> None:
+    """The data file does not even exist: the output is checked first."""
+    from tests.cli.test_errors import assert_one_line_error, run_main
+
+    proc = run_main(["extract", "--model", FACTORY, "--data", str(tmp_path / "nope.npy"),
+                     "--out", out], tmp_path)
+    assert_one_line_error(proc, 2, needle)
+    assert list(tmp_path.iterdir()) == []
