@@ -214,19 +214,25 @@ def unique_slugs(names: list[str]) -> list[str]:
 
 def save_report(report: Report, out_dir: Path, plots: bool = True,
                 plot_format: str = "png") -> Path:
-    """Make ``out_dir`` hold this run: report.json, metrics.csv, spectrum.csv, summary.md and
-    the plots, swapped in whole (:func:`reprdiag.report.folder.write_run_folder`), so that
-    the folder holds the old run or the new one, never a mix, and nothing of the old run."""
+    """Make ``out_dir`` hold this run: report.json, metrics.csv, spectrum.csv, summary.md,
+    report.html (one self-contained page) and the plots, swapped in whole
+    (:func:`reprdiag.report.folder.write_run_folder`), so that the folder holds the old run
+    or the new one, never a mix, and nothing of the old run."""
     check_plot_format(plot_format)
 
     def write(folder: Path) -> None:
         metrics_frame(report).to_csv(folder / "metrics.csv", index=False)
         spectrum_frame(report).to_csv(folder / "spectrum.csv", index=False)
         (folder / "summary.md").write_text(summary_markdown(report), encoding="utf-8")
+        drawn = []
         if plots:
             from reprdiag.report.plots import save_plots
 
-            save_plots(report, folder, plot_format)
+            drawn = save_plots(report, folder, plot_format)
+        from reprdiag.report.html import report_html
+
+        (folder / "report.html").write_text(report_html(report, folder, drawn),
+                                            encoding="utf-8")
         (folder / "report.json").write_text(report.to_json(), encoding="utf-8")
 
     return write_run_folder(out_dir, write)

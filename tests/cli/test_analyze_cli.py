@@ -109,3 +109,20 @@ def test_healthy_and_collapsed_sample_data_differ_as_expected() -> None:
     assert collapsed["effective_rank"] < 10 < 100 < healthy["effective_rank"]
     assert collapsed["vne"] < healthy["vne"]
     assert collapsed["avg_cosine"] > healthy["avg_cosine"]
+
+
+def test_float32_products_warn_once_on_stderr_and_float64_does_not() -> None:
+    """The collapsed sample's noise eigenvalues (λ₅/λ₄ ≈ 1.8e-7) are below the float32 floor:
+    one warning line names the metrics that depend on them; the default (float64 here) is
+    silent and report.json says why it chose float64."""
+    forced = run("analyze", str(COLLAPSED), "--precision", "float32", "-m", "rankme,vne",
+                 "-f", "json")
+    assert forced.returncode == 0, forced.stderr
+    lines = [ln for ln in forced.stderr.splitlines() if "error floor" in ln]
+    assert len(lines) == 1 and lines[0].startswith("reprdiag: warning: ")
+    assert "rankme in [" in lines[0] and "--precision float64" in lines[0]
+    default = run("analyze", str(COLLAPSED), "-m", "rankme,vne", "-f", "json")
+    assert default.returncode == 0 and "error floor" not in default.stderr
+    precision = json.loads(default.stdout)["inputs"][0]["precision"]
+    assert precision["work_dtype"] == "float64" and "costs little" in precision["reason"]
+    assert json.loads(forced.stdout)["inputs"][0]["precision"]["sensitive"]["rankme"]

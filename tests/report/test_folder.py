@@ -53,8 +53,8 @@ def test_rerun_replaces_the_whole_folder(reports, tmp_path: Path) -> None:
     three.save(out)
     assert {"layers.png", "spectrum-tensor2.png"} <= set(snapshot(out))
     one.save(out)
-    assert sorted(snapshot(out)) == ["metrics.csv", "report.json", "spectrum.csv",
-                                     "spectrum.png", "summary.md"]
+    assert sorted(snapshot(out)) == ["metrics.csv", "report.html", "report.json",
+                                     "spectrum.csv", "spectrum.png", "summary.md"]
     assert reprdiag.Report.load(out).metrics.keys() == {"rankme"}
     assert beside(out) == []  # no staging folder, no lock file left
 
