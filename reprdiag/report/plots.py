@@ -130,9 +130,13 @@ def _jackknife_band(ax: Axes, result: InputResult, lam: np.ndarray) -> None:
     k, total = np.arange(1, lam.size + 1), lam.sum()
     lo, hi = (lam - t * se) / total, (lam + t * se) / total
     pos = lam > 0
+    # on log axes a band narrower than the line is invisible: say so rather than promise it
+    rel = float(np.max((hi[pos] - lo[pos]) / (2 * lam[pos] / total))) if pos.any() else 0.0
+    thin = "; within the line's width" if rel < 0.05 else ""
     ax.fill_between(k[pos], np.clip(lo[pos], lam[pos] / total * 1e-3, None), hi[pos],
-                    alpha=0.25, lw=0, label=f"{level:.0%} jackknife band "
-                    f"({method.get('blocks', '?')} blocks)")
+                    alpha=0.35, lw=0.6, edgecolor="C0", zorder=1,
+                    label=f"{level:.0%} jackknife band ({method.get('blocks', '?')} blocks"
+                    f"{thin})")
 
 
 def panel_grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
@@ -147,26 +151,63 @@ def panel_grid(count: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
     return fig, flat[:count]
 
 
+#: A panel's note of which way is healthy, by the metric's direction.
+HEALTHY = {"higher": "↑ higher is healthier", "lower": "↓ lower is healthier",
+           "neutral": "no healthy direction"}
+
+
+def one_model(results: list[InputResult]) -> bool:
+    """Whether inputs are layers of one model: all from one file (its path, else the file part
+    of the name ``FILE[KEY]``), or keys sharing a prefix
+    (``hidden_states/layer_0``, ``hidden_states/layer_1``); then a line joins them.
+
+    >>> from reprdiag.report.model import InputResult as R
+    >>> one_model([R("a", 1, 1, "f", {}, {}, {}, path="m.h5", key=k) for k in "xy"])
+    True
+    >>> one_model([R("a", 1, 1, "f", {}, {}, {}, path=p, key="emb") for p in "ab"])
+    False
+    """
+    paths = {r.path or (r.name.partition("[")[0] if "[" in r.name else None) for r in results}
+    if len(paths) == 1 and None not in paths:
+        return True
+    prefixes = {r.key.rsplit("/", 1)[0] if r.key and "/" in r.key else None for r in results}
+    return len(prefixes) == 1 and None not in prefixes
+
+
 def metric_series_figure(series: dict[str, list[InputResult]], title: str,
                          metrics: tuple[str, ...] = LAYER_METRICS) -> Figure:
-    """One panel per metric: its value across inputs (layers), one line per series (run).
+    """One panel per metric: its value across inputs, one series (run) per line when the
+    inputs are layers of one model (:func:`one_model`), else grouped bars (unrelated files
+    have no order a line could follow). Each panel's y label says which way is healthy.
 
-    The x axis is the inputs of the first series, in order; each line is labelled with its
-    series name (with the metric's name for the series named ``""``).
+    The x axis is the inputs of the first series, in order, under short labels; each series
+    is labelled with its name (with the metric's name for the series named ``""``).
     """
+    from reprdiag.metrics import METRICS
+    from reprdiag.report.table import short_labels
+
     first = next(iter(series.values()))
     names = [m for m in metrics if any(m in r.metrics for rs in series.values() for r in rs)]
     fig, axes = panel_grid(len(names))
-    labels = short_names([r.name for r in first])
+    labels = short_labels([r.name for r in first], longest=32)
+    lines = one_model(first)
     x = np.arange(len(first))
+    width = 0.8 / max(1, len(series))
     for ax, name in zip(axes, names, strict=False):
-        for label, results in series.items():
-            ax.plot(x, [r.metrics.get(name, math.nan) for r in results], "o-",
-                    label=label or name)
+        for j, (label, results) in enumerate(series.items()):
+            values = [r.metrics.get(name, math.nan) for r in results]
+            if lines:
+                ax.plot(x, values, "o-", label=label or name)
+            else:
+                ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width,
+                       label=label or name)
+        direction = METRICS[name].direction if name in METRICS else "neutral"
         ax.set_title(name)
-        ax.set_xlabel("input (layer)")
-        ax.set_ylabel(name)
-        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_xlabel("layer" if lines else "input")
+        ax.set_ylabel(f"{name}  ({HEALTHY.get(direction, '')})", fontsize=8)
+        tilt = len(first) * max(map(len, labels)) > 36  # labels that would overlap
+        ax.set_xticks(x, labels, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                      fontsize=8)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)

@@ -72,10 +72,10 @@ DIRECTIONS = "↑ higher is healthier, ↓ lower is healthier, · neither"
 MAX_LABEL = 16
 
 
-def short_labels(names: Sequence[str]) -> list[str]:
+def short_labels(names: Sequence[str], longest: int = MAX_LABEL) -> list[str]:
     """Short, unique column labels for input names ``path[key]``: the file stems when the
     keys agree, the keys' last parts when the files agree, both otherwise; letters when those
-    are not unique or longer than :data:`MAX_LABEL`.
+    are not unique or longer than ``longest``.
 
     >>> short_labels(["data/minilm.safetensors[embeddings]", "data/collapsed.npy[embeddings]"])
     ['minilm', 'collapsed']
@@ -98,7 +98,7 @@ def short_labels(names: Sequence[str]) -> list[str]:
         labels = [key for _, key in parts]
     else:
         labels = [f"{stem}:{key}" if key else stem for stem, key in parts]
-    if len(set(labels)) < len(labels) or max(map(len, labels)) > MAX_LABEL:
+    if len(set(labels)) < len(labels) or max(map(len, labels)) > longest:
         labels = [_letters(i) for i in range(len(names))]
     return labels
 

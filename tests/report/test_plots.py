@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,28 @@ def test_spectrum_figure_content(report: reprdiag.Report) -> None:
 
 
 def test_layer_figure_has_one_point_per_input(report: reprdiag.Report) -> None:
+    """Unrelated inputs (two tensors) get bars, one per input, not a line across them."""
     fig = layer_figure(report)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert {ax.get_title() for ax in visible} >= {"rankme", "vne_normalized"}
     ax = next(a for a in visible if a.get_title() == "rankme")
+    assert ax.get_lines() == []
+    np.testing.assert_allclose([b.get_height() for b in ax.patches],
+                               [r.metrics["rankme"] for r in report.inputs])
+    assert ax.get_ylabel() == "rankme  (↑ higher is healthier)"
+    cos = next(a for a in visible if a.get_title() == "avg_cosine")
+    assert "↓ lower is healthier" in cos.get_ylabel()
+
+
+def test_layers_of_one_file_are_joined_by_a_line(report: reprdiag.Report) -> None:
+    layers = [replace(r, name=f"runs/m.h5[hidden/layer_{i}]", path="runs/m.h5",
+                      key=f"hidden/layer_{i}") for i, r in enumerate(report.inputs)]
+    fig = layer_figure(replace(report, inputs=layers))
+    ax = next(a for a in fig.axes if a.get_visible() and a.get_title() == "rankme")
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(),
                                [r.metrics["rankme"] for r in report.inputs])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["layer_0", "layer_1"]
+    assert ax.get_xlabel() == "layer"
 
 
 def test_save_plots_names(report: reprdiag.Report, tmp_path: Path) -> None:
