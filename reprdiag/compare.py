@@ -283,9 +283,10 @@ class Comparison:
 
     def save(self, out_dir: str | Path, plots: bool = True, plot_format: str = "png"
              ) -> list[Path]:
-        """Make ``out_dir`` hold compare.csv, compare.json, compare.md and the plots
-        (compare.png, and compare-layers.png for layered runs), swapped in whole
-        (:func:`reprdiag.report.folder.write_run_folder`); return the paths."""
+        """Make ``out_dir`` hold compare.csv, compare.json, compare.md, compare.html (one
+        self-contained page) and the plots (compare.png, and compare-layers.png for layered
+        runs), swapped in whole (:func:`reprdiag.report.folder.write_run_folder`); return the
+        paths."""
         out = Path(out_dir)
         check_plot_format(plot_format)
         names: list[str] = []
@@ -295,10 +296,16 @@ class Comparison:
                                ("compare.md", self.to_markdown())):
                 (folder / name).write_text(text, encoding="utf-8")
                 names.append(name)
+            drawn: list[Path] = []
             if plots:
                 from reprdiag.report.plots import save_compare_plots
 
-                names.extend(p.name for p in save_compare_plots(self, folder, plot_format))
+                drawn = save_compare_plots(self, folder, plot_format)
+                names.extend(p.name for p in drawn)
+            from reprdiag.report.html import comparison_html
+
+            (folder / "compare.html").write_text(comparison_html(self, drawn), encoding="utf-8")
+            names.append("compare.html")
 
         write_run_folder(out, write)
         return [out / name for name in names]

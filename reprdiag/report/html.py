@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reprdiag.metrics import METRICS
 from reprdiag.report.export import metric_cell
 from reprdiag.report.model import Report
+
+if TYPE_CHECKING:
+    from reprdiag.compare import Comparison
 from reprdiag.report.table import DIRECTIONS, short_labels
 
 _ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
@@ -81,6 +85,47 @@ def provenance(report: Report) -> str:
                       + f"; sample {r.sample_size:,} rows"))
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd><code>{escape(str(v))}</code></dd>"
                             for k, v in items) + "</dl>"
+
+
+def _page(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content=\"width=device-width, initial-scale=1\">"
+            f"<title>reprdiag · {escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"{body}</body></html>\n")
+
+
+def comparison_html(comparison: Comparison, plots: list[Path] | None = None) -> str:
+    """The page of ``compare --out``: the verdict, one table (a row per input and metric: each
+    run's value, then Δ and Δ% of each later run, coloured by the change), notes, plots."""
+    from reprdiag.compare import change_cells
+
+    colours = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#9a6700"}
+    by_row = {(r["input"], r["metric"], r["run"]): r
+              for r in comparison.frame.to_dict(orient="records")}
+    runs = comparison.runs
+    head = "".join(f"<th>{escape(r)}</th>" for r in runs) + "".join(
+        f"<th>Δ {escape(r)}</th><th>Δ%</th>" for r in runs[1:])
+    rows = []
+    for key, results in comparison.inputs.items():
+        for name in comparison.metric_names:
+            cells = "".join(f"<td class=num>{escape(metric_cell(r, name))}</td>"
+                            for r in results)
+            for run in runs[1:]:
+                row = by_row[(key, name, run)]
+                style = f' style="color:{colours[row["change"]]}"' if row["change"] in \
+                    colours else ""
+                cells += "".join(f"<td class=num{style}>{escape(c)}</td>"
+                                 for c in change_cells(row)[:2])
+            rows.append(f"<tr><td>{escape(key)}</td><th>{escape(name)}</th>{cells}</tr>")
+    notes = "".join(f"<p class=warn>{escape(n)}</p>" for n in comparison.notes)
+    figures = "".join(_plot(p) for p in (plots or []))
+    body = (f"<h1>reprdiag compare</h1><p class=dim>{escape(', '.join(runs))}</p>"
+            f"<h2>Verdict</h2><p><b>{escape(comparison.verdict())}</b></p>{notes}"
+            f"<h2>Metrics</h2><table><thead><tr><th>input</th><th>metric</th>{head}</tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+            f"<p class=dim>Δ against {escape(runs[0])}: green better, red worse, amber "
+            "neutral direction</p>" + (f"<h2>Plots</h2>{figures}" if figures else ""))
+    return _page("compare " + " vs ".join(runs), body)
 
 
 def report_html(report: Report, folder: Path, plots: list[Path] | None = None) -> str:

@@ -120,3 +120,19 @@ def test_headless_chromium_renders_the_page(page: Path, tmp_path: Path) -> None:
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a page, not a blank
+
+
+def test_compare_page_holds_the_verdict_table_and_plot(tmp_path: Path) -> None:
+    proc = subprocess.run([PYTHON, "-m", "reprdiag", "compare", *FILES, "-m", "vne,rankme",
+                           "--out", str(tmp_path / "cmp"), "-q", "--device", "cpu", "-f", "json"],
+                          capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    verdict = json.loads(proc.stdout)["verdict"]
+    checker = _check(tmp_path / "cmp" / "compare.html")
+    text = " ".join(" ".join(checker.text).split())
+    assert verdict in text and "Δ collapsed.safetensors" in text
+    assert "script" not in checker.tags
+    images = [v for t, k, v in checker.attrs if t == "img" and k == "src"]
+    assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
