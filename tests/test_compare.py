@@ -129,7 +129,8 @@ def test_metrics_option_limits_rows_and_outputs_are_consistent(tmp_path: Path) -
     md = cmp.to_markdown()
     assert "| vne | 2 | 1 | −1 | −50.0% |" in md
     written = cmp.save(tmp_path / "out", plots=False)
-    assert sorted(p.name for p in written) == ["compare.csv", "compare.json", "compare.md"]
+    assert sorted(p.name for p in written) == ["compare.csv", "compare.html", "compare.json",
+                                               "compare.md"]
 
 
 def _legend_texts(ax) -> list[str]:
