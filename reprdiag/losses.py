@@ -30,6 +30,7 @@ True
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -41,8 +42,9 @@ from reprdiag.metrics.entropy import spectral_entropy
 from reprdiag.metrics.pairwise import er_constant, er_reduce
 
 __all__ = ["EIG_METHODS", "CovarianceLoss", "EREntropyLoss", "SymEig", "VNELoss",
-           "VarianceLoss", "batch_covariance", "cov_offdiag", "er_entropy", "inv_sqrtm",
-           "normalize_rows", "spectral_map", "sqrtm", "sym_eig", "vicreg_std", "vne"]
+           "VarianceLoss", "alignment", "batch_covariance", "cov_offdiag", "er_entropy",
+           "inv_sqrtm", "normalize_rows", "spectral_map", "sqrtm", "sym_eig", "uniformity",
+           "vicreg_std", "vne"]
 
 #: ``method`` values of :func:`sym_eig` (first = default).
 EIG_METHODS: tuple[str, ...] = ("taylor", "exact")
@@ -155,6 +157,41 @@ def cov_offdiag(x: torch.Tensor) -> torch.Tensor:
     0.0
     """
     return offdiag_term(batch_covariance(x))
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Uniformity loss of a batch: ln mean_{i<j} exp(−t‖zᵢ − zⱼ‖²), z = x/‖x‖ (Wang & Isola).
+
+    Same formula as :func:`reprdiag.metrics.uniformity` (there on a row sample). Range
+    [−4t, 0]; lower = more uniform on the sphere. Differentiable (log-sum-exp over the upper
+    triangle of the pairwise distances). Complexity O(N²·d). Reference: Wang & Isola,
+    "Understanding Contrastive Representation Learning through Alignment and Uniformity on the
+    Hypersphere", ICML 2020 (``lunif``, t = 2).
+
+    >>> round(float(uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))), 6)
+    -8.0
+    """
+    z = normalize_rows(_batch(x, "uniformity", min_rows=2))
+    n = z.shape[-2]
+    i, j = torch.triu_indices(n, n, offset=1, device=z.device)
+    sq = (z[..., i, :] - z[..., j, :]).pow(2).sum(dim=-1)
+    return torch.logsumexp(-t * sq, dim=-1) - math.log(i.numel())
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    """Alignment loss of paired batches: mean_i ‖ẑᵢ − ẑ'ᵢ‖^α of the normalized rows.
+
+    Same formula as :func:`reprdiag.metrics.alignment` at α = 2. Range [0, 2^α]; lower = the
+    views agree. Complexity O(N·d). Reference: Wang & Isola, ICML 2020 (``lalign``).
+
+    >>> float(alignment(torch.eye(2), 3 * torch.eye(2)))
+    0.0
+    """
+    z, w = normalize_rows(_batch(x, "alignment")), normalize_rows(_batch(y, "alignment"))
+    if z.shape != w.shape:
+        raise ValueError(f"alignment: paired batches differ in shape {tuple(z.shape)} vs "
+                         f"{tuple(w.shape)}")
+    return (z - w).norm(dim=-1).pow(alpha).mean(dim=-1)
 
 
 def er_entropy(x: torch.Tensor, kappa: float = 10.0, estimator: str = "plugin",

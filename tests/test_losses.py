@@ -322,3 +322,20 @@ def test_training_coef_sign_moves_vne() -> None:
     assert up > before + 0.1
     assert down < before - 0.3
     assert up <= math.log(8) + 1e-6 and down >= 0.0
+
+
+def test_uniformity_and_alignment_losses_match_the_metrics_and_have_gradients() -> None:
+    from reprdiag.metrics.paired import alignment_metric, paired
+    from reprdiag.metrics.uniformity import uniformity as uniformity_metric
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((60, 7))).requires_grad_(True)
+    y = torch.from_numpy(rng.standard_normal((60, 7)))
+    u = L.uniformity(x)
+    assert float(u) == pytest.approx(uniformity_metric(x.detach()), rel=1e-12)
+    a = L.alignment(x, y)
+    assert float(a) == pytest.approx(alignment_metric(paired(x.detach(), y)), rel=1e-12)
+    (u + a).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert torch.autograd.gradcheck(lambda t: L.uniformity(t), (x[:8].detach().clone()
+                                                                .requires_grad_(True),))
