@@ -23,9 +23,9 @@ def _load_app() -> Any:
     from reprdiag.cli import history as _history  # noqa: F401
     from reprdiag.cli import list_metrics as _list_metrics  # noqa: F401
     from reprdiag.cli import similarity as _similarity  # noqa: F401
-    from reprdiag.cli.app import app
+    from reprdiag.cli.core import app
 
-    globals()["app"] = app  # the Typer object, not the submodule the import bound here
+    globals()["app"] = app  # cached: later lookups skip __getattr__
     return app
 
 
@@ -36,13 +36,13 @@ def __getattr__(name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry point (see :func:`reprdiag.cli.app.main`)."""
+    """Console-script entry point (see :func:`reprdiag.cli.core.main`)."""
     from reprdiag.errors import interrupted_line, raise_on_termination
 
     raise_on_termination()
     try:
         _load_app()
-        from reprdiag.cli.app import main as run
+        from reprdiag.cli.core import main as run
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while the CLI is being imported
         line, code = interrupted_line(exc)
         sys.stderr.write(f"reprdiag: error: {line}\n")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reprdiag.cli.app import (
+from reprdiag.cli.core import (
     RichProgress,
     app,
     emit,

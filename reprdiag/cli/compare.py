@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from reprdiag.cli.analyze import say_written, split_csv
-from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
+from reprdiag.cli.core import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.gate import check_outputs
 from reprdiag.cli.options import (
     AnalysisOptions,

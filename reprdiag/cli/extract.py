@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from reprdiag.cli.app import RichProgress, app, handle_errors, stdout
+from reprdiag.cli.core import RichProgress, app, handle_errors, stdout
 from reprdiag.errors import UsageError
 
 if TYPE_CHECKING:

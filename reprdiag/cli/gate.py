@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reprdiag.cli.app import app, emit, handle_errors, stdout, warn_results
+from reprdiag.cli.core import app, emit, handle_errors, stdout, warn_results
 from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_analysis_options
 from reprdiag.errors import EXIT_GATE_FAILED
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from reprdiag.cli.analyze import split_csv
-from reprdiag.cli.app import app, handle_errors, stdout
+from reprdiag.cli.core import app, handle_errors, stdout
 
 
 @app.command("plot-history")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from reprdiag.catalog import read_catalog
-from reprdiag.cli.app import app, emit, handle_errors, stdout
+from reprdiag.cli.core import app, emit, handle_errors, stdout
 
 #: The arrow of each direction, as every table shows it.
 ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}

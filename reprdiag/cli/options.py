@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from reprdiag.cli.app import RichProgress
+from reprdiag.cli.core import RichProgress
 from reprdiag.cli.extract import POOL_HELP
 from reprdiag.defaults import DEFAULT_BLOCKS
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from reprdiag.cli.app import app, emit, handle_errors, stdout
+from reprdiag.cli.core import app, emit, handle_errors, stdout
 
 
 class SimilarityFormat(str, Enum):

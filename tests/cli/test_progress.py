@@ -15,7 +15,7 @@ from rich.console import Console
 from tests.conftest import PYTHON, SAMPLE, run_cli_env
 
 HEALTHY = str(SAMPLE / "minilm.safetensors")
-app_module = importlib.import_module("reprdiag.cli.app")
+app_module = importlib.import_module("reprdiag.cli.core")
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -49,12 +49,11 @@ def test_quiet_and_short_runs_print_no_progress() -> None:
 def test_out_ends_with_where_it_wrote_what(tmp_path: Path) -> None:
     proc = run("analyze", HEALTHY, "-m", "vne", "-q", "--out", "A", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == (
-        "wrote A/: report.json, metrics.csv, spectrum.csv, summary.md and 1 plot (png)")
+    wrote = "report.json, metrics.csv, spectrum.csv, summary.md, report.html and 1 plot (png)"
+    assert proc.stdout.splitlines()[-1] == f"wrote A/: {wrote}"
     proc = run("analyze", HEALTHY, "-m", "vne", "-q", "--out", "B", "-f", "json", cwd=tmp_path)
     assert json.loads(proc.stdout)["inputs"][0]["metrics"]["vne"] > 0
-    assert proc.stderr.splitlines() == [
-        "wrote B/: report.json, metrics.csv, spectrum.csv, summary.md and 1 plot (png)"]
+    assert proc.stderr.splitlines() == [f"wrote B/: {wrote}"]
 
 
 def test_bar_fits_80_columns_with_its_total_and_rate(monkeypatch: pytest.MonkeyPatch) -> None:
