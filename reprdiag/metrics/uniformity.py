@@ -8,7 +8,6 @@ import torch
 
 from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
-from reprdiag.stats import ZERO_NORM
 
 UNIFORMITY_T = 2.0
 
@@ -41,7 +40,7 @@ def uniformity(stats: Statistics) -> float:
     """Uniformity loss of the normalized rows z = x/‖x‖ on the unit sphere.
 
     Formula: ln mean_{i<j} exp(−t‖zᵢ − zⱼ‖²), t = 2, over all pairs of the row sample (all
-    rows when N ≤ the sample size); rows of norm ≤ 1e-12 have no direction and are left out.
+    rows when N ≤ the sample size); zero rows have no direction and are left out.
     Range [−4t, 0] = [−8, 0]: 0 when every row points the same way (complete collapse), about
     −2t = −4 for rows spread uniformly over a high-dimensional sphere. Lower is more uniform
     (healthier). NaN with fewer than two rows that have a direction.
@@ -54,8 +53,7 @@ def uniformity(stats: Statistics) -> float:
     >>> round(uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)), 12)
     -8.0
     """
-    rows = stats.sample
-    on_sphere = torch.linalg.vector_norm(rows, dim=1) > ZERO_NORM
+    on_sphere = stats.sample.ne(0).any(dim=1)  # every non-zero row, at any scale
     if int(on_sphere.sum()) < 2:
         return math.nan
     z = stats.normalized_sample[on_sphere]
