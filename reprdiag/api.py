@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import LabelCompanion, PairCompanion, resolve_companion
+from reprdiag.companions import LabelCompanion, PairCompanion, label_source, pair_source
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
@@ -404,8 +404,8 @@ def companions_for(source: ArraySource, labels: str | None, pair: str | None
     """What the pass over ``source`` streams beside its moments, checked before reading."""
     if not (labels or pair):
         return None
-    label_src = resolve_companion(labels, source, "--labels") if labels else None
-    pair_src = resolve_companion(pair, source, "--pair") if pair else None
+    label_src = label_source(labels, source) if labels else None  # checked before the pass
+    pair_src = pair_source(pair, source) if pair else None
     d = source.shape[1]
 
     def build(device: torch.device) -> list[Companion]:
@@ -416,7 +416,6 @@ def companions_for(source: ArraySource, labels: str | None, pair: str | None
             out.append(PairCompanion(pair_src, d, device))
         return out
 
-    build(torch.device("cpu"))  # shape checks now, before the pass
     return build
 
 

@@ -65,15 +65,30 @@ def resolve_companion(spec: str, source: ArraySource, what: str) -> ArraySource:
     return chosen
 
 
+def label_source(spec: str, source: ArraySource) -> ArraySource:
+    """The labels ``--labels spec`` names for ``source``: one id per row ((N,) or (N, 1))."""
+    labels = resolve_companion(spec, source, "--labels")
+    if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[1] != 1):
+        raise InputError(f"labels have shape {tuple(labels.shape)}, not one per row",
+                         source=labels.label, hint="store labels as an (N,) integer array")
+    return labels
+
+
+def pair_source(spec: str, source: ArraySource) -> ArraySource:
+    """The second view ``--pair spec`` names for ``source``: a 2-D array of the same rows."""
+    pair = resolve_companion(spec, source, "--pair")
+    if len(pair.shape) != 2:
+        raise InputError(f"is {len(pair.shape)}-D with shape {tuple(pair.shape)}, not rows "
+                         "× features", source=pair.label, hint="pair a 2-D array")
+    return pair
+
+
 class LabelCompanion:
     """Per-class counts and sums (and, while C·d² fits, per-class second moments)."""
 
     name = "classes"
 
     def __init__(self, labels: ArraySource, d: int, device: torch.device):
-        if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[1] != 1):
-            raise InputError(f"labels have shape {tuple(labels.shape)}, not one per row",
-                             source=labels.label, hint="store labels as an (N,) integer array")
         self.labels, self.d = labels, d
         self.classes = ClassMoments(d, second_moments=True, device=device)
 
@@ -97,9 +112,6 @@ class PairCompanion:
     name = "pair"
 
     def __init__(self, pair: ArraySource, d: int, device: torch.device):
-        if len(pair.shape) != 2:
-            raise InputError(f"is {len(pair.shape)}-D with shape {tuple(pair.shape)}, not rows "
-                             "× features", source=pair.label, hint="pair a 2-D array")
         self.pair = pair
         self.moments = PairMoments(d, int(pair.shape[1]), device=device)
 
