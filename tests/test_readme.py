@@ -217,6 +217,26 @@ def test_reading_your_report_quotes_the_sample_data(tokens: list) -> None:
     assert share in README.read_text(encoding="utf-8")
 
 
+def test_feature_examples_quote_the_sample_data(tokens: list) -> None:
+    """The numbers in the comments of the README's --labels and --uncertainty examples."""
+    import reprdiag
+
+    code = "\n".join(t.content for t in tokens if t.type == "fence" and t.info == "bash")
+    nc1, lidar = re.search(r"--labels \S+\s+# nc1 (\S+), lidar (\S+)", code).groups()
+    row = reprdiag.analyze(ROOT / "sample_data/digits.safetensors", metrics=["nc1", "lidar"],
+                           labels=str(ROOT / "sample_data/digits-labels.safetensors")
+                           ).to_frame().iloc[0]
+    assert close_to_print(row["nc1"], nc1) and close_to_print(row["lidar"], lidar)
+    quoted = re.search(r"--uncertainty -m effective_rank,rankme\s+# (\S+) ± (\S+), (\S+) ± (\S+)",
+                       code).groups()
+    table = reprdiag.analyze(ROOT / "sample_data/minilm.safetensors", uncertainty=True,
+                             metrics=["effective_rank", "rankme"]).uncertainty
+    actual = [table["value"].iloc[0], table["se"].iloc[0], table["value"].iloc[1],
+              table["se"].iloc[1]]
+    assert all(close_to_print(a, q) for a, q in zip(actual, quoted, strict=True)), (
+        actual, quoted)
+
+
 # -- the reference pages cover what the code defines ------------------------------------------
 
 def test_report_json_page_names_every_schema_field() -> None:
