@@ -122,7 +122,7 @@ def check_metric(name: str, source: str) -> None:
                           hint=did_you_mean(name, valid) + "valid: " + ", ".join(valid))
 
 
-#: Built-in rule sets. ``collapse`` is the default (README: "Gate" explains each threshold).
+#: Built-in rule sets. ``collapse`` is the default (docs/gate.md explains each threshold).
 PRESETS: dict[str, tuple[Rule, ...]] = {
     "collapse": (
         # complete collapse: every row points the same way, std of x/‖x‖ → 0 (isotropic ≈ 1)

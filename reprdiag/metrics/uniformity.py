@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 UNIFORMITY_T = 2.0
 
