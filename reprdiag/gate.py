@@ -255,7 +255,7 @@ class Rule:
         return value < threshold + slack if self.strict else value <= threshold + slack
 
 
-#: Built-in rule sets. ``collapse`` is the default (README: "Gate" explains each threshold).
+#: Built-in rule sets. ``collapse`` is the default (docs/gate.md explains each threshold).
 PRESETS: dict[str, tuple[Rule, ...]] = {
     "collapse": (
         # complete collapse: every row points the same way, std of x/‖x‖ → 0 (isotropic ≈ 1)

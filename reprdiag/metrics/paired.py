@@ -118,7 +118,7 @@ def barlow_offdiag(p: PairMoments) -> float:
 
 def pair_cka(p: PairMoments) -> float:
     """Linear CKA between the two views (Kornblith et al., ICML 2019); see
-    :func:`reprdiag.similarity.linear_cka`. Range [0, 1]; 1 for views equal up to an
+    :func:`reprdiag.metrics.cka.linear_cka`. Range [0, 1]; 1 for views equal up to an
     orthogonal map and scale."""
     return float(linear_cka(p.cross)[0, 1])
 
