@@ -7,8 +7,8 @@ import math
 import torch
 
 from reprdiag.metrics import pairwise, sample
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from reprdiag.metrics import pairwise
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.pairwise import PairSums
+from reprdiag.statistics import Statistics
 
 _KEY = "pair_sums"
 

@@ -7,9 +7,9 @@ import math
 import torch
 
 from reprdiag.metrics import sample
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.pairwise import UNIFORMITY_T
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 
 def _uniformity_of(mean: float) -> float:
