@@ -53,7 +53,7 @@ from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL, PRECISIONS
-from reprdiag.report.model import InputResult, Report
+from reprdiag.results import InputResult, Report
 from reprdiag.uncertainty import BlockMap, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
