@@ -45,6 +45,13 @@ class Statistics:
         #: (:class:`~reprdiag.stats.classes.ClassMoments`, with ``--labels``) and ``"pair"``
         #: (:class:`~reprdiag.stats.cross.PairMoments`, with ``--pair``)
         self.extras: dict[str, Any] = {}
+        #: values several metrics share, computed once on first use (the sample's pairwise
+        #: sums: :func:`reprdiag.metrics.sample.pair_sums`)
+        self.shared: dict[str, Any] = {}
+        #: the jackknife block of every sample row and K, when the pass kept blocks: shared
+        #: sample passes then split their sums by block, so that one pass serves the plain
+        #: values and the deleted ones
+        self.sample_groups: tuple[torch.Tensor, int] | None = None
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:
