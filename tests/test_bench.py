@@ -52,3 +52,18 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu() -> None:
     assert "## CUDA and path tests" in out and "skipped" in out  # the CUDA tests skip here
     assert "## bench on cpu" in out and "| 30k4096 | 2,000 × 128 |" in out
     assert out.rstrip().endswith("all steps passed")
+
+
+def test_cka_bench_prints_reprdiag_beside_the_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bench/cka.py writes the row-aligned pair and prints its table (ckatorch is not a
+    dependency: the smoke run leaves its row out)."""
+    proc = subprocess.run([PYTHON, str(ROOT / "bench" / "cka.py"), "--n", "3000", "--d", "16",
+                           "--dir", str(tmp_path), "--methods", "reprdiag,reprdiag32"],
+                          capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| method | linear CKA | wall s | peak RssAnon MB | load before/after | note |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| reprdiag similarity")]
+    assert len(rows) == 2
+    f64, f32 = (float(row.split("|")[2]) for row in rows)
+    assert 0.5 < f64 < 1.0 and abs(f64 - f32) < 1e-5  # B = 0.8·XQ + noise: related, not equal
