@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import reprdiag
 from reprdiag.cli import app
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, run_cli_env
 
 runner = CliRunner()
 COMMANDS = ["analyze", "compare", "gate", "extract", "list-metrics", "plot-history",

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from reprdiag.examples.digits import build, random_inputs
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import PYTHON, SAMPLE, run_cli_env
 
 FACTORY = "reprdiag.examples.digits:build"
 WEIGHTS = str(SAMPLE / "digits-mlp.safetensors")
@@ -134,7 +134,7 @@ def test_bad_model_options_exit_2(args: list[str], message: str) -> None:
 def test_unwritable_extract_out_is_refused_before_the_model_runs(out: str, needle: str,
                                                                  tmp_path: Path) -> None:
     """The data file does not even exist: the output is checked first."""
-    from tests.cli.test_errors import assert_one_line_error, run_main
+    from tests.helpers import assert_one_line_error, run_main
 
     proc = run_main(["extract", "--model", FACTORY, "--data", str(tmp_path / "nope.npy"),
                      "--out", out], tmp_path)
