@@ -39,7 +39,13 @@ from reprdiag.engine import (
     release_device_memory,
 )
 from reprdiag.errors import ResourceError, UsageError, check_choice
-from reprdiag.jackknife import DEFAULT_BLOCKS, MIN_BLOCKS, check_rows, fit_blocks
+from reprdiag.jackknife import (
+    DEFAULT_BLOCKS,
+    MIN_BLOCKS,
+    block_labels,
+    check_rows,
+    fit_blocks,
+)
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, prepare, resolve
@@ -47,7 +53,7 @@ from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL, PRECISIONS
-from reprdiag.report.model import InputResult, Report
+from reprdiag.results import InputResult, Report
 from reprdiag.uncertainty import BlockMap, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
@@ -168,6 +174,9 @@ def _measure(acc: Accumulated, metric_names: Sequence[str] | None,
              ) -> tuple[Statistics, dict[str, list[float]], dict[str, float], float, float]:
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
     stats.extras = acc.extras
+    if acc.blocks is not None:  # one sample pass serves the plain and the jackknife values
+        stats.sample_groups = (block_labels(acc.reservoir.index, acc.blocks.seed,
+                                            acc.blocks.blocks), acc.blocks.blocks)
     infos = for_input(metric_names, acc.extras)
     step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
@@ -263,7 +272,7 @@ def summarize(source: Described, acc: Accumulated, metric_names: Sequence[str] |
         t0 = time.perf_counter()
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(metric_names),
                       asdict(metric_opts), values, stats.cov_eigenvalues, progress=progress,
-                      label=source.label, block_map=block_map)
+                      label=source.label, block_map=block_map, stats=stats)
         result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
         result.spectra_se = {"covariance": jk.spectrum_se}
         result.timings["uncertainty_s"] = time.perf_counter() - t0

@@ -53,7 +53,7 @@ from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
-from reprdiag.report.model import Report
+from reprdiag.results import Report
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
 D = TypeVar("D")  # how a dtype is named: a torch.dtype, or its name
