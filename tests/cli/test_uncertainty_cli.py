@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reprdiag.jackknife import BUDGET_ENV, moment_bytes
 from reprdiag.metrics import METRICS
+from reprdiag.stats.blocked import BUDGET_ENV, moment_bytes
 from tests.helpers import run_main
 
 CONTINUOUS = {m for m, info in METRICS.items() if not info.discrete and not info.needs}
