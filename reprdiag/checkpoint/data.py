@@ -271,7 +271,7 @@ def _guarded(items: Iterable[Batch], spec: str) -> Iterator[Batch]:
             raise
         except Exception as exc:
             raise InputError(f"loading a batch raised {type(exc).__name__}: "
-                             f"{first_line(exc)}", source=spec,
+                             f"{first_line(exc, empty='(no message)')}", source=spec,
                              hint="fix the data function or its dataset") from exc
         yield batch
 

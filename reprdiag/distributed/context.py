@@ -206,7 +206,7 @@ class DistributedContext:
         try:
             dist.init_process_group(spec, timeout=timedelta(seconds=timeout_seconds()))
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ResourceError(f"cannot join the process group ({_first_line(exc)})",
+            raise ResourceError(f"cannot join the process group ({errors.first_line(exc)})",
                                 hint="check torchrun's --rdzv-endpoint/--master-addr and "
                                 "that every node can reach it") from exc
         ctx = cls(device, owns_group=True)
@@ -245,7 +245,7 @@ class DistributedContext:
             yield
         except RuntimeError as exc:  # dist.DistError and gloo/NCCL timeouts included
             raise ResourceError(f"rank {self.rank}: {what} with the other ranks failed "
-                                f"({_first_line(exc)})", hint=f"a rank died or took longer "
+                                f"({errors.first_line(exc)})", hint=f"a rank died or took longer "
                                 f"than ${TIMEOUT_ENV} seconds; see the other ranks' logs"
                                 ) from exc
 
@@ -457,10 +457,5 @@ def _buckets(tensors: dict[str, torch.Tensor]) -> Iterator[list[str]]:
             size += nbytes
         if bucket:
             yield bucket
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from reprdiag.errors import UsageError
+from reprdiag.errors import UsageError, did_you_mean
 from reprdiag.statistics import Statistics, TensorLike
 
 Bounds = Callable[[int, int], tuple[float, float]]
@@ -93,11 +93,8 @@ def resolve(names: Sequence[str] | None) -> list[MetricInfo]:
         return sorted(METRICS.values(), key=lambda m: rank.get(m.name, len(rank)))
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], list(METRICS), n=1)
-        hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(METRICS)
-        raise UsageError(f"unknown metric {unknown[0]!r}", hint=hint)
+        raise UsageError(f"unknown metric {unknown[0]!r}",
+                         hint=did_you_mean(unknown[0], METRICS) + "valid: " + ", ".join(METRICS))
     return [METRICS[n] for n in dict.fromkeys(names)]
 
 
