@@ -25,6 +25,7 @@ import torch
 
 from reprdiag._version import __version__
 from reprdiag.companions import LabelCompanion, PairCompanion, label_source, pair_source
+from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
 from reprdiag.engine import (
@@ -39,13 +40,6 @@ from reprdiag.engine import (
     release_device_memory,
 )
 from reprdiag.errors import ResourceError, UsageError, check_choice
-from reprdiag.jackknife import (
-    DEFAULT_BLOCKS,
-    MIN_BLOCKS,
-    block_labels,
-    check_rows,
-    fit_blocks,
-)
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import Statistics, compute, prepare, resolve
@@ -54,7 +48,8 @@ from reprdiag.metrics.pairwise import ER_COMPAT, ER_ESTIMATORS
 from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL, PRECISIONS
 from reprdiag.results import InputResult, Report
-from reprdiag.uncertainty import BlockMap, estimate
+from reprdiag.stats.blocked import MIN_BLOCKS, block_labels, fit_blocks
+from reprdiag.uncertainty import BlockMap, check_rows, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 
@@ -307,7 +302,7 @@ def blocked_stream(stream: StreamOptions, d: int, label: str, uncertainty: bool,
                    blocks: int, budget: int | None = None) -> StreamOptions:
     """The stream options of one input of width ``d``: with ``uncertainty``, K jackknife blocks
     fitted to the memory budget, ``budget`` bytes if given (see
-    :func:`reprdiag.jackknife.fit_blocks`)."""
+    :func:`reprdiag.stats.blocked.fit_blocks`)."""
     if not uncertainty:
         return stream
     return replace(stream, blocks=fit_blocks(blocks, d, stream.device, label, budget))

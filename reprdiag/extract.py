@@ -44,12 +44,12 @@ from reprdiag.checkpoint.hf import HFProbe
 from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
 from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
 from reprdiag.checkpoint.writer import open_writer, writer_format
+from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
 from reprdiag.errors import InputError
-from reprdiag.jackknife import DEFAULT_BLOCKS
 from reprdiag.loaders.base import check_pool, pool_method, pool_rows
 from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
