@@ -364,13 +364,13 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
                 for s in gather_sources(inputs, keys, pool, concat))
         else:
             refuse_in_memory(inputs)
-            refuse_companions_distributed(labels, pair)
             stream.device = dev = ctx.device
             budget = ctx.memory_budget() if uncertainty else None  # the same K on every rank
             pairs = ctx.accumulate_each(
                 lambda: gather_sources(inputs, keys, pool, concat), stream, progress,
                 check=check_shape,
-                stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks, budget))
+                stream_for=lambda s: _stream_for(s, stream, uncertainty, blocks, budget),
+                companions_for=lambda s: companions_for(s, labels, pair))
         results = summarize_all(pairs, metrics, metric_opts, progress, ctx)
         world_size = ctx.world_size if ctx else 1
     options: dict[str, Any] = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
@@ -394,13 +394,6 @@ def check_companions(labels: str | None, pair: str | None, uncertainty: bool) ->
         raise UsageError("--uncertainty does not cover --labels/--pair yet",
                          hint="run the jackknife without them, or the label/pair metrics "
                          "without --uncertainty")
-
-
-def refuse_companions_distributed(labels: str | None, pair: str | None) -> None:
-    """Labels and paired views are single-process for now (their merge is not written)."""
-    if labels or pair:
-        raise UsageError("--labels/--pair are not supported under torchrun yet",
-                         hint="run them in one process")
 
 
 def companions_for(source: ArraySource, labels: str | None, pair: str | None
