@@ -26,7 +26,7 @@ from reprdiag._version import __version__
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
-    from reprdiag.api import analyze
+    from reprdiag.api import analyze, analyze_model
     from reprdiag.compare import Comparison, compare
     from reprdiag.gate import GateResult, Rule, gate
     from reprdiag.metrics import METRICS
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from reprdiag.report.read import read_report
 
 #: Public name → the module defining it, imported when the name is first read.
-_LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
+_LAZY = {"analyze": "reprdiag.api", "analyze_model": "reprdiag.api", "compare": "reprdiag.compare",
          "Comparison": "reprdiag.compare", "gate": "reprdiag.gate", "GateResult": "reprdiag.gate",
          "Rule": "reprdiag.gate", "METRICS": "reprdiag.metrics",
          "InputResult": "reprdiag.report.model", "Report": "reprdiag.report.model",
@@ -44,7 +44,7 @@ _LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
 _SHADOWED = ("compare", "gate")
 
 __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
-           "__version__", "analyze", "compare", "gate", "read_report"]
+           "__version__", "analyze", "analyze_model", "compare", "gate", "read_report"]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import save_file
 
 import reprdiag
-from reprdiag.api import gather_sources
 from reprdiag.distributed import (
     DistributedContext,
     _Failure,
@@ -32,6 +31,7 @@ from reprdiag.distributed import (
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
+from reprdiag.pipeline import gather_sources
 from tests.conftest import SAMPLE, run_cli_env
 from tests.ranks import (
     WORKER,
