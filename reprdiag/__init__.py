@@ -27,21 +27,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
     from reprdiag.api import analyze, analyze_model
-    from reprdiag.compare import Comparison, compare
-    from reprdiag.gate import GateResult, Rule, gate
+    from reprdiag.compare import compare
+    from reprdiag.gate import gate
     from reprdiag.metrics import METRICS
-    from reprdiag.report.model import InputResult, Report
     from reprdiag.report.read import read_report
+    from reprdiag.results import Comparison, GateResult, InputResult, Report, Rule
 
 #: Public name → the module defining it, imported when the name is first read.
-_LAZY = {"analyze": "reprdiag.api", "analyze_model": "reprdiag.api", "compare": "reprdiag.compare",
-         "Comparison": "reprdiag.compare", "gate": "reprdiag.gate", "GateResult": "reprdiag.gate",
-         "Rule": "reprdiag.gate", "METRICS": "reprdiag.metrics",
-         "InputResult": "reprdiag.report.model", "Report": "reprdiag.report.model",
-         "read_report": "reprdiag.report.read"}
-#: Functions named like their modules: ``reprdiag.compare(...)`` is the function, while
-#: ``from reprdiag.compare import Comparison`` still imports from the module.
-_SHADOWED = ("compare", "gate")
+_LAZY = {"analyze": "reprdiag.api", "analyze_model": "reprdiag.api",
+         "compare": "reprdiag.compare",
+         "Comparison": "reprdiag.results", "gate": "reprdiag.gate",
+         "GateResult": "reprdiag.results", "Rule": "reprdiag.results",
+         "METRICS": "reprdiag.metrics", "InputResult": "reprdiag.results",
+         "Report": "reprdiag.results", "read_report": "reprdiag.report.read"}
+#: Modules that are also their main function: ``reprdiag.compare`` is the module
+#: ``reprdiag.compare`` (``from reprdiag.compare import MATCHES`` and
+#: ``import reprdiag.compare as m`` give it), and calling it calls its ``compare``.
+_CALLABLE = ("compare", "gate")
 
 __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
            "__version__", "analyze", "analyze_model", "compare", "gate", "read_report"]
@@ -50,7 +52,8 @@ __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'reprdiag' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
+    module = importlib.import_module(_LAZY[name])  # binds reprdiag.compare/gate: _Package
+    value = module if name in _CALLABLE else getattr(module, name)
     globals()[name] = value
     return value
 
@@ -59,13 +62,22 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+class _CallableModule(types.ModuleType):
+    """A module whose call is its function of the same name: ``reprdiag.compare(runs)`` is
+    ``reprdiag.compare.compare(runs)``; one object under one name, no function shadowing
+    its module."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
 class _Package(types.ModuleType):
-    """The package object: when the import system binds a submodule that a function of the
-    same name shadows (``reprdiag.compare``), the function is bound instead."""
+    """The package object: when the import system binds ``reprdiag.compare`` or
+    ``reprdiag.gate`` (however it was imported), the module becomes callable."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            value = getattr(value, name)
+        if name in _CALLABLE and isinstance(value, types.ModuleType):
+            value.__class__ = _CallableModule
         super().__setattr__(name, value)
 
 

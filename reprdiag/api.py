@@ -25,7 +25,7 @@ from reprdiag.engine import Progress
 from reprdiag.extract import ModelRun, ModelSources
 from reprdiag.pipeline import FileSources, Input
 from reprdiag.pipeline import run as run_pipeline
-from reprdiag.report.model import Report
+from reprdiag.results import Report
 
 __all__ = ["AnalysisConfig", "Input", "ModelRun", "analyze", "analyze_model"]
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from reprdiag.classes import ClassMoments, check_labels
 from reprdiag.errors import InputError, UsageError, source_label
 from reprdiag.loaders import ArraySource, list_arrays, select_arrays
-from reprdiag.metrics.paired import PairMoments
+from reprdiag.stats.classes import ClassMoments, check_labels
+from reprdiag.stats.cross import PairMoments
 
 #: per-class second moments (for per-class effective rank) are kept up to this many bytes
 CLASS_SQUARES_BYTES = 256 * 2**20
@@ -90,17 +90,15 @@ class LabelCompanion:
 
     def __init__(self, labels: ArraySource, d: int, device: torch.device):
         self.labels, self.d = labels, d
-        self.classes = ClassMoments(d, second_moments=True, device=device)
+        self.classes = ClassMoments(d, second_moments=True, device=device,
+                                    squares_limit=CLASS_SQUARES_BYTES)
 
     def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None:
         ids = check_labels(self.labels.read(first, first + rows.shape[0]), rows.shape[0],
                            self.labels.label)
         if keep is not None:
             rows, ids = rows[keep], ids[keep.cpu()]
-        self.classes.update(rows, ids)
-        if self.classes.squares is not None and \
-                self.classes.squares.numel() * 8 > CLASS_SQUARES_BYTES:
-            self.classes.squares = None  # too many classes: per-class rank is left out
+        self.classes.update(rows, ids)  # past CLASS_SQUARES_BYTES per-class rank is left out
 
     def result(self) -> ClassMoments:
         return self.classes

@@ -109,7 +109,7 @@ class AnalysisConfig:
         opts = self.stream(device)
         if not self.uncertainty:
             return opts
-        from reprdiag.jackknife import fit_blocks
+        from reprdiag.stats.blocked import fit_blocks
 
         return replace(opts, blocks=fit_blocks(self.blocks, d, device, label, budget))
 
@@ -172,7 +172,7 @@ def _stream(c: AnalysisConfig) -> None:
 
 def _blocks(c: AnalysisConfig) -> None:
     """Refuse ``blocks`` < 5 when ``uncertainty`` asks for the jackknife."""
-    from reprdiag.jackknife import MIN_BLOCKS
+    from reprdiag.stats.blocked import MIN_BLOCKS
 
     if c.uncertainty and c.blocks < MIN_BLOCKS:
         raise UsageError(f"--blocks must be at least {MIN_BLOCKS}, got {c.blocks}",

@@ -48,9 +48,9 @@ from reprdiag.errors import (
     UsageError,
     check_choice,
 )
-from reprdiag.jackknife import memory_budget
 from reprdiag.loaders import ArraySource, ConcatSource
 from reprdiag.stats import Reservoir, StreamingMoments
+from reprdiag.stats.blocked import memory_budget
 
 BACKENDS = ("auto", "nccl", "gloo")
 #: Whole shards go to ranks only when the busiest rank reads at most this × N/W rows (e.g.
@@ -433,7 +433,7 @@ class DistributedContext:
 
     def memory_budget(self) -> int:
         """The smallest of the ranks' memory budgets for jackknife blocks
-        (:func:`reprdiag.jackknife.memory_budget`): blocks fitted to it give every rank the
+        (:func:`reprdiag.stats.blocked.memory_budget`): blocks fitted to it give every rank the
         same K. A collective."""
         return min(self.all_gather(memory_budget(self.device)))
 

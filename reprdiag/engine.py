@@ -21,11 +21,11 @@ from typing import Any, Protocol, TypeVar
 import torch
 
 from reprdiag.errors import InputError, ResourceError
-from reprdiag.jackknife import BlockedMoments
 from reprdiag.loaders import ArraySource
 from reprdiag.precision import Precision, choose
 from reprdiag.prefetch import prefetch
 from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
+from reprdiag.stats.blocked import BlockedMoments
 
 NAN_POLICIES = ("error", "drop")
 CHUNK_BYTES = 64 * 2**20  # target size of one chunk in the work dtype

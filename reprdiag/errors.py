@@ -8,8 +8,10 @@ Exit codes (docs/design.md §2): 0 ok, 1 gate failed, 2 bad usage or input, 3 re
 
 from __future__ import annotations
 
+import difflib
 import signal
 import threading
+from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
@@ -84,6 +86,19 @@ def check_choice(value: object, choices: tuple[str, ...], what: str) -> None:
     """
     if value not in choices:
         raise UsageError(f"unknown {what} {value!r}", hint=f"use one of {', '.join(choices)}")
+
+
+def did_you_mean(name: str, valid: Iterable[str], n: int = 1, cutoff: float = 0.6) -> str:
+    """The start of a hint naming the ``n`` valid names closest to a mistyped ``name``
+    (difflib's similarity ≥ ``cutoff``), or ``""`` when none is close.
+
+    >>> did_you_mean("rankmee", ["rankme", "vne"]), did_you_mean("zzz", ["rankme"])
+    ("did you mean 'rankme'? ", '')
+    >>> did_you_mean("layer.1", ["layer.0", "layer.10", "head"], n=3, cutoff=0.5)
+    "did you mean 'layer.10', 'layer.0'? "
+    """
+    close = difflib.get_close_matches(name, list(valid), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
 
 
 class ReprdiagWarning(UserWarning):

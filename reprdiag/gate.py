@@ -18,7 +18,6 @@ False
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -27,30 +26,34 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
-
-import pandas as pd
 
 from reprdiag.compare import match_inputs
 from reprdiag.distributed import joined
-from reprdiag.errors import ConfigError, InputError, UsageError
+from reprdiag.errors import ConfigError, InputError, UsageError, did_you_mean
 from reprdiag.loaders import check_regular_file
 from reprdiag.metrics import resolve
-from reprdiag.report.export import atomic_write, format_estimate, format_value, markdown_table
-from reprdiag.report.model import InputResult, Report
+from reprdiag.report.export import junit_xml, write_junit
+from reprdiag.results import (
+    KINDS,
+    MODIFIERS,
+    Check,
+    GateResult,
+    InputResult,
+    Report,
+    Rule,
+    check_se_modifier,
+    unknown_key,
+)
 from reprdiag.runs import RunLike, input_key, load_run, run_label
+
+__all__ = ["CONFIG_NAME", "DEFAULT_PRESET", "PRESETS", "Check", "GateConfig", "GateResult",
+           "Rule", "evaluate", "find_config", "gate", "junit_xml", "load_config",
+           "needed_metrics", "parse_fail_if", "parse_gate_table", "parse_rules",
+           "resolve_rules", "write_junit"]
 
 #: Metrics that count dimensions; each also exists as ``<name>_frac`` = value / min(N, d).
 SCALABLE = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "numerical_rank")
 FRAC_SUFFIX = "_frac"
-#: Rule kinds: absolute bounds, and bounds relative to a baseline run (fractions, ≥ 0).
-ABSOLUTE = ("min", "max")
-RELATIVE = ("max_drop", "max_rise")
-KINDS = ABSOLUTE + RELATIVE
-#: Modifiers of a rule, in standard errors (runs analyzed with ``--uncertainty``):
-#: ``margin_se`` fails only when the bound is crossed by more than that many SEs; ``max_se``
-#: fails a rule whose SE is above it (too noisy to decide).
-MODIFIERS = ("margin_se", "max_se")
 #: Keys of the gate table; the rules go in its ``rules`` sub-table; ``margin_se``/``max_se``
 #: here are defaults for every rule.
 TABLE_KEYS = ("rules", "fail_if", "preset", "baseline", *MODIFIERS)
@@ -115,147 +118,11 @@ def check_metric(name: str, source: str) -> None:
     """Fail with the list of valid names when ``name`` is not a metric a rule can bound."""
     valid = metric_names()
     if name not in valid:
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
-        raise ConfigError(f"unknown metric {name!r}", source=source, hint=hint)
+        raise ConfigError(f"unknown metric {name!r}", source=source,
+                          hint=did_you_mean(name, valid) + "valid: " + ", ".join(valid))
 
 
-def no_baseline(rule: Rule) -> ConfigError:
-    """The error for a relative rule given no baseline run."""
-    return ConfigError(f"rule {rule.describe()!r} needs a baseline run", source=rule.origin,
-                       hint="pass --baseline RUN or set baseline in the config")
-
-
-def check_finite(value: float, where: str, source: str | None) -> None:
-    """Refuse a NaN or infinite bound.
-
-    >>> check_finite(float("nan"), "rankme.min", "cfg")
-    Traceback (most recent call last):
-    ...
-    reprdiag.errors.ConfigError: cfg: rankme.min must be a finite number, got nan
-    """
-    if not math.isfinite(value):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}", source=source)
-
-
-def check_se_modifier(key: str, value: float, where: str, source: str | None) -> None:
-    """``margin_se`` must be finite and ≥ 0, ``max_se`` finite and > 0."""
-    check_finite(value, f"{where}.{key}", source)
-    if key == "margin_se" and value < 0:
-        raise ConfigError(f"{where}.margin_se must be ≥ 0, got {value:g}", source=source,
-                          hint="a number of standard errors, e.g. 2")
-    if key == "max_se" and value <= 0:
-        raise ConfigError(f"{where}.max_se must be > 0, got {value:g}", source=source,
-                          hint="the largest standard error to accept")
-
-
-def _unknown_key(key: str, valid: Iterable[str], where: str, source: str) -> ConfigError:
-    valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(valid)
-    return ConfigError(f"unknown key {key!r} in {where}", source=source, hint=hint)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One bound on one metric.
-
-    ``kind`` is ``min`` (pass when value ≥ bound), ``max`` (value ≤ bound), ``max_drop``
-    (value ≥ baseline − bound·|baseline|) or ``max_rise`` (value ≤ baseline +
-    bound·|baseline|). ``strict`` makes ``min``/``max`` exclusive (``--fail-if "x <= 3"``).
-    ``origin`` says where the rule came from (a config file, ``--fail-if``, a preset).
-    With standard errors: ``margin_se`` = m fails only when the bound is crossed by more than
-    m SEs (value < bound − m·SE for a lower bound); ``max_se`` fails the rule when the SE is
-    above it, too noisy to decide.
-
-    >>> Rule("rankme", "min", 64).describe(), Rule("vne", "max_drop", 0.05).describe()
-    ('rankme ≥ 64', 'vne drop ≤ 5% vs baseline')
-    >>> Rule("rankme", "min", 64, margin_se=2, max_se=1.5).describe()
-    'rankme ≥ 64 (margin 2 SE, SE ≤ 1.5)'
-    """
-
-    metric: str
-    kind: str
-    bound: float
-    strict: bool = False
-    origin: str = ""
-    margin_se: float = field(default=0.0, repr=False)
-    max_se: float | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        """The one place a rule's numbers are checked, whichever way it was written (a
-        config table, ``fail_if``, ``--fail-if``, the API): a NaN or infinite bound would
-        make the rule always fail or always hold."""
-        source = self.origin or None
-        if self.kind not in KINDS:
-            raise _unknown_key(self.kind, KINDS, f"rule {self.metric}", self.origin)
-        check_finite(self.bound, f"{self.metric}.{self.kind}", source)
-        if self.relative and self.bound < 0:
-            raise ConfigError(f"{self.metric}.{self.kind} must be a fraction ≥ 0, got "
-                              f"{self.bound:g}", source=source, hint="e.g. 0.05 for 5%")
-        check_se_modifier("margin_se", self.margin_se, self.metric, source)
-        if self.max_se is not None:
-            check_se_modifier("max_se", self.max_se, self.metric, source)
-
-    @property
-    def relative(self) -> bool:
-        return self.kind in RELATIVE
-
-    @property
-    def needs_se(self) -> bool:
-        """Whether checking this rule needs the run's standard errors."""
-        return self.margin_se > 0 or self.max_se is not None
-
-    @property
-    def lower(self) -> bool:
-        """Whether the bound is a lower one (``min``, ``max_drop``)."""
-        return self.kind in ("min", "max_drop")
-
-    def describe(self) -> str:
-        return self._describe_bound() + self._describe_se()
-
-    def _describe_bound(self) -> str:
-        if self.kind == "min":
-            return f"{self.metric} {'>' if self.strict else '≥'} {format_value(self.bound)}"
-        if self.kind == "max":
-            return f"{self.metric} {'<' if self.strict else '≤'} {format_value(self.bound)}"
-        word = "drop" if self.kind == "max_drop" else "rise"
-        return f"{self.metric} {word} ≤ {100 * self.bound:.4g}% vs baseline"
-
-    def _describe_se(self) -> str:
-        parts = ([f"margin {self.margin_se:g} SE"] if self.margin_se else []) + (
-            [f"SE ≤ {format_value(self.max_se)}"] if self.max_se is not None else [])
-        return f" ({', '.join(parts)})" if parts else ""
-
-    def threshold_se(self, baseline: float | None, se_baseline: float) -> float:
-        """How much of the baseline's SE reaches a relative rule's threshold
-        (d threshold / d baseline = 1 ∓ bound·sign(baseline)); 0 for absolute rules."""
-        if not self.relative or baseline is None:
-            return 0.0
-        sign = -1.0 if self.kind == "max_drop" else 1.0
-        return abs(1.0 + sign * self.bound * math.copysign(1.0, baseline)) * se_baseline
-
-    def threshold(self, baseline: float | None) -> float:
-        """The bound on the value itself (relative rules need the baseline's value)."""
-        if not self.relative:
-            return self.bound
-        if baseline is None:
-            raise no_baseline(self)
-        step = self.bound * abs(baseline)
-        return baseline - step if self.kind == "max_drop" else baseline + step
-
-    def holds(self, value: float, threshold: float, se: float = 0.0) -> bool:
-        """Whether ``value`` satisfies the rule, the bound moved ``margin_se``·``se`` in the
-        value's favour; a missing (NaN) value never does, nor an SE above ``max_se``."""
-        if math.isnan(value) or (self.max_se is not None and not se <= self.max_se):
-            return False
-        slack = self.margin_se * se if self.margin_se else 0.0
-        if self.lower:
-            return value > threshold - slack if self.strict else value >= threshold - slack
-        return value < threshold + slack if self.strict else value <= threshold + slack
-
-
-#: Built-in rule sets. ``collapse`` is the default (README: "Gate" explains each threshold).
+#: Built-in rule sets. ``collapse`` is the default (docs/gate.md explains each threshold).
 PRESETS: dict[str, tuple[Rule, ...]] = {
     "collapse": (
         # complete collapse: every row points the same way, std of x/‖x‖ → 0 (isotropic ≈ 1)
@@ -265,109 +132,6 @@ PRESETS: dict[str, tuple[Rule, ...]] = {
     ),
 }
 DEFAULT_PRESET = "collapse"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One rule applied to one input: the value read, the bound it met or missed."""
-
-    rule: Rule
-    input: str
-    value: float
-    threshold: float
-    baseline: float | None
-    passed: bool
-    se: float = math.nan  #: SE of value − threshold (run's, and baseline's for relative rules)
-
-    @property
-    def too_noisy(self) -> bool:
-        """Failed because the SE is above the rule's ``max_se``."""
-        return self.rule.max_se is not None and not self.se <= self.rule.max_se
-
-    def bound_text(self) -> str:
-        """The bound as a comparison, with the baseline for relative rules and the margin."""
-        op = {"min": ">" if self.rule.strict else "≥", "max": "<" if self.rule.strict else "≤",
-              "max_drop": "≥", "max_rise": "≤"}[self.rule.kind]
-        text = f"{op} {format_value(self.threshold)}"
-        if self.baseline is not None:
-            sign = "−" if self.rule.kind == "max_drop" else "+"
-            text += f" (baseline {format_value(self.baseline)} {sign} {100 * self.rule.bound:.4g}%)"
-        if self.rule.margin_se and math.isfinite(self.se):
-            slack = self.rule.margin_se * self.se
-            moved = self.threshold - slack if self.rule.lower else self.threshold + slack
-            text += (f" {'−' if self.rule.lower else '+'} {self.rule.margin_se:g}·SE "
-                     f"= {format_value(moved)}")
-        return text
-
-    def message(self) -> str:
-        """Why it failed (or that it passed), in one line."""
-        verdict = "meets" if self.passed else "violates"
-        se = f" ± {self.se:.2g}" if math.isfinite(self.se) else ""
-        text = (f"{self.input}: {self.rule.metric} = {format_value(self.value)}{se} {verdict} "
-                f"the bound {self.bound_text()}")
-        if self.too_noisy:
-            text += f"; SE {self.se:.2g} > max_se {format_value(self.rule.max_se)}: too noisy"
-        return text
-
-
-@dataclass
-class GateResult:
-    """Every check of a gate run; :attr:`passed` when all of them hold."""
-
-    checks: list[Check]
-    run: str = ""
-    baseline: str | None = None
-    notes: list[str] = field(default_factory=list)
-    #: The analyzed inputs, whose ``warnings`` (zero rows, dropped rows, fallbacks) the CLI
-    #: prints on stderr.
-    inputs: list[InputResult] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        """Every check holds, and there was at least one (a gate that checked nothing fails)."""
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
-
-    def detail(self) -> str:
-        """``2 of 2 rules hold`` or ``1 of 2 rules failed (rankme_frac ≥ 0.1)``."""
-        n = len(self.checks)
-        if not n:
-            return "no rule could be checked (the run holds no input)"
-        if self.passed:
-            return f"{n} of {n} rules hold"
-        names = ", ".join(dict.fromkeys(c.rule.describe() for c in self.failures))
-        return f"{len(self.failures)} of {n} rules failed ({names})"
-
-    def summary(self) -> str:
-        """``PASS: 2 of 2 rules hold`` or ``FAIL: 1 of 2 rules failed (...)``."""
-        return f"{'PASS' if self.passed else 'FAIL'}: {self.detail()}"
-
-    def frame(self) -> pd.DataFrame:
-        """One row per check: input, rule, metric, kind, value, bound, baseline, result."""
-        return pd.DataFrame([{"input": c.input, "rule": c.rule.describe(),
-                              "metric": c.rule.metric, "kind": c.rule.kind, "value": c.value,
-                              "se": c.se, "margin_se": c.rule.margin_se,
-                              "max_se": c.rule.max_se, "too_noisy": c.too_noisy,
-                              "threshold": c.threshold, "bound": c.bound_text(),
-                              "baseline": c.baseline, "origin": c.rule.origin,
-                              "result": "PASS" if c.passed else "FAIL"} for c in self.checks])
-
-    def to_dict(self) -> dict[str, Any]:
-        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in row.items()} for row in self.frame().to_dict(orient="records")]
-        return {"passed": self.passed, "summary": self.summary(), "run": self.run,
-                "baseline": self.baseline, "notes": self.notes, "checks": rows}
-
-    def markdown(self) -> str:
-        """A markdown table of the checks (for ``GITHUB_STEP_SUMMARY`` and ``--format``)."""
-        header = ["input", "rule", "value", "bound", "result"]
-        rows = [[c.input, c.rule.describe(), format_estimate(c.value, c.se), c.bound_text(),
-                 "✅ PASS" if c.passed else "❌ FAIL"] for c in self.checks]
-        title = f"### reprdiag gate {self.run}: {self.summary()}"
-        return f"{title}\n\n{markdown_table(header, rows)}\n"
 
 
 @dataclass(frozen=True)
@@ -426,7 +190,7 @@ def parse_rules(table: object, source: str, where: str = "[gate.rules]",
             if kind in MODIFIERS:
                 continue
             if kind not in KINDS:
-                raise _unknown_key(kind, KINDS + MODIFIERS, f"{where} {name}", source)
+                raise unknown_key(kind, KINDS + MODIFIERS, f"{where} {name}", source)
             rules.append(Rule(name, kind, _number(raw, f"{name}.{kind}", source),
                               origin=source, **mods))
         if "min" in bounds and "max" in bounds and float(bounds["min"]) > float(bounds["max"]):
@@ -468,7 +232,7 @@ def parse_gate_table(table: object, source: str, base_dir: Path | None = None) -
         raise ConfigError("the gate section must be a table", source=source)
     for key in table:
         if key not in TABLE_KEYS:
-            raise _unknown_key(key, TABLE_KEYS, "the gate table", source)
+            raise unknown_key(key, TABLE_KEYS, "the gate table", source)
     defaults = se_modifiers(table, "[gate]", source)
     rules = parse_rules(table.get("rules", {}), source, defaults=defaults)
     fail_if = table.get("fail_if", [])
@@ -625,7 +389,7 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
         baseline = config.baseline
     relative = [r for r in rule_list if r.relative]
     if baseline is None and relative:
-        raise no_baseline(relative[0])
+        raise relative[0].no_baseline()
     analyze_options.setdefault("metrics", needed_metrics(rule_list))
     if any(r.needs_se for r in rule_list):
         analyze_options["uncertainty"] = True
@@ -636,29 +400,3 @@ def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
                       baseline_name=run_label(baseline, 1) if baseline is not None else None)
     result.inputs = [*report.inputs, *(base_report.inputs if base_report else [])]
     return result
-
-
-def junit_xml(result: GateResult) -> str:
-    """JUnit XML: one ``<testcase>`` per check, a ``<failure>`` for each that failed."""
-    suite = ET.Element("testsuite", name=f"reprdiag gate {result.run}".strip(),
-                       tests=str(len(result.checks)), failures=str(len(result.failures)),
-                       errors="0", skipped="0")
-    for check in result.checks:
-        case = ET.SubElement(suite, "testcase", classname=f"reprdiag.gate.{check.input}",
-                             name=check.rule.describe())
-        if not check.passed:
-            failure = ET.SubElement(case, "failure", message=check.message(), type="GateFailure")
-            failure.text = check.message()
-    root = ET.Element("testsuites", tests=suite.get("tests", "0"),
-                      failures=suite.get("failures", "0"))
-    root.append(suite)
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
-
-
-def write_junit(result: GateResult, path: str | os.PathLike[str]) -> Path:
-    """Write :func:`junit_xml` to ``path`` atomically."""
-    target = Path(path)
-    text = junit_xml(result)
-    atomic_write(target, lambda p: p.write_text(text, encoding="utf-8"))
-    return target

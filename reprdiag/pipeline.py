@@ -49,11 +49,13 @@ from reprdiag.errors import ResourceError, UsageError
 from reprdiag.jackknife import check_rows
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
-from reprdiag.metrics import Statistics, compute, prepare, resolve
+from reprdiag.metrics import compute, prepare, resolve
 from reprdiag.metrics.floor import unresolved_counts, unresolved_dependence
 from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL
-from reprdiag.report.model import InputResult, Report
+from reprdiag.results import InputResult, Report
+from reprdiag.statistics import Statistics
+from reprdiag.stats.blocked import block_labels
 from reprdiag.uncertainty import BlockMap, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
@@ -263,6 +265,9 @@ def _measure(acc: Accumulated, config: AnalysisConfig,
              step: Callable[[str], None] = lambda _: None) -> Measured:
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
     stats.extras = acc.extras
+    if acc.blocks is not None:  # one sample pass serves the plain and the jackknife values
+        stats.sample_groups = (block_labels(acc.reservoir.index, acc.blocks.seed,
+                                            acc.blocks.blocks), acc.blocks.blocks)
     infos = for_input(config.metrics, acc.extras)
     step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
@@ -356,7 +361,7 @@ def summarize(source: Described, acc: Accumulated, config: AnalysisConfig,
         t0 = time.perf_counter()
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(config.metrics),
                       config.metric_options(), values, stats.cov_eigenvalues,
-                      progress=progress, label=source.label, block_map=block_map)
+                      progress=progress, label=source.label, block_map=block_map, stats=stats)
         result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
         result.spectra_se = {"covariance": jk.spectrum_se}
         result.timings["uncertainty_s"] = time.perf_counter() - t0

@@ -19,7 +19,8 @@ from typing import Any
 from reprdiag.api import Input, analyze
 from reprdiag.distributed import DistributedContext
 from reprdiag.errors import InputError, source_label
-from reprdiag.report.model import InputResult, Report
+from reprdiag.report.read import load_report
+from reprdiag.results import InputResult, Report
 
 RunLike = Input | Report
 
@@ -63,7 +64,7 @@ def load_run(run: RunLike, keys: Sequence[str] | None = None, **analyze_options:
     if isinstance(run, str | os.PathLike) and is_report_path(Path(run)):
         ctx = analyze_options.get("distributed")
         with ctx.agree() if isinstance(ctx, DistributedContext) else nullcontext():
-            report = Report.load(run)
+            report = load_report(run)
         return select(report, keys, source_label(run))
     return analyze(run, keys=keys, **analyze_options)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from reprdiag.crossmoments import CrossMoments
 from reprdiag.errors import InputError, UsageError
 from reprdiag.loaders import ArraySource, open_sources
 from reprdiag.metrics.cka import linear_cka
+from reprdiag.stats.cross import CrossMoments
 
 __all__ = ["CrossMoments", "Similarity", "accumulate_cross", "linear_cka", "similarity"]
 

@@ -137,7 +137,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
              infos: Sequence[MetricInfo], options: dict[str, object],
              values: dict[str, float], eigenvalues: torch.Tensor, level: float = LEVEL,
              progress: Progress | None = None, label: str = "<input>",
-             block_map: BlockMap | None = None) -> JackknifeResult:
+             block_map: BlockMap | None = None, stats: Statistics | None = None
+             ) -> JackknifeResult:
     """Recompute every continuous metric (not ``discrete`` ones) and the covariance spectrum
     on the K delete-one-block statistics and turn them into jackknife estimates.
 
@@ -145,12 +146,17 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     counts within the sample. Complexity: K × (the metrics' own cost after the pass).
     ``block_map(f, K)`` evaluates ``f`` on every block (default: :func:`serial_map`; under
     ``torchrun``, :meth:`~reprdiag.distributed.DistributedContext.map_blocks` spreads the
-    blocks over the ranks, K/W each).
+    blocks over the ranks, K/W each). ``stats``: the statistics the plain values came from
+    (of ``total`` and ``sample``); metrics with a one-pass ``deleted`` then reuse what they
+    cached there (the sample's pairwise pass, split by block when ``stats.sample_groups``
+    was set before the plain values were computed).
     """
     continuous = [i for i in infos if not i.discrete and i.name in values]
     deleted: dict[str, list[float]] = {i.name: [] for i in continuous}
     labels = block_labels(sample.index, blocked.seed, blocked.blocks)
-    full = Statistics(total, sample)
+    full = stats if stats is not None else Statistics(total, sample)
+    if full.sample_groups is None:
+        full.sample_groups = (labels, blocked.blocks)
     for info in continuous:  # metrics that compute all K deletions in one pass
         if info.deleted is not None:
             deleted[info.name] = info.deleted(full, labels, blocked.blocks,

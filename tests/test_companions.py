@@ -11,10 +11,10 @@ import torch
 from safetensors.numpy import save_file
 
 import reprdiag
-from reprdiag.classes import ClassMoments
 from reprdiag.errors import InputError, UsageError
 from reprdiag.metrics.labels import nc1
 from reprdiag.stats import StreamingMoments
+from reprdiag.stats.classes import ClassMoments
 from tests.conftest import PYTHON, SAMPLE, run_cli_env
 
 LABEL_METRICS = ["nc1", "lidar", "nc2_equinorm", "nc2_equiangularity", "class_balance",

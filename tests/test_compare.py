@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import reprdiag
-from reprdiag.compare import Comparison, classify, match_inputs
+from reprdiag.compare import match_inputs
 from reprdiag.errors import InputError, UsageError
-from reprdiag.report.model import InputResult, Report
+from reprdiag.report.export import render
 from reprdiag.report.plots import compare_figure, compare_layers_figure, layer_figure
+from reprdiag.results import Comparison, InputResult, Report, classify
 from tests.conftest import PYTHON, run_cli_env
 
 
@@ -126,7 +127,7 @@ def test_metrics_option_limits_rows_and_outputs_are_consistent(tmp_path: Path) -
     data = cmp.to_dict()
     assert [r["metric"] for r in data["rows"]] == ["avg_cosine"] * 2 + ["vne"] * 2
     assert data["rows"][-1]["delta_pct"] == -50.0
-    md = cmp.to_markdown()
+    md = render(cmp, "markdown")
     assert "| vne | 2 | 1 | −1 | −50.0% |" in md
     written = cmp.save(tmp_path / "out", plots=False)
     assert sorted(p.name for p in written) == ["compare.csv", "compare.html", "compare.json",
@@ -204,7 +205,7 @@ def test_comparison_holds_results_per_run() -> None:
 def test_scale_dependent_metrics_move_with_scale_and_do_not_vote() -> None:
     """The metrics that do not vote are exactly those a rescaling moves; a rescaled copy of a
     run is neither better nor worse."""
-    from reprdiag.compare import SCALE_DEPENDENT, voting_direction
+    from reprdiag.results import SCALE_DEPENDENT, voting_direction
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((400, 16)) * np.geomspace(1.0, 0.1, 16) + 0.2

@@ -28,7 +28,8 @@ from reprdiag.gate import (
     resolve_rules,
     write_junit,
 )
-from reprdiag.report.model import InputResult, Report
+from reprdiag.report.export import render
+from reprdiag.results import InputResult, Report
 
 
 def _result(metrics: dict[str, float], key: str = "emb", n: int = 1000, d: int = 100
@@ -211,14 +212,14 @@ def test_result_summaries_and_markdown() -> None:
     result = evaluate(_report(vne=1.0, rankme=50.0),
                       [Rule("vne", "min", 2.0), Rule("rankme", "min", 10.0)], run="A")
     assert result.summary() == "FAIL: 1 of 2 rules failed (vne ≥ 2)"
-    md = result.markdown()
+    md = render(result, "markdown")
     assert "| emb | vne ≥ 2 | 1 | ≥ 2 | ❌ FAIL |" in md
     data = result.to_dict()
     assert data["passed"] is False and data["checks"][1]["result"] == "PASS"
 
 
 def test_readme_config_example_is_valid(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "gate.md").read_text()
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "reprdiag.toml").write_text(example)
     config = load_config(tmp_path / "reprdiag.toml")

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import reprdiag
-from reprdiag.compare import NOISE, compare, z_score
+from reprdiag.compare import compare
 from reprdiag.errors import ConfigError, InputError
 from reprdiag.gate import Rule, gate, parse_gate_table
-from reprdiag.report.model import Report
+from reprdiag.report.export import render
+from reprdiag.results import NOISE, Report, z_score
 from tests.conftest import PYTHON, run_cli_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,9 +73,9 @@ def test_collapse_is_a_real_change(reports: dict[str, Report]) -> None:
 
 def test_markdown_and_csv_carry_z(reports: dict[str, Report]) -> None:
     cmp = compare([reports["A"], reports["B"]], labels=["A", "B"])
-    md = cmp.to_markdown()
+    md = render(cmp, "markdown")
     assert "| z B |" in md and "≈" in md and "±" in md
-    assert {"se", "z"} <= set(cmp.to_csv().splitlines()[0].split(","))
+    assert {"se", "z"} <= set(render(cmp, "csv").splitlines()[0].split(","))
     plain = compare([reprdiag.analyze(_samples()[0], metrics=["vne"], device="cpu")] * 2)
     assert "z" not in plain.frame.columns
 

@@ -1,6 +1,6 @@
 """Precision policy and the float32 path's error floor (reprdiag/precision.py, issue 16).
 
-References are independent float64 numpy computations from the definitions (DESIGN.md §3),
+References are independent float64 numpy computations from the definitions (docs/design.md §3),
 never reprdiag's own code path.
 """
 

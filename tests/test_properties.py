@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 import reprdiag
 from reprdiag.errors import ReprdiagError
 from reprdiag.metrics import METRICS
-from reprdiag.report.model import InputResult
+from reprdiag.results import InputResult
 from tests.cli.test_errors import run_cli, run_main
 
 FLOAT_DTYPES = ("float16", "float32", "float64")

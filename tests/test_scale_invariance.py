@@ -11,7 +11,7 @@ import torch
 
 import reprdiag
 
-#: Invariant under x → s·x by their definitions (DESIGN.md §3). Not: partition_isotropy
+#: Invariant under x → s·x by their definitions (docs/design.md §3). Not: partition_isotropy
 #: (exp(cᵀx)), cov_offdiag and vicreg_std (absolute variances).
 INVARIANT = ["vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
              "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",

@@ -43,7 +43,7 @@ from reprdiag.cli.options import (
 from reprdiag.errors import EXIT_GATE_FAILED, UsageError
 
 if TYPE_CHECKING:
-    from reprdiag.report.model import Report
+    from reprdiag.results import Report
 
 
 def split_csv(values: list[str] | None) -> list[str] | None:

@@ -21,19 +21,16 @@ from reprdiag.cli.options import (
 from reprdiag.defaults import NOISE_Z
 
 if TYPE_CHECKING:
-    from reprdiag.compare import Comparison
+    from reprdiag.results import Comparison
 
 
 def show(comparison: Comparison, fmt: Format) -> None:
     """Print a comparison to stdout in the chosen form (tables, then notes and verdict)."""
+    from reprdiag.report.export import render
     from reprdiag.report.table import comparison_tables
 
-    if fmt is Format.json:
-        emit(comparison.to_json())
-    elif fmt is Format.csv:
-        emit(comparison.to_csv())
-    elif fmt is Format.markdown:
-        emit(comparison.to_markdown())
+    if fmt is not Format.table:
+        emit(render(comparison, fmt.value))
     else:
         for table in comparison_tables(comparison, stdout.width):
             stdout.print(table)
@@ -70,6 +67,7 @@ def compare(
     """Compare runs A B [C ...]: each metric's value per run and its change against A."""
     from reprdiag.compare import compare as run_compare
     from reprdiag.distributed import is_main_process
+    from reprdiag.report.export import save
 
     check_outputs(out)  # before any data is read
     comparison = run_compare(runs, metrics=split_csv(metrics), noise_z=noise_z, match=match,
@@ -78,7 +76,7 @@ def compare(
         return
     warn_results(r for results in comparison.inputs.values() for r in results)
     if out is not None:
-        comparison.save(out, plots=not no_plots, plot_format=plot_format.value)
+        save(comparison, out, plots=not no_plots, plot_format=plot_format.value)
     show(comparison, fmt)
     if out is not None:
         say_written(out, fmt)

@@ -37,7 +37,7 @@ from reprdiag.errors import (
 )
 
 if TYPE_CHECKING:
-    from reprdiag.report.model import InputResult, Report
+    from reprdiag.results import InputResult, Report
 
 #: Commands listed first in ``reprdiag --help``, in this order; the others follow as registered.
 FIRST_COMMANDS = ("analyze", "compare", "gate")

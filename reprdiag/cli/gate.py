@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,8 @@ from reprdiag.cli.options import AnalysisOptions, Format, FormatOption, with_ana
 from reprdiag.errors import EXIT_GATE_FAILED
 
 if TYPE_CHECKING:
-    from reprdiag.gate import GateConfig, GateResult
+    from reprdiag.gate import GateConfig
+    from reprdiag.results import GateResult
 
 
 def check_outputs(out: Path | None = None, junit: Path | None = None) -> None:
@@ -41,25 +41,23 @@ def read_config(path: Path | None) -> GateConfig | None:
 
 def append_step_summary(result: GateResult) -> None:
     """Append the markdown table to ``$GITHUB_STEP_SUMMARY`` when GitHub Actions sets it."""
+    from reprdiag.report.export import render
+
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with open(target, "a", encoding="utf-8") as fh:
-            fh.write(result.markdown() + "\n")
+            fh.write(render(result, "markdown") + "\n")
 
 
 def finish(result: GateResult, fmt: Format = Format.table, junit: Path | None = None,
            console: Console = stdout) -> None:
     """Show the checks (tables on ``console``), write the JUnit XML and the step summary;
     exit 1 when a rule failed."""
-    from reprdiag.gate import write_junit
+    from reprdiag.report.export import render, write_junit
     from reprdiag.report.table import gate_table
 
-    if fmt is Format.json:
-        emit(json.dumps(result.to_dict(), indent=2, allow_nan=False, ensure_ascii=False))
-    elif fmt is Format.csv:
-        emit(result.frame().to_csv(index=False))
-    elif fmt is Format.markdown:
-        emit(result.markdown())
+    if fmt is not Format.table:
+        emit(render(result, fmt.value))
     else:
         console.print(gate_table(result))
         for note in result.notes:

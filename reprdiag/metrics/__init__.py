@@ -1,6 +1,6 @@
 """Metrics: small pure functions of an input's statistics, named in a registry.
 
-Each metric takes a :class:`~reprdiag.metrics.inputs.Statistics` (the "compute" half of the
+Each metric takes a :class:`~reprdiag.statistics.Statistics` (the "compute" half of the
 moments → metrics split) or, for convenience, a tensor of rows:
 
 >>> import torch, reprdiag.metrics as M
@@ -12,7 +12,6 @@ from reprdiag.metrics import labels as _labels  # noqa: F401  (registers the lab
 from reprdiag.metrics import paired as _paired  # noqa: F401  (registers paired-view metrics)
 from reprdiag.metrics.covariance import cov_offdiag, cov_offdiag_frac, std_normalized, vicreg_std
 from reprdiag.metrics.entropy import er_entropy, vne, vne_normalized
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.isotropy import avg_cosine, isoscore, partition_isotropy
 from reprdiag.metrics.rank import (
     alpha_req,
@@ -25,6 +24,7 @@ from reprdiag.metrics.rank import (
 )
 from reprdiag.metrics.registry import METRICS, MetricInfo, compute, metric, prepare, resolve
 from reprdiag.metrics.uniformity import uniformity
+from reprdiag.statistics import Statistics
 
 __all__ = ["METRICS", "MetricInfo", "Statistics", "alpha_req", "alpha_req_r2", "avg_cosine",
            "compute", "cov_offdiag", "cov_offdiag_frac", "effective_rank", "er_entropy",

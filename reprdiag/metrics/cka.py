@@ -2,7 +2,7 @@
 
 CKA(X, Y) = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on centred, row-aligned X and Y. The debiased variant
 (Nguyen, Raghu & Kornblith, ICLR 2021) uses the unbiased HSIC of Song et al. (JMLR 2012) in
-Kornblith's feature-space form; both come from one :class:`~reprdiag.crossmoments.CrossMoments`.
+Kornblith's feature-space form; both come from one :class:`~reprdiag.stats.cross.CrossMoments`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reprdiag.crossmoments import CrossMoments
 from reprdiag.errors import UsageError
+from reprdiag.stats.cross import CrossMoments
 
 
 def _centred(m: CrossMoments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

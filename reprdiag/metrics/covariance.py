@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 VICREG = "Bardes, Ponce, LeCun, ICLR 2022 (official main_vicreg.py, one branch)"
 

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from reprdiag.metrics import pairwise
-from reprdiag.metrics.inputs import Statistics
+from reprdiag.metrics import pairwise, sample
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
 
@@ -69,9 +69,12 @@ def vne_normalized(stats: Statistics) -> float:
 def _er_entropy_deleted(stats: Statistics, labels: torch.Tensor, blocks: int,
                         kappa: float = 10.0, er_estimator: str = "plugin",
                         er_compat: str = "exact") -> list[float]:
-    """``er_entropy`` of the sample without each jackknife block, in one O(M²·d) pass."""
-    return pairwise.er_entropy_deleted(stats.normalized_sample, labels, blocks, kappa=kappa,
-                                       estimator=er_estimator, compat=er_compat)
+    """``er_entropy`` of the sample without each jackknife block, from the sample's one
+    shared pairwise pass split by block (:func:`reprdiag.metrics.sample.pair_sums`)."""
+    ps = sample.pair_sums(stats, kappa, labels, blocks)
+    if ps is None:
+        return [math.nan] * blocks
+    return [ps.er_entropy(er_estimator, er_compat, without=b) for b in range(blocks)]
 
 
 def _er_ceiling(d: int) -> float:
@@ -102,7 +105,8 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     as the rows concentrate. Higher is healthier. Rows of norm exactly 0 have no direction,
     so they are left out of the sample (a zero vector is not a point of the sphere, and kept
     in, it would break the bound); NaN when every sampled row is zero.
-    Complexity: O(M²·d) time blockwise, O(block·M) memory.
+    Complexity: O(M²·d/2) time blockwise (one pass over the sample's Gram blocks, shared
+    with uniformity), O(block²) memory.
     Citation: Rodríguez-Gálvez, Blaas, Rodríguez, Theobald, "The Role of Entropy and
     Reconstruction in Multi-View Self-Supervised Learning", ICML 2023.
 
@@ -110,9 +114,9 @@ def er_entropy(stats: Statistics, kappa: float = 10.0, er_estimator: str = "plug
     >>> er_entropy(x) < er_entropy(torch.cat([x, -x]))
     True
     """
-    on_sphere = stats.sample.ne(0).any(dim=1)  # every non-zero row, at any scale
-    if not bool(on_sphere.any()):
+    pairwise.er_constant(stats.d, 1, kappa, er_compat)  # checks kappa and er_compat
+    ps = sample.pair_sums(stats, kappa)  # one Gram pass shared with uniformity
+    if ps is None:
         return math.nan  # no row has a direction: there is no density on the sphere
-    e = stats.normalized_sample[on_sphere]
-    stats.solvers["er_entropy"] = pairwise.er_solver(e, kappa)
-    return pairwise.er_entropy(e, kappa=kappa, estimator=er_estimator, compat=er_compat)
+    stats.solvers["er_entropy"] = ps.solver
+    return ps.er_entropy(er_estimator, er_compat)

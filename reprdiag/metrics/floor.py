@@ -20,10 +20,10 @@ from dataclasses import replace
 
 import torch
 
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import MetricInfo, compute
 from reprdiag.precision import MATERIAL
 from reprdiag.spectrum import Spectra, Spectrum
+from reprdiag.statistics import Statistics
 
 SPECTRA = ("covariance", "raw_eigenvalues", "autocorrelation")
 

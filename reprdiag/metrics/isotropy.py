@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from reprdiag.metrics import pairwise
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.rank import participation_ratio
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 
 @metric("isoscore", summary="(PR − 1)/(d − 1), PR the covariance participation ratio",

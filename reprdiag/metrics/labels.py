@@ -1,7 +1,7 @@
 """Label-aware metrics: neural collapse, LiDAR, class balance and per-class rank.
 
 Each is a pure function of the total moments (:class:`~reprdiag.stats.StreamingMoments`) and the
-per-class counts and sums (:class:`~reprdiag.classes.ClassMoments`), all streamed in the same
+per-class counts and sums (:class:`~reprdiag.stats.classes.ClassMoments`), all streamed in the same
 pass, so N is unbounded. Notation: N rows in C classes, n_c rows in class c, μ_c its mean, μ_G
 the mean of all rows, T = Σᵢ(xᵢ−μ_G)(xᵢ−μ_G)ᵀ the total scatter. Then
 
@@ -16,11 +16,11 @@ import math
 import numpy as np
 import torch
 
-from reprdiag.classes import ClassMoments, check_labels
 from reprdiag.errors import InputError, UsageError
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 from reprdiag.stats import StreamingMoments
+from reprdiag.stats.classes import ClassMoments, check_labels
 
 _EPS64 = float(torch.finfo(torch.float64).eps)
 #: LiDAR's regularisation of Σ_w (δ) and the entropy offset added to p_i (ε); see :func:`lidar`

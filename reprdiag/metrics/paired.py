@@ -1,64 +1,20 @@
 """Paired-view metrics: two row-aligned sets X, X' (two augmentations, two modalities, teacher
 and student), from statistics streamed in one pass over both.
 
-:class:`PairMoments` holds the cross-moments of the two views (:class:`~reprdiag.similarity.
-CrossMoments`: Σy, Σyyᵀ over the stacked columns, float64) and Σᵢ‖ẑᵢ − ẑ'ᵢ‖² of the
-row-normalized views. Every metric is then O(d²) from them; N is unbounded.
+:class:`~reprdiag.stats.cross.PairMoments` holds the cross-moments of the two views
+(:class:`~reprdiag.stats.cross.CrossMoments`: Σy, Σyyᵀ over the stacked columns, float64) and
+Σᵢ‖ẑᵢ − ẑ'ᵢ‖² of the row-normalized views. Every metric is then O(d²) from them; N is unbounded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from reprdiag.crossmoments import CrossMoments
 from reprdiag.errors import InputError, UsageError
 from reprdiag.metrics.cka import linear_cka
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
-from reprdiag.stats import ZERO_NORM
-
-
-@dataclass
-class PairMoments:
-    """Streaming statistics of two row-aligned views (d and d' columns).
-
-    >>> p = PairMoments(2, 2)
-    >>> p.update(torch.tensor([[1., 0.], [0., 2.]]), torch.tensor([[2., 0.], [0., 1.]]))
-    >>> p.n, round(alignment(p), 12)
-    (2, 0.0)
-    """
-
-    d: int
-    d_pair: int
-    precision: str = "float64"
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    cross: CrossMoments = field(init=False)
-    sq_distance: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.cross = CrossMoments([self.d, self.d_pair], precision=self.precision,
-                                  device=self.device)
-
-    @property
-    def n(self) -> int:
-        return self.cross.n
-
-    def update(self, rows: torch.Tensor, pair: torch.Tensor) -> None:
-        """Add the same rows of both views. Cost O(n·(d + d')²)."""
-        if rows.shape[0] != pair.shape[0]:
-            raise InputError(f"a chunk has {rows.shape[0]} rows and its pair {pair.shape[0]}",
-                             hint="the two views must be row-aligned")
-        self.cross.update([rows, pair])
-        z = _unit(rows.to(self.device, torch.float64))
-        w = _unit(pair.to(self.device, torch.float64))
-        if z.shape[1] == w.shape[1]:
-            self.sq_distance += float(((z - w) ** 2).sum())
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(ZERO_NORM)
+from reprdiag.statistics import Statistics
+from reprdiag.stats.cross import PairMoments
 
 
 def _same_width(p: PairMoments, what: str) -> None:
@@ -72,6 +28,11 @@ def alignment(p: PairMoments) -> float:
 
     Range [0, 4]; 0 when every pair points the same way; lower is better aligned.
     Complexity O(N·d) in the pass. Citation: Wang & Isola, ICML 2020 (L_align, α = 2).
+
+    >>> p = PairMoments(2, 2)
+    >>> p.update(torch.tensor([[1., 0.], [0., 2.]]), torch.tensor([[2., 0.], [0., 1.]]))
+    >>> p.n, round(alignment(p), 12)
+    (2, 0.0)
     """
     _same_width(p, "alignment")
     return p.sq_distance / p.n
@@ -118,7 +79,7 @@ def barlow_offdiag(p: PairMoments) -> float:
 
 def pair_cka(p: PairMoments) -> float:
     """Linear CKA between the two views (Kornblith et al., ICML 2019); see
-    :func:`reprdiag.similarity.linear_cka`. Range [0, 1]; 1 for views equal up to an
+    :func:`reprdiag.metrics.cka.linear_cka`. Range [0, 1]; 1 for views equal up to an
     orthogonal map and scale."""
     return float(linear_cka(p.cross)[0, 1])
 

@@ -20,6 +20,7 @@ same two paths. Partition isotropy promotes its projections to float64.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
@@ -27,6 +28,8 @@ import torch
 __all__ = [
     "ER_COMPAT",
     "ER_ESTIMATORS",
+    "UNIFORMITY_T",
+    "PairSums",
     "er_constant",
     "er_entropy",
     "er_entropy_deleted",
@@ -35,6 +38,7 @@ __all__ = [
     "log_bessel_iv",
     "log_sphere_area",
     "log_vmf_normalizer",
+    "pair_sums",
     "partition_isotropy",
 ]
 
@@ -42,6 +46,8 @@ __all__ = [
 ER_ESTIMATORS: tuple[str, ...] = ("plugin", "joe")
 #: ``compat`` values of :func:`er_entropy` (first = default).
 ER_COMPAT: tuple[str, ...] = ("exact", "reference")
+#: t of uniformity's kernel exp(-t |z_i - z_j|^2) (Wang & Isola's default)
+UNIFORMITY_T = 2.0
 
 # ---------------------------------------------------------------------------------------------
 # ln I_nu(kappa)
@@ -261,29 +267,6 @@ def _check_block_rows(block_rows: int) -> int:
     return block_rows
 
 
-def _row_logsumexp_groups(e: torch.Tensor, kappa: float, block_rows: int,
-                          bounds: list[tuple[int, int]]) -> torch.Tensor:
-    """lse_ig = logsumexp_{j in group g}(kappa e_i^T e_j); float64 (M, G); group g is the
-    column range ``bounds[g]`` of ``e`` (-inf for an empty group).
-
-    Row blocks times column blocks of float64 logits, combined across column blocks with
-    logaddexp (stable whatever the scale of the logits).
-    """
-    m = e.shape[0]
-    out = torch.full((m, len(bounds)), -math.inf, dtype=torch.float64, device=e.device)
-    for i0 in range(0, m, block_rows):
-        rows = e[i0 : i0 + block_rows]
-        for g, (lo, hi) in enumerate(bounds):
-            acc: torch.Tensor | None = None
-            for j0 in range(lo, hi, block_rows):
-                logits = (rows @ e[j0 : min(j0 + block_rows, hi)].T).to(torch.float64) * kappa
-                lse = torch.logsumexp(logits, dim=1)
-                acc = lse if acc is None else torch.logaddexp(acc, lse)
-            if acc is not None:
-                out[i0 : i0 + block_rows, g] = acc
-    return out
-
-
 def _fixed_shift(e: torch.Tensor, kappa: float) -> float | None:
     """The fixed shift kappa max_i |e_i|^2 of the float32 symmetric path, or ``None`` when
     that path does not apply: a float64 input (computed in float64 throughout), fewer than
@@ -309,61 +292,185 @@ def er_solver(e: torch.Tensor, kappa: float = 10.0) -> str:
            f"log-sum-exp blocks ({size})"
 
 
-def _row_logsumexp_gram(e: torch.Tensor, kappa: float, block_rows: int) -> torch.Tensor:
-    """lse_i = logsumexp_j(kappa e_i^T e_j) over all j (i included); float64 vector (M,).
-
-    float32 input of at least 2048 rows whose logits are bounded (kappa max_i |e_i|^2 <= 40,
-    always true for unit rows at the default kappa = 10) takes
-    :func:`_row_logsumexp_symmetric`; anything else (small samples included: there a float64
-    log-sum-exp is cheap) the generic path of :func:`_row_logsumexp_groups` with one group.
-    """
-    shift = _fixed_shift(e, kappa)
-    if shift is not None:
-        return _row_logsumexp_symmetric(e, kappa, shift, block_rows)[:, 0]
-    return _row_logsumexp_groups(e, kappa, block_rows, [(0, e.shape[0])])[:, 0]
-
-
 # exp(-2 * 40) = 1.8e-35 is a normal float32, so no term underflows with a fixed shift <= 40.
 _FIXED_SHIFT_MAX = 40.0
 # Below this many rows the float64 path costs little; above it float32 blocks are ~4x faster.
 _FAST_MIN_ROWS = 2048
 
 
-def _row_logsumexp_symmetric(e: torch.Tensor, kappa: float, shift: float, block_rows: int,
-                             bounds: list[tuple[int, int]] | None = None) -> torch.Tensor:
-    """The same row log-sum-exp, in float32 blocks with float64 accumulation of row sums:
-    float64 (M, G), one column per group g of rows ``bounds[g]`` (contiguous row ranges, as
-    in :func:`_row_logsumexp_groups`; default one group of all rows), -inf for an empty group.
+@dataclass(frozen=True)
+class PairSums:
+    r"""Row sums over the pairs of an (M, d) sample of unit rows, split by the group of the
+    other row, from one blockwise pass (:func:`pair_sums`); rows sorted by group.
 
-    Every logit kappa e_i^T e_j lies in [-shift, shift] (Cauchy-Schwarz), so one fixed shift
-    replaces the per-row maximum: each term exp(logit - shift) is in [e^-80, 1], no overflow
-    and no underflow. The Gram matrix is symmetric, so only blocks I <= J are formed; block
-    (I, J) adds its row sums to rows I and its column sums to rows J: half the matmul and
-    exp work of the generic path. With groups, the row sums are split by the group of the
-    other row, contiguous column (row) segments of the block: no extra pass over the block.
-    Row sums of each block are float32 (relative error about 1e-7, i.e. 1e-7 absolute on
-    lse) and are accumulated across blocks in float64.
-    Memory: one block_rows^2 float32 block (plus M x G float64 sums).
+    - ``lse[i, g]`` = logsumexp over the rows j of group g (i included) of kappa e_i^T e_j:
+      ER entropy's kernel sums (float64, -inf for an empty group);
+    - ``near[i, g]`` = sum over the rows j != i of group g of exp(2t (e_i^T e_j - 1)), which
+      is exp(-t |e_i - e_j|^2) for unit rows: uniformity's pair terms (float64; ``None``
+      when the pass left uniformity out).
+
+    Every quantity of the sample without a group g (the delete-a-group jackknife) follows
+    from these in O(M G): rows outside g, columns other than g. With one group they are the
+    plain full-sample sums.
     """
+
+    lse: torch.Tensor
+    near: torch.Tensor | None
+    labels: torch.Tensor
+    kappa: float
+    d: int
+    solver: str
+
+    @property
+    def groups(self) -> int:
+        return self.lse.shape[1]
+
+    def _kept(self, without: int | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(rows, columns) outside group ``without`` (``None``: all)."""
+        if without is None:
+            return None, None
+        cols = torch.arange(self.groups, device=self.lse.device) != without
+        return self.labels != without, cols
+
+    def er_entropy(self, estimator: str = "plugin", compat: str = "exact",
+                   without: int | None = None) -> float:
+        """ER entropy of the sample (without group ``without``): see :func:`er_entropy`."""
+        rows, cols = self._kept(without)
+        lse = self.lse if rows is None else self.lse[rows][:, cols]
+        m = lse.shape[0]
+        if m == 0:
+            return math.nan
+        row_lse = lse[:, 0] if lse.shape[1] == 1 else torch.logsumexp(lse, dim=1)
+        ell = er_constant(self.d, m, self.kappa, compat) - row_lse
+        return float(er_reduce(ell, estimator))
+
+    def pair_mean(self, without: int | None = None) -> float:
+        """mean over pairs i < j (outside group ``without``) of exp(-t |e_i - e_j|^2); NaN
+        with fewer than two rows."""
+        if self.near is None:
+            raise ValueError("pair_sums was computed without uniformity's sums")
+        rows, cols = self._kept(without)
+        near = self.near if rows is None else self.near[rows][:, cols]
+        m = near.shape[0]
+        if m < 2:
+            return math.nan
+        return float(near.sum()) / 2 / (m * (m - 1) / 2)
+
+
+def pair_sums(e: torch.Tensor, kappa: float = 10.0, labels: torch.Tensor | None = None,
+              groups: int = 1, t: float | None = UNIFORMITY_T,
+              block_rows: int = 4096) -> PairSums:
+    r"""One blockwise pass over the Gram matrix G = E E^T of unit rows e_i, feeding both pair
+    reductions of the sample metrics: ER entropy's row log-sum-exps of kappa G_ij and
+    uniformity's row sums of exp(2t (G_ij - 1)) (``t=None`` leaves the latter out), each split
+    by the group (``labels``, 0 ... groups-1; default one group) of the other row.
+
+    Paths (:func:`er_solver` names them): float32 rows, at least 2048 of them, with logits
+    bounded by 40 take the symmetric path: blocks I <= J only (block (I, J) adds its row sums
+    to rows I and its column sums to rows J: half the matmul and exp work), one fixed shift
+    kappa max|e_i|^2 in place of per-row maxima (every term exp(logit - shift) lies in
+    [e^-80, 1]: no overflow, no underflow), float32 block sums accumulated in float64 (about
+    1e-7 relative). Anything else takes the generic path: every block, logits in float64,
+    log-sum-exps combined with logaddexp (stable at any scale). Uniformity's terms lie in
+    [e^-4t, 1] and need no shift on either path; they are exponentiated in the rows' dtype.
+    Each Gram block is formed once for both reductions.
+
+    Complexity: O(M^2 d / 2) multiply-adds on the symmetric path (M^2 d on the generic one)
+    plus O(M^2) exponentials per reduction; memory two block_rows^2 blocks plus O(M G).
+    """
+    if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] < 1:
+        raise ValueError(f"pair_sums: expected a non-empty (M, d) tensor, got {tuple(e.shape)}")
+    block_rows = _check_block_rows(block_rows)
+    x = e.detach().to(_compute_dtype(e))
+    if labels is None:
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        groups = 1
+    else:
+        labels = labels.to(x.device)
+        order = torch.argsort(labels, stable=True)
+        x, labels = x[order], labels[order]
+    counts = torch.bincount(labels, minlength=groups).tolist()
+    ends = [sum(counts[: g + 1]) for g in range(groups)]
+    bounds = [(end - c, end) for end, c in zip(ends, counts, strict=True)]
+    shift = _fixed_shift(x, kappa)
+    if shift is not None:
+        lse, near = _pass_symmetric(x, kappa, shift, block_rows, bounds, t)
+    else:
+        lse, near = _pass_generic(x, kappa, block_rows, bounds, t)
+    return PairSums(lse, near, labels, float(kappa), x.shape[1], er_solver(x, kappa))
+
+
+def _pass_symmetric(e: torch.Tensor, kappa: float, shift: float, block_rows: int,
+                    bounds: list[tuple[int, int]], t: float | None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The float32 path of :func:`pair_sums`: blocks I <= J, fixed shift, float64 sums."""
     m = e.shape[0]
-    bounds = [(0, m)] if bounds is None else bounds
-    sums = torch.zeros(m, len(bounds), dtype=torch.float64, device=e.device)
+    lse = torch.zeros(m, len(bounds), dtype=torch.float64, device=e.device)
+    near = None if t is None else torch.zeros_like(lse)
+    kernel = None if t is None else torch.empty(min(block_rows, m), min(block_rows, m),
+                                                dtype=e.dtype, device=e.device)
     starts = range(0, m, block_rows)
     for i0 in starts:
         rows = e[i0 : i0 + block_rows]
-        i1 = i0 + rows.shape[0]
         for j0 in starts:
             if j0 < i0:
                 continue
             block = rows @ e[j0 : j0 + block_rows].T
-            block.mul_(kappa).sub_(shift).exp_()
+            if kernel is None:
+                block.mul_(kappa).sub_(shift).exp_()
+                _add_block_sums(lse, block, bounds, i0, j0)
+                continue
+            k = kernel[: block.shape[0], : block.shape[1]]
+            torch.mul(block, kappa, out=k).sub_(shift).exp_()
+            _add_block_sums(lse, k, bounds, i0, j0)
+            block.mul_(2 * t).sub_(2 * t).exp_()
+            if j0 == i0:
+                block.diagonal().zero_()  # pairs j != i only
+            _add_block_sums(near, block, bounds, i0, j0)
+    return lse.log_() + shift, near
+
+
+def _add_block_sums(sums: torch.Tensor, block: torch.Tensor, bounds: list[tuple[int, int]],
+                    i0: int, j0: int) -> None:
+    """Add block (I, J) of a symmetric matrix, I starting at row i0 and J at j0 >= i0, to the
+    per-group row sums: its row sums (over J's groups) to rows I and, off the diagonal, its
+    column sums (over I's groups) to rows J."""
+    i1, j1 = i0 + block.shape[0], j0 + block.shape[1]
+    for g, lo, hi in _segments(bounds, j0, j1):
+        sums[i0:i1, g] += block[:, lo - j0 : hi - j0].sum(dim=1)
+    if j0 != i0:
+        for g, lo, hi in _segments(bounds, i0, i1):
+            sums[j0:j1, g] += block[lo - i0 : hi - i0].sum(dim=0)
+
+
+def _pass_generic(e: torch.Tensor, kappa: float, block_rows: int,
+                  bounds: list[tuple[int, int]], t: float | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generic path of :func:`pair_sums`: every block, float64 log-sum-exps."""
+    m = e.shape[0]
+    lse = torch.full((m, len(bounds)), -math.inf, dtype=torch.float64, device=e.device)
+    near = None if t is None else torch.zeros_like(lse).fill_(0.0)
+    for i0 in range(0, m, block_rows):
+        rows = e[i0 : i0 + block_rows]
+        i1 = i0 + rows.shape[0]
+        acc: list[torch.Tensor | None] = [None] * len(bounds)
+        for j0 in range(0, m, block_rows):
+            block = rows @ e[j0 : j0 + block_rows].T
+            logits = block.to(torch.float64) * kappa  # a new tensor: block stays as it is
             j1 = j0 + block.shape[1]
-            for g, lo, hi in _segments(bounds, j0, j1):  # rows I, summed over J's groups
-                sums[i0:i1, g] += block[:, lo - j0 : hi - j0].sum(dim=1)
-            if j0 != i0:
-                for g, lo, hi in _segments(bounds, i0, i1):  # rows J, over I's groups
-                    sums[j0:j1, g] += block[lo - i0 : hi - i0].sum(dim=0)
-    return sums.log_() + shift
+            for g, lo, hi in _segments(bounds, j0, j1):
+                part = torch.logsumexp(logits[:, lo - j0 : hi - j0], dim=1)
+                acc[g] = part if acc[g] is None else torch.logaddexp(acc[g], part)
+            if near is not None:
+                block.mul_(2 * t).sub_(2 * t).exp_()
+                if j0 == i0:
+                    block.diagonal().zero_()
+                for g, lo, hi in _segments(bounds, j0, j1):
+                    near[i0:i1, g] += block[:, lo - j0 : hi - j0].sum(dim=1)
+        for g, part in enumerate(acc):
+            if part is not None:
+                lse[i0:i1, g] = part
+    return lse, near
 
 
 def _segments(bounds: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -424,12 +531,9 @@ def er_entropy(
     """
     if e.ndim != 2 or e.shape[0] < 1 or e.shape[1] < 1:
         raise ValueError(f"er_entropy: expected a non-empty (M, d) tensor, got {tuple(e.shape)}")
-    block_rows = _check_block_rows(block_rows)
-    m, d = e.shape
-    const = er_constant(d, m, kappa, compat)
-    x = e.detach().to(_compute_dtype(e))
-    ell = const - _row_logsumexp_gram(x, kappa, block_rows)
-    return float(er_reduce(ell, estimator))
+    er_constant(e.shape[1], 1, kappa, compat)  # checks kappa and compat
+    ps = pair_sums(e, kappa, t=None, block_rows=block_rows)
+    return ps.er_entropy(estimator, compat)
 
 
 def er_constant(d: int, m: int, kappa: float, compat: str = "exact") -> float:
@@ -507,29 +611,8 @@ def er_entropy_deleted(
         True
     """
     er_constant(e.shape[1], 1, kappa, compat)  # checks kappa and compat
-    block_rows = _check_block_rows(block_rows)
-    labels = labels.to(e.device)
-    order = torch.argsort(labels, stable=True)
-    x, labels = e.detach().to(_compute_dtype(e))[order], labels[order]
-    counts = torch.bincount(labels, minlength=groups).tolist()
-    ends = [sum(counts[: g + 1]) for g in range(groups)]
-    bounds = [(end - c, end) for end, c in zip(ends, counts, strict=True)]
-    shift = _fixed_shift(x, kappa)
-    if shift is not None:
-        lse = _row_logsumexp_symmetric(x, kappa, shift, block_rows, bounds)
-    else:
-        lse = _row_logsumexp_groups(x, kappa, block_rows, bounds)
-    out = []
-    for g in range(groups):
-        keep = labels != g
-        m = int(keep.sum())
-        if m == 0:
-            out.append(math.nan)
-            continue
-        others = torch.cat([lse[keep, :g], lse[keep, g + 1 :]], dim=1)
-        ell = er_constant(x.shape[1], m, kappa, compat) - torch.logsumexp(others, dim=1)
-        out.append(float(er_reduce(ell, estimator)))
-    return out
+    ps = pair_sums(e, kappa, labels, groups, t=None, block_rows=block_rows)
+    return [ps.er_entropy(estimator, compat, without=g) for g in range(groups)]
 
 
 def partition_isotropy(x: torch.Tensor, eigvecs: torch.Tensor, block_rows: int = 4096) -> float:

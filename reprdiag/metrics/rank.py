@@ -7,8 +7,8 @@ import math
 import torch
 
 from reprdiag.metrics.entropy import spectral_entropy
-from reprdiag.metrics.inputs import Statistics
 from reprdiag.metrics.registry import metric
+from reprdiag.statistics import Statistics
 
 RANKME_EPS = 1e-7
 ALPHA_RANKS = (11, 100)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from reprdiag.errors import UsageError
-from reprdiag.metrics.inputs import Statistics, TensorLike
+from reprdiag.statistics import Statistics, TensorLike
 
 Bounds = Callable[[int, int], tuple[float, float]]
 

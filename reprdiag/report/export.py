@@ -1,4 +1,11 @@
-"""Writing reports: JSON, CSV, markdown, and the ``--out`` folder (atomically)."""
+"""Writing results as text and files: JSON, CSV, Markdown and JUnit of a :class:`Report`, a
+:class:`Comparison` or a :class:`GateResult` (:func:`render`), and the ``--out`` folder of a
+report or a comparison (:func:`save`), written atomically.
+
+One style for the three result types: the data is the result's own ``to_dict()`` /
+``to_frame()`` (:mod:`reprdiag.results`); every text and file form is a function here taking
+the result.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,27 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pandas as pd
 
 from reprdiag.errors import ReprdiagError, UsageError, source_label
 from reprdiag.report.folder import default_mode, write_error, write_run_folder
-from reprdiag.report.model import SPECTRUM_KINDS, InputResult, Report
+from reprdiag.results import (
+    NOISE,
+    SPECTRUM_KINDS,
+    Comparison,
+    GateResult,
+    InputResult,
+    Report,
+    format_signed,
+    format_value,
+)
+
+Result = Report | Comparison | GateResult
+#: The text forms :func:`render` writes.
+FORMATS = ("json", "csv", "markdown")
 
 PLOT_FORMATS = ("png", "svg", "pdf")
 
@@ -100,21 +121,6 @@ def metrics_frame(report: Report) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_value(value: float) -> str:
-    """Compact numeric formatting shared by tables and markdown.
-
-    >>> format_value(2.656603471446447), format_value(16.0), format_value(1.2e-7)
-    ('2.6566', '16', '1.2e-07')
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-        return f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.4g}"
-    return f"{value:.5g}" if abs(value) < 10 else f"{value:.2f}"
-
-
 def format_estimate(value: float, se: float | None = None) -> str:
     """``value ± se`` (the SE to two significant digits), or the value alone without an SE.
 
@@ -154,17 +160,90 @@ def metrics_markdown(report: Report) -> str:
     return markdown_table(header, rows)
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report as ``json``, ``csv`` or ``markdown`` text (tables are rendered by rich)."""
+def render(result: Result, fmt: str) -> str:
+    """A result as ``json``, ``csv`` or ``markdown`` text (tables are rendered by rich:
+    :mod:`reprdiag.report.table`)."""
     if fmt == "json":
-        return report.to_json()
+        return result.to_json()
     if fmt == "csv":
         buf = io.StringIO()
-        metrics_frame(report).to_csv(buf, index=False)
+        frame = metrics_frame(result) if isinstance(result, Report) else result.to_frame()
+        frame.to_csv(buf, index=False)
         return buf.getvalue()
     if fmt == "markdown":
-        return metrics_markdown(report)
+        if isinstance(result, Report):
+            return metrics_markdown(result)
+        if isinstance(result, Comparison):
+            return comparison_markdown(result)
+        return gate_markdown(result)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def change_cells(row: pd.Series | dict) -> list[str]:
+    """Δ, Δ% (and z, with standard errors; ``≈`` marks a change within noise) of one row of
+    :meth:`Comparison.to_frame`."""
+    cells = [format_signed(row["delta"]), format_signed(row["delta_pct"], True)]
+    if "z" in row:
+        mark = " ≈" if row["change"] == NOISE else ""
+        cells.append(format_signed(round(row["z"], 1)) + mark)
+    return cells
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    """One markdown table per input: value per run, then Δ and Δ% of each later run."""
+    frame = comparison.to_frame()
+    blocks = []
+    extra = ["z"] if comparison.has_se else []
+    runs = comparison.runs
+    for key, results in comparison.inputs.items():
+        header = ["metric", *runs]
+        for label in runs[1:]:
+            header += [f"Δ {label}", f"Δ% {label}", *[f"{e} {label}" for e in extra]]
+        rows = [["N × d", *[f"{r.n} × {r.d}" for r in results]]
+                + [""] * (2 + len(extra)) * (len(runs) - 1)]
+        for name in comparison.metric_names:
+            part = frame[(frame["input"] == key) & (frame["metric"] == name)]
+            cells = [name, *[metric_cell(r, name) for r in results]]
+            for _, row in part.iloc[1:].iterrows():
+                cells += change_cells(row)
+            rows.append(cells)
+        title = f"### {key}\n\n" if comparison.layered else ""
+        blocks.append(title + markdown_table(header, rows))
+    return "\n\n".join(blocks) + f"\n\n{comparison.verdict()}\n"
+
+
+def gate_markdown(result: GateResult) -> str:
+    """A markdown table of the checks (for ``GITHUB_STEP_SUMMARY`` and ``--format``)."""
+    header = ["input", "rule", "value", "bound", "result"]
+    rows = [[c.input, c.rule.describe(), format_estimate(c.value, c.se), c.bound_text(),
+             "✅ PASS" if c.passed else "❌ FAIL"] for c in result.checks]
+    title = f"### reprdiag gate {result.run}: {result.summary()}"
+    return f"{title}\n\n{markdown_table(header, rows)}\n"
+
+
+def junit_xml(result: GateResult) -> str:
+    """JUnit XML: one ``<testcase>`` per check, a ``<failure>`` for each that failed."""
+    suite = ET.Element("testsuite", name=f"reprdiag gate {result.run}".strip(),
+                       tests=str(len(result.checks)), failures=str(len(result.failures)),
+                       errors="0", skipped="0")
+    for check in result.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"reprdiag.gate.{check.input}",
+                             name=check.rule.describe())
+        if not check.passed:
+            failure = ET.SubElement(case, "failure", message=check.message(), type="GateFailure")
+            failure.text = check.message()
+    root = ET.Element("testsuites", tests=suite.get("tests", "0"),
+                      failures=suite.get("failures", "0"))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def write_junit(result: GateResult, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`junit_xml` to ``path`` atomically."""
+    target = Path(path)
+    write_text(target, junit_xml(result))
+    return target
 
 
 def summary_markdown(report: Report) -> str:
@@ -212,6 +291,15 @@ def unique_slugs(names: list[str]) -> list[str]:
     return out
 
 
+def save(result: Report | Comparison, out_dir: Path, plots: bool = True,
+         plot_format: str = "png") -> Path | list[Path]:
+    """The ``--out`` folder of a report (:func:`save_report`, returns the folder) or of a
+    comparison (:func:`save_comparison`, returns the files written)."""
+    if isinstance(result, Comparison):
+        return save_comparison(result, out_dir, plots, plot_format)
+    return save_report(result, out_dir, plots, plot_format)
+
+
 def save_report(report: Report, out_dir: Path, plots: bool = True,
                 plot_format: str = "png") -> Path:
     """Make ``out_dir`` hold this run: report.json, metrics.csv, spectrum.csv, summary.md,
@@ -236,3 +324,33 @@ def save_report(report: Report, out_dir: Path, plots: bool = True,
         (folder / "report.json").write_text(report.to_json(), encoding="utf-8")
 
     return write_run_folder(out_dir, write)
+
+
+def save_comparison(comparison: Comparison, out_dir: Path, plots: bool = True,
+                    plot_format: str = "png") -> list[Path]:
+    """Make ``out_dir`` hold compare.csv, compare.json, compare.md, compare.html (one
+    self-contained page) and the plots (compare.png, and compare-layers.png for layered
+    runs), swapped in whole (:func:`reprdiag.report.folder.write_run_folder`); return the
+    paths."""
+    check_plot_format(plot_format)
+    names: list[str] = []
+
+    def write(folder: Path) -> None:
+        for name, fmt in (("compare.csv", "csv"), ("compare.json", "json"),
+                          ("compare.md", "markdown")):
+            (folder / name).write_text(render(comparison, fmt), encoding="utf-8")
+            names.append(name)
+        drawn: list[Path] = []
+        if plots:
+            from reprdiag.report.plots import save_compare_plots
+
+            drawn = save_compare_plots(comparison, folder, plot_format)
+            names.extend(p.name for p in drawn)
+        from reprdiag.report.html import comparison_html
+
+        (folder / "compare.html").write_text(comparison_html(comparison, drawn),
+                                             encoding="utf-8")
+        names.append("compare.html")
+
+    write_run_folder(out_dir, write)
+    return [out_dir / name for name in names]

@@ -10,15 +10,11 @@ from __future__ import annotations
 import base64
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reprdiag.metrics import METRICS
-from reprdiag.report.export import metric_cell
-from reprdiag.report.model import Report
-
-if TYPE_CHECKING:
-    from reprdiag.compare import Comparison
+from reprdiag.report.export import change_cells, metric_cell
 from reprdiag.report.table import DIRECTIONS, short_labels
+from reprdiag.results import Comparison, Report
 
 _ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
 STYLE = """
@@ -97,11 +93,9 @@ def _page(title: str, body: str) -> str:
 def comparison_html(comparison: Comparison, plots: list[Path] | None = None) -> str:
     """The page of ``compare --out``: the verdict, one table (a row per input and metric: each
     run's value, then Δ and Δ% of each later run, coloured by the change), notes, plots."""
-    from reprdiag.compare import change_cells
-
     colours = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#9a6700"}
     by_row = {(r["input"], r["metric"], r["run"]): r
-              for r in comparison.frame.to_dict(orient="records")}
+              for r in comparison.to_frame().to_dict(orient="records")}
     runs = comparison.runs
     head = "".join(f"<th>{escape(r)}</th>" for r in runs) + "".join(
         f"<th>Δ {escape(r)}</th><th>Δ%</th>" for r in runs[1:])

@@ -6,7 +6,6 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -21,11 +20,8 @@ from matplotlib.figure import Figure
 from reprdiag.errors import UsageError
 from reprdiag.metrics.rank import ALPHA_RANKS, power_law_fit
 from reprdiag.report.export import PLOT_FORMATS, atomic_write, make_folder, slug, unique_slugs
-from reprdiag.report.model import InputResult, Report
+from reprdiag.results import Comparison, InputResult, Report
 from reprdiag.uncertainty import LEVEL, t_quantile
-
-if TYPE_CHECKING:
-    from reprdiag.compare import Comparison
 
 LAYER_METRICS = ("vne_normalized", "rankme", "effective_rank", "isoscore", "avg_cosine",
                  "std_normalized")
@@ -161,7 +157,7 @@ def one_model(results: list[InputResult]) -> bool:
     of the name ``FILE[KEY]``), or keys sharing a prefix
     (``hidden_states/layer_0``, ``hidden_states/layer_1``); then a line joins them.
 
-    >>> from reprdiag.report.model import InputResult as R
+    >>> from reprdiag.results import InputResult as R
     >>> one_model([R("a", 1, 1, "f", {}, {}, {}, path="m.h5", key=k) for k in "xy"])
     True
     >>> one_model([R("a", 1, 1, "f", {}, {}, {}, path=p, key="emb") for p in "ab"])

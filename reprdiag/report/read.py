@@ -19,6 +19,9 @@ from typing import Any
 import pandas as pd
 
 from reprdiag.errors import InputError, source_label
+from reprdiag.loaders import check_regular_file
+from reprdiag.report.schema import validate_report
+from reprdiag.results import Report
 
 #: What a run folder is searched for, in this order.
 RESULT_FILES = ("report.json", "compare.json")
@@ -44,12 +47,36 @@ def read_report(path: str | os.PathLike[str]) -> pd.DataFrame:
         return _frame(data["checks"])
     if isinstance(data, dict) and "inputs" in data:
         from reprdiag.report.export import metrics_frame
-        from reprdiag.report.model import Report
 
-        return metrics_frame(Report.load(file))
+        return metrics_frame(load_report(file))
     raise InputError("is not a reprdiag report, comparison or gate result",
                      source=source_label(file),
                      hint="pass report.json, compare.json or the output of gate --format json")
+
+
+def load_report(path: str | os.PathLike[str]) -> Report:
+    """Read a ``report.json`` (or the one inside a run folder), validated against its JSON
+    Schema (:mod:`reprdiag.report.schema`): exit 2 naming the first bad field."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if os.path.lexists(path) and not path.is_dir():  # a FIFO would block in open()
+        check_regular_file(path, what="a report.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError("no report.json here", source=source_label(path.parent),
+                         hint="pass a run folder written by analyze --out, or a file"
+                         ) from exc
+    except IsADirectoryError as exc:
+        raise InputError("is a folder, not a report", source=source_label(path),
+                         hint="re-run reprdiag analyze --out to rewrite it") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"is not a valid reprdiag report ({exc})",
+                         source=source_label(path),
+                         hint="re-run reprdiag analyze --out to rewrite it") from exc
+    validate_report(data, path)
+    return Report.from_dict(data)
 
 
 def _result_file(path: Path) -> Path:

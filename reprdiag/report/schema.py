@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from reprdiag.errors import InputError, source_label
-
-SCHEMA_VERSION = 1
+from reprdiag.results import SCHEMA_VERSION
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.console import JustifyMethod, RenderableType
 from rich.markup import escape
@@ -15,12 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from reprdiag.metrics import METRICS
-from reprdiag.report.export import format_estimate, metric_cell
-from reprdiag.report.model import InputResult, Report
-
-if TYPE_CHECKING:
-    from reprdiag.compare import Comparison
-    from reprdiag.gate import GateResult
+from reprdiag.report.export import change_cells, format_estimate, metric_cell
+from reprdiag.results import (
+    SCALE_DEPENDENT,
+    Comparison,
+    GateResult,
+    InputResult,
+    Report,
+    voting_direction,
+)
 
 _ARROWS = {"higher": "↑", "lower": "↓", "neutral": "·"}
 
@@ -225,9 +227,7 @@ def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[Rende
     with its value in each run, then Δ and Δ% of each later run against the first, coloured
     by whether the change is better or worse for that metric. One table, its column groups
     wrapped to ``width`` like pandas; long run labels are shortened, with a legend below."""
-    from reprdiag.compare import change_cells, voting_direction
-
-    frame = comparison.frame
+    frame = comparison.to_frame()
     runs = list(comparison.runs)
     keys = list(comparison.inputs)
     names = comparison.metric_names
@@ -282,8 +282,6 @@ def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[Rende
             differ = "  (different N × d)" if comparison.shapes_differ(key) else ""
             marks.append("N × d")
             lines.append(f"{key}: {shapes[key]}{differ}")
-    from reprdiag.compare import SCALE_DEPENDENT
-
     scaled = [n for n in names if n in SCALE_DEPENDENT]
     notes = [caption, *([noise.removeprefix(" · ")] if noise else []),
              *([f"{', '.join(scaled)}: depend on the embeddings' scale, so neutral here"]

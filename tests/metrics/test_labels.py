@@ -10,7 +10,6 @@ import pytest
 import scipy.linalg
 import torch
 
-from reprdiag.classes import ClassMoments, check_labels
 from reprdiag.errors import InputError
 from reprdiag.metrics.labels import (
     LIDAR_DELTA,
@@ -23,6 +22,7 @@ from reprdiag.metrics.labels import (
     nc2_equinorm,
 )
 from reprdiag.stats import StreamingMoments
+from reprdiag.stats.classes import ClassMoments, check_labels
 
 
 def streamed(x: np.ndarray, y: np.ndarray, chunk: int = 37,

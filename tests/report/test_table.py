@@ -10,10 +10,9 @@ import torch
 from rich.console import Console, RenderableType
 
 import reprdiag
-from reprdiag.compare import Comparison
 from reprdiag.metrics import METRICS
-from reprdiag.report.model import InputResult, Report
 from reprdiag.report.table import comparison_tables, metric_tables, short_labels
+from reprdiag.results import Comparison, InputResult, Report
 
 
 def _text(report: Report) -> str:

@@ -16,9 +16,9 @@ from rich.console import Console
 import reprdiag
 from reprdiag.jackknife import block_labels
 from reprdiag.report.export import render
-from reprdiag.report.model import Report
 from reprdiag.report.plots import spectrum_figure
 from reprdiag.report.table import metric_tables
+from reprdiag.results import Report
 from reprdiag.uncertainty import jackknife
 
 pytestmark = pytest.mark.usefixtures("one_thread")

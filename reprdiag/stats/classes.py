@@ -4,17 +4,20 @@
 (shifted by the first chunk's mean, float64): O(C·d) memory, so N stays unbounded. With
 ``second_moments=True`` it also keeps each class's Σyyᵀ (O(C·d²)), which per-class spectra need.
 Class ids are arbitrary integers, mapped to dense indices as they first appear (sorted within
-a chunk).
+a chunk). Two of them merge exactly (:mod:`reprdiag.stats.state`): their frame is the shift and
+the class ids, in which the counts, sums and second moments add.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from reprdiag.errors import InputError
+from reprdiag.stats.state import Frame, cpu_shift, first_shift
 
 _F64 = torch.float64
 #: the most classes a run may hold (counts and sums are C×d float64)
@@ -57,6 +60,9 @@ class ClassMoments:
     d: int
     second_moments: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: per-class second moments are dropped when they would take more bytes than this
+    #: (``None``: no limit); the per-class metrics that need them are then left out
+    squares_limit: int | None = None
     shift: torch.Tensor | None = None
     ids: list[int] = field(default_factory=list)
     counts: torch.Tensor = field(init=False)
@@ -88,6 +94,8 @@ class ClassMoments:
             grow = len(new)
             self.counts = torch.cat([self.counts, self.counts.new_zeros(grow)])
             self.sums = torch.cat([self.sums, self.sums.new_zeros(grow, self.d)])
+            if self.squares is not None and not self._squares_fit(len(self.ids)):
+                self.squares = None  # too many classes: per-class rank is left out
             if self.squares is not None:
                 self.squares = torch.cat([self.squares,
                                           self.squares.new_zeros(grow, self.d, self.d)])
@@ -110,6 +118,72 @@ class ClassMoments:
             for c in torch.unique(index).tolist():
                 part = y[index == c]
                 self.squares[c] += part.T @ part
+
+    def _squares_fit(self, classes: int) -> bool:
+        return self.squares_limit is None or classes * self.d * self.d * 8 <= self.squares_limit
+
+    # -- merging (the protocol of :mod:`reprdiag.stats.state`) ------------------------------
+    def frame(self) -> Frame:
+        """The shift, the class ids and whether per-class second moments are kept."""
+        return {"shift": cpu_shift(self.shift), "ids": list(self.ids),
+                "squares": self.squares is not None}
+
+    def common_frame(self, frames: Sequence[Frame]) -> Frame:
+        """The first shift, the sorted union of the ids, and second moments only when every
+        part kept them and the union's still fit :attr:`squares_limit`."""
+        ids = sorted({i for f in frames for i in f["ids"]})
+        return {"shift": first_shift(frames), "ids": ids,
+                "squares": all(f["squares"] for f in frames) and self._squares_fit(len(ids))}
+
+    def state(self, frame: Frame | None = None) -> dict[str, torch.Tensor]:
+        """``counts`` (C), ``sums`` (C×d) and, when the frame keeps them, ``squares``
+        (C×d×d), float64, indexed by ``frame``'s ids (zero for a class this part never saw)
+        and about its shift (default: the part's own frame)."""
+        frame = frame or self.frame()
+        ids = frame["ids"]
+        where = torch.tensor([self._index.get(i, -1) for i in ids], dtype=torch.int64)
+        have = where >= 0
+        rows, src = torch.nonzero(have).flatten().to(self.device), where[have].to(self.device)
+        counts = torch.zeros(len(ids), dtype=_F64, device=self.device)
+        sums = torch.zeros(len(ids), self.d, dtype=_F64, device=self.device)
+        counts[rows], sums[rows] = self.counts[src], self.sums[src]
+        squares = None
+        if frame["squares"]:
+            squares = torch.zeros(len(ids), self.d, self.d, dtype=_F64, device=self.device)
+            squares[rows] = self.squares[src]
+        shift = frame["shift"]
+        if shift is not None and self.shift is not None:  # y' = y + δ, δ = old − new shift
+            delta = (self.shift - shift.to(self.device, _F64))
+            if squares is not None:
+                cross = sums.unsqueeze(2) * delta.view(1, 1, -1)  # Σ y δᵀ per class
+                squares += cross + cross.transpose(1, 2) \
+                    + counts.view(-1, 1, 1) * torch.outer(delta, delta)
+            sums = sums + counts.unsqueeze(1) * delta
+        out = {"counts": counts, "sums": sums}
+        if squares is not None:
+            out["squares"] = squares
+        return out
+
+    def with_state(self, frame: Frame, state: dict[str, torch.Tensor]) -> ClassMoments:
+        """Class moments like these (width, device, limit) holding ``state`` in ``frame``.
+
+        >>> a, b = ClassMoments(1, second_moments=True), ClassMoments(1, second_moments=True)
+        >>> a.update(torch.tensor([[1.], [3.]]), torch.tensor([5, 5]))
+        >>> b.update(torch.tensor([[2.], [9.]]), torch.tensor([5, 8]))
+        >>> from reprdiag.stats.state import merged
+        >>> m = merged(a, b)
+        >>> m.ids, m.counts.tolist(), m.means().flatten().tolist(), m.class_covariance(0).item()
+        ([5, 8], [3.0, 1.0], [2.0, 9.0], 1.0)
+        """
+        out = ClassMoments(self.d, frame["squares"], self.device, self.squares_limit)
+        shift = frame["shift"]
+        out.shift = None if shift is None else shift.to(self.device, _F64).clone()
+        out.ids = list(frame["ids"])
+        out._index = {v: i for i, v in enumerate(out.ids)}
+        out.counts = state["counts"].to(self.device, _F64)
+        out.sums = state["sums"].to(self.device, _F64)
+        out.squares = state["squares"].to(self.device, _F64) if frame["squares"] else None
+        return out
 
     def means(self) -> torch.Tensor:
         """μ_c, one row per class (C × d, float64)."""

@@ -1,4 +1,9 @@
-"""What every metric is a function of: moments, their spectra, and a row sample."""
+"""What every metric is a function of: moments, their spectra, and a row sample.
+
+:class:`Statistics` bundles one input's streamed statistics (:mod:`reprdiag.stats`) with their
+spectra (:mod:`reprdiag.spectrum`): the single argument of every metric. It sits between the
+two in the layers (metrics → statistics → spectrum → stats).
+"""
 
 from __future__ import annotations
 
@@ -37,9 +42,16 @@ class Statistics:
         #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
         self.solvers: dict[str, str] = {}
         #: statistics streamed beside the moments, by kind: ``"classes"``
-        #: (:class:`~reprdiag.classes.ClassMoments`, with ``--labels``) and ``"pair"``
-        #: (:class:`~reprdiag.metrics.paired.PairMoments`, with ``--pair``)
+        #: (:class:`~reprdiag.stats.classes.ClassMoments`, with ``--labels``) and ``"pair"``
+        #: (:class:`~reprdiag.stats.cross.PairMoments`, with ``--pair``)
         self.extras: dict[str, Any] = {}
+        #: values several metrics share, computed once on first use (the sample's pairwise
+        #: sums: :func:`reprdiag.metrics.sample.pair_sums`)
+        self.shared: dict[str, Any] = {}
+        #: the jackknife block of every sample row and K, when the pass kept blocks: shared
+        #: sample passes then split their sums by block, so that one pass serves the plain
+        #: values and the deleted ones
+        self.sample_groups: tuple[torch.Tensor, int] | None = None
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:
