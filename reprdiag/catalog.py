@@ -127,7 +127,10 @@ def _entry(info: Any) -> str:
              f"- **Citation:** {info.citation}"]
     source = ("the row sample (`--sample-size` rows; all rows when N ≤ M)" if info.uses_sample
               else "the streamed moments of all N rows")
-    if info.needs:
+    if info.derived_from:
+        source = (f"`{info.derived_from}` of the same input; computed only when named "
+                  f"(`--metrics {info.name}`)")
+    elif info.needs:
         source += ", and the statistics " + _NEEDS[info.needs] + " streams"
     facts.append(f"- **Computed from:** {source}")
     if info.options:

@@ -12,6 +12,7 @@ for the caller (the CLI prints it as ``reprdiag: warning: ...``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from reprdiag.errors import InputError, ResourceError
 from reprdiag.loaders import ArraySource
 from reprdiag.precision import Precision, choose
 from reprdiag.prefetch import prefetch
-from reprdiag.stats import Reservoir, StreamingMoments, work_dtype
+from reprdiag.stats import Mergeable, Reservoir, StreamingMoments, work_dtype
 from reprdiag.stats.blocked import BlockedMoments
 
 NAN_POLICIES = ("error", "drop")
@@ -111,27 +112,53 @@ def check_shape(source: ArraySource) -> tuple[int, int]:
     return n, d
 
 
-class _NonFinite:
-    """Counts rows holding NaN or Inf and remembers the first one's index."""
+@dataclass
+class Tally:
+    """What a pass counted beside its statistics (plain numbers, so processes exchange it).
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: int | None = None
+    ``dropped`` rows held NaN or Inf (the first at global row ``first_dropped``);
+    ``max_abs`` is the largest |x| among the rows kept; ``chunk_max`` the most rows one
+    product summed and ``narrow`` whether any chunk was multiplied in float32 (together the
+    error floor's inputs, :mod:`reprdiag.precision`); ``notes`` the fallbacks taken.
+    """
 
-    def scan(self, first: int, x: torch.Tensor) -> torch.Tensor | None:
-        """Boolean mask of finite rows, or ``None`` when all rows are finite."""
-        if not x.is_floating_point():  # integers cannot hold NaN
-            return None
-        if bool(torch.isfinite(x.sum(dim=1)).all()):  # NaN/Inf propagate into the row sums
-            return None
-        ok = torch.isfinite(x).all(dim=1)  # exact check (a finite row's sum may overflow)
-        bad = int((~ok).sum())
-        if bad == 0:
-            return None
-        if self.first is None:
-            self.first = first + int(torch.nonzero(~ok)[0, 0])
-        self.count += bad
-        return ok
+    rows_read: int = 0
+    seconds: float = 0.0
+    dropped: int = 0
+    first_dropped: int | None = None
+    max_abs: float = 0.0
+    chunk_max: int = 0
+    narrow: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def combined(cls, tallies: Sequence[Tally]) -> Tally:
+        """The tally of passes over disjoint rows run side by side: counts summed, the
+        earliest dropped row, the largest magnitude and product, the slowest pass.
+
+        >>> Tally.combined([Tally(10, 1.0, 1, 7), Tally(5, 2.0, 2, 3, narrow=True)])
+        Tally(rows_read=15, seconds=2.0, dropped=3, first_dropped=3, max_abs=0.0, \
+chunk_max=0, narrow=True, notes=[])
+        """
+        firsts = [t.first_dropped for t in tallies if t.first_dropped is not None]
+        return cls(sum(t.rows_read for t in tallies), max(t.seconds for t in tallies),
+                   sum(t.dropped for t in tallies), min(firsts) if firsts else None,
+                   max(t.max_abs for t in tallies), max(t.chunk_max for t in tallies),
+                   any(t.narrow for t in tallies), [n for t in tallies for n in t.notes])
+
+
+def finite_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """Boolean mask of the rows of ``x`` free of NaN and Inf, or ``None`` when all are.
+
+    >>> finite_rows(torch.tensor([[1.0, float("nan")], [2.0, 3.0]])).tolist()
+    [False, True]
+    """
+    if not x.is_floating_point():  # integers cannot hold NaN
+        return None
+    if bool(torch.isfinite(x.sum(dim=1)).all()):  # NaN/Inf propagate into the row sums
+        return None
+    ok = torch.isfinite(x).all(dim=1)  # exact check (a finite row's sum may overflow)
+    return None if bool(ok.all()) else ok
 
 
 class Accumulator:
@@ -149,8 +176,6 @@ class Accumulator:
         self.label, self.opts = label, opts
         self.companions: list[Companion] = []  # streamed beside the moments (labels, a pair)
         self.dtype, self.reason = choose(storage_dtype, opts.precision, n, d)
-        self.chunk_max = 0  # the most rows one product summed (the error floor's n)
-        self.narrow = False  # whether any chunk was multiplied in float32
         self.device = torch.device("cpu") if opts.device.type == "mps" else opts.device
         self.moments = StreamingMoments(d, self.dtype, self.device)
         self.blocks = (BlockedMoments(d, self.dtype, self.device, opts.blocks, opts.seed)
@@ -160,11 +185,9 @@ class Accumulator:
         self.sample_dtype = work_dtype(storage_dtype, opts.precision)
         self.reservoir = Reservoir(opts.sample_size, opts.seed, dtype=self.sample_dtype)
         self._convert: torch.Tensor | None = None  # reused work-dtype copy of a chunk
-        self.bad = _NonFinite()
-        self.max_abs = 0.0  # largest |x| among the rows kept
-        self.rows_read = 0
-        self.seconds = 0.0
-        self.notes: list[str] = []  # fallbacks taken while filling it (out of memory, ...)
+        self.tally = Tally()  # rows read and dropped, magnitudes, fallbacks taken
+        #: the companions' statistics when they were given whole (a merge), by name
+        self._extras: dict[str, Any] | None = None
 
     def add(self, first: int, rows: torch.Tensor) -> None:
         """Fold rows ``first … first+len(rows)−1`` into the moments and the sample.
@@ -174,28 +197,38 @@ class Accumulator:
         conversion to the work dtype only when it differs (into a reused buffer), then the
         moments' passes (see :meth:`StreamingMoments.update`). Nothing of size chunk·d is
         allocated per chunk after the first. Chunks holding NaN/Inf take the exact, slower
-        scan (:class:`_NonFinite`).
+        scan (:func:`finite_rows`).
         """
         t0 = time.perf_counter()
+        tally = self.tally
         raw = rows.to(device=self.device, non_blocking=True)
         hi = _max_abs(raw)
         keep = None
         if not math.isfinite(hi):  # NaN or Inf somewhere in the chunk
             hi = _finite_range(raw)[1]
-            keep = self.bad.scan(first, raw)
-        self.chunk_max = max(self.chunk_max, rows.shape[0])
-        if not self.bad.count or self.opts.nan == "drop":
+            keep = self._count_dropped(first, raw)
+        tally.chunk_max = max(tally.chunk_max, rows.shape[0])
+        if not tally.dropped or self.opts.nan == "drop":
             x = self._work_rows(raw, hi)
             if keep is None:
-                self.max_abs = max(self.max_abs, hi)
+                tally.max_abs = max(tally.max_abs, hi)
             else:
                 self._track_magnitude(x[keep])
             self._fold(first, x, keep)
             self.reservoir.update(first, self._sample_rows(raw, x), keep)
             for companion in self.companions:
                 companion.update(first, x, keep)
-        self.rows_read += rows.shape[0]
-        self.seconds += time.perf_counter() - t0
+        tally.rows_read += rows.shape[0]
+        tally.seconds += time.perf_counter() - t0
+
+    def _count_dropped(self, first: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Count the rows holding NaN/Inf (remembering the first's index); the finite mask."""
+        ok = finite_rows(x)
+        if ok is not None:
+            if self.tally.first_dropped is None:
+                self.tally.first_dropped = first + int(torch.nonzero(~ok)[0, 0])
+            self.tally.dropped += int((~ok).sum())
+        return ok
 
     def _work_rows(self, raw: torch.Tensor, hi: float) -> torch.Tensor:
         """``raw`` in the dtype its products are taken in: the work dtype, or float64 when
@@ -203,7 +236,7 @@ class Accumulator:
         over/underflow). A conversion goes into a buffer reused from chunk to chunk."""
         wide = self.dtype == torch.float64 or not FLOAT32_SAFE[0] <= hi <= FLOAT32_SAFE[1]
         dtype = torch.float64 if wide else self.dtype
-        self.narrow = self.narrow or not wide
+        self.tally.narrow = self.tally.narrow or not wide
         if raw.dtype == dtype:
             return raw
         buf = self._convert
@@ -224,16 +257,17 @@ class Accumulator:
 
     def _track_magnitude(self, x: torch.Tensor) -> None:
         if x.numel():
-            self.max_abs = max(self.max_abs, float(x.abs().max()))
+            self.tally.max_abs = max(self.tally.max_abs, float(x.abs().max()))
 
     def _check_magnitude(self) -> None:
         lo, hi = FLOAT64_SAFE
-        if self.max_abs > hi:
-            raise InputError(f"has values up to {self.max_abs:.3g}, too large for float64 "
+        max_abs = self.tally.max_abs
+        if max_abs > hi:
+            raise InputError(f"has values up to {max_abs:.3g}, too large for float64 "
                              "statistics (metrics use up to 4th powers of x)", source=self.label,
                              hint=f"rescale the embeddings so that every |x| is below {hi:g}")
-        if 0 < self.max_abs < lo:
-            raise InputError(f"has values no larger than {self.max_abs:.3g}, too small for "
+        if 0 < max_abs < lo:
+            raise InputError(f"has values no larger than {max_abs:.3g}, too small for "
                              "float64 statistics (metrics use up to 4th powers of x)",
                              source=self.label, hint="rescale the embeddings so that the "
                              f"largest |x| is above {lo:g}")
@@ -249,27 +283,68 @@ class Accumulator:
         statistics."""
         if self.blocks is not None:
             self.moments = self.blocks.total()
-        if self.bad.count and self.opts.nan == "error":
-            raise InputError(f"has {self.bad.count} row(s) containing NaN or Inf "
-                             f"(first at row {self.bad.first})", source=self.label,
+        tally = self.tally
+        if tally.dropped and self.opts.nan == "error":
+            raise InputError(f"has {tally.dropped} row(s) containing NaN or Inf "
+                             f"(first at row {tally.first_dropped})", source=self.label,
                              hint="clean the data, or pass --nan drop to skip them")
         if self.moments.n < 2:
             raise InputError(f"has {self.moments.n} usable row(s); at least 2 are needed",
                              source=self.label, hint="check the data or the NaN policy")
         self._check_magnitude()
-        return Accumulated(self.moments, self.reservoir, self.rows_read, self.bad.count,
-                           self.seconds, blocks=self.blocks, precision=self.precision,
-                           extras={c.name: c.result() for c in self.companions})
+        return Accumulated(self.moments, self.reservoir, tally.rows_read, tally.dropped,
+                           tally.seconds, list(tally.notes), blocks=self.blocks,
+                           precision=self.precision, extras=self.extras())
 
     @property
     def precision(self) -> Precision:
         """The dtype the products were taken in (float32 if any chunk was), the longest
         product and the policy's reason (:mod:`reprdiag.precision`)."""
-        dtype = torch.float32 if self.narrow else torch.float64
+        dtype = torch.float32 if self.tally.narrow else torch.float64
         reason = self.reason
         if self.dtype != dtype:
             reason += "; every chunk's values were outside float32's safe range: float64"
-        return Precision(dtype, max(self.chunk_max, 1), reason)
+        return Precision(dtype, max(self.tally.chunk_max, 1), reason)
+
+    # -- merging: what processes exchange (:mod:`reprdiag.distributed.context`) -------------
+    @property
+    def d(self) -> int:
+        """The input's width."""
+        return self.moments.d
+
+    @property
+    def rows_kept(self) -> int:
+        """Rows folded into the statistics so far (those read, less the dropped ones)."""
+        return self.moments.n if self.blocks is None else sum(self.blocks.sizes)
+
+    def extras(self) -> dict[str, Any]:
+        """The companions' statistics, by name (``classes``, ``pair``)."""
+        if self._extras is not None:
+            return dict(self._extras)
+        return {c.name: c.result() for c in self.companions}
+
+    def statistics(self) -> dict[str, Mergeable]:
+        """Every mergeable statistic of the pass, by name: ``moments`` (the
+        :class:`BlockedMoments` with ``--uncertainty``) and the companions'. Each follows
+        :mod:`reprdiag.stats.state`, so passes over disjoint rows merge by adding states."""
+        return {"moments": self.blocks if self.blocks is not None else self.moments,
+                **self.extras()}
+
+    def merged(self, tally: Tally, statistics: dict[str, Mergeable],
+               reservoir: Reservoir) -> Accumulator:
+        """An accumulator like this one holding the given whole-input parts (what a merge
+        of several passes produced); :meth:`finish` then checks and returns them. This one
+        is left as it is (a monitor's cumulative window goes on from it)."""
+        out = copy.copy(self)
+        out.tally, out.reservoir = tally, reservoir
+        stats = dict(statistics)
+        moments = stats.pop("moments")
+        if self.blocks is not None:
+            out.blocks = moments
+        else:
+            out.moments = moments
+        out.companions, out._extras = [], stats
+        return out
 
 
 def _max_abs(x: torch.Tensor) -> float:

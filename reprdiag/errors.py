@@ -101,6 +101,22 @@ def did_you_mean(name: str, valid: Iterable[str], n: int = 1, cutoff: float = 0.
     return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
 
 
+def first_line(exc: BaseException, limit: int | None = 300, empty: str | None = None) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters, for a one-line
+    error that quotes it; ``empty`` (by default the exception's type name) when it says
+    nothing.
+
+    >>> first_line(ValueError("  bad header\\n  at byte 12  ")), first_line(OSError())
+    ('bad header', 'OSError')
+    >>> first_line(ValueError(""), empty="(no message)"), first_line(ValueError("x" * 9), limit=3)
+    ('(no message)', 'xxx')
+    """
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__ if empty is None else empty
+    return lines[0][:limit]
+
+
 class ReprdiagWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI prints one line)."""
 

@@ -35,7 +35,7 @@ from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress
 from reprdiag.errors import InputError
-from reprdiag.loaders.base import POOL_METHODS, check_pool, pool_rows
+from reprdiag.loaders.base import check_pool, pool_method, pool_rows
 from reprdiag.report.export import atomic_write
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
@@ -103,18 +103,16 @@ def open_session(run: ModelRun, device: torch.device | None = None) -> Session:
     return Session(run, probe, batches, layers, device)
 
 
-def as_rows(name: str, output: torch.Tensor, pool: str | None, spec: str) -> torch.Tensor:
-    """A layer output as (batch, d) rows: 1-D → one column, 3-D mean-pooled unless ``pool``
-    says otherwise, 4-D and more need an explicit ``pool``."""
+def layer_rows(name: str, output: torch.Tensor, pool: str | None, spec: str) -> torch.Tensor:
+    """A layer output as (batch, d) rows: 1-D → one column, else by the rule of a file's
+    arrays (:func:`reprdiag.loaders.base.pool_method`: 3-D mean-pooled unless ``pool`` says
+    otherwise, 4-D and more need an explicit ``pool``)."""
     if output.ndim <= 1:
         return output.reshape(-1, 1)
-    if output.ndim == 2:
-        return output
-    if pool is None and output.ndim > 3:
-        raise InputError(f"layer {name!r} outputs shape {tuple(output.shape)}", source=spec,
-                         hint=f"pick a reduction with --pool {'|'.join(POOL_METHODS)} "
-                         "(spatial: mean over H, W of a conv map)")
-    return pool_rows(output, pool or "mean")
+    method = pool_method(output.shape, pool, f"layer {name!r} outputs shape "
+                         f"{tuple(output.shape)}", spec, " (spatial: mean over H, W of a "
+                         "conv map)")
+    return output if method is None else pool_rows(output, method)
 
 
 def stream(session: Session, progress: Progress | None = None, rank: int = 0,
@@ -130,7 +128,7 @@ def stream(session: Session, progress: Progress | None = None, rank: int = 0,
             with torch.inference_mode():
                 outs = probe.run(to_device(batch, session.device, probe.float_dtype),
                                  session.layers)
-            rows = {n: as_rows(n, outs[n], run.pool, run.model) for n in session.layers}
+            rows = {n: layer_rows(n, outs[n], run.pool, run.model) for n in session.layers}
             for name, r in rows.items():
                 if widths.setdefault(name, r.shape[1]) != r.shape[1]:
                     raise InputError(f"layer {name!r} changed width from {widths[name]} to "

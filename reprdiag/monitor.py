@@ -28,7 +28,6 @@ O(sample·d) when a pairwise metric (``er_entropy``, ``partition_isotropy``) is 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,8 +158,8 @@ class SpectralMonitor:
                              hint="pool or flatten to one row per sample first")
         if self._acc is None:
             self._acc = self._new_accumulator(rows)
-        elif rows.shape[1] != self._acc.moments.d:
-            raise InputError(f"embedding width changed from {self._acc.moments.d} to "
+        elif rows.shape[1] != self._acc.d:
+            raise InputError(f"embedding width changed from {self._acc.d} to "
                              f"{rows.shape[1]}", hint="use one monitor per layer")
         with torch.no_grad():
             self._acc.add(self._rank * RANK_ROWS + self._rows_seen, rows)
@@ -186,7 +185,7 @@ class SpectralMonitor:
         every rank's rows when distributed."""
         if self._acc is None:
             return 0, 0, {m.name: math.nan for m in self.infos}
-        counts = [(self._acc.moments.n, self._acc.bad.count)]
+        counts = [(self._acc.rows_kept, self._acc.tally.dropped)]
         if self._distributed:
             counts = self._context().all_gather(counts[0])
         rows, dropped = (sum(c) for c in zip(*counts, strict=True))
@@ -206,9 +205,7 @@ class SpectralMonitor:
         """All ranks' statistics of this window, merged; the local ones stay as they are
         (a ``cumulative`` window goes on from them)."""
         assert self._acc is not None
-        view = copy.copy(self._acc)
-        view.bad = copy.copy(self._acc.bad)
-        return self._context().merge(view)
+        return self._context().merge(self._acc)
 
     def log(self) -> dict[str, float] | None:
         """Evaluate now (e.g. at the end of an epoch), record and write the row; ``None``

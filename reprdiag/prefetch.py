@@ -23,7 +23,7 @@ MIN_PREFETCH_BYTES = 4 * 2**20  # smaller CPU chunks are read inline (see :func:
 _DONE = object()
 
 
-class _Failure:
+class _Raised:
     """An exception raised by the producer, re-raised in the consumer."""
 
     def __init__(self, exc: BaseException):
@@ -62,7 +62,7 @@ def _produce(chunks: Iterator[Chunk], out: queue.Queue, stop: threading.Event,
                 return
         _offer(out, _DONE, stop)
     except BaseException as exc:  # handed to the consumer, which re-raises it
-        _offer(out, _Failure(exc), stop)
+        _offer(out, _Raised(exc), stop)
 
 
 def prefetch(chunks: Iterator[Chunk], device: torch.device | str = "cpu", depth: int = 1,
@@ -101,7 +101,7 @@ def prefetch(chunks: Iterator[Chunk], device: torch.device | str = "cpu", depth:
             item = out.get()
             if item is _DONE:
                 return
-            if isinstance(item, _Failure):
+            if isinstance(item, _Raised):
                 raise item.exc
             first, rows, pending = item
             if pending is not None:

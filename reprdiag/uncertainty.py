@@ -20,7 +20,9 @@ after the single streaming pass.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -129,8 +131,29 @@ def _padded(values: torch.Tensor, length: int) -> np.ndarray:
 
 
 def serial_map(f: Callable[[int], T], count: int) -> list[T]:
-    """``[f(0), …, f(count − 1)]`` in this process (the default ``block_map``)."""
+    """``[f(0), …, f(count − 1)]`` in this process, one after the other."""
     return [f(b) for b in range(count)]
+
+
+def threaded_map(f: Callable[[int], T], count: int) -> list[T]:
+    """``[f(0), …, f(count − 1)]`` on torch's CPU threads, one block per thread, each block's
+    torch work on one thread (restored afterwards): the default ``block_map`` on the CPU.
+
+    A block's work is small d×d eigensolves (run on one thread anyway, see
+    :func:`reprdiag.spectrum.solve_threads`) and M×d×d products, which leave the other
+    cores idle or split finely; whole blocks side by side keep every core busy. torch
+    releases the GIL in its kernels. Results are in block order, as :func:`serial_map`'s.
+    """
+    workers = min(torch.get_num_threads(), count)
+    if workers < 2:
+        return serial_map(f, count)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(f, range(count)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir,
@@ -144,7 +167,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
 
     Moment metrics use the blocks' row counts; sample metrics (``uses_sample``) the blocks'
     counts within the sample. Complexity: K × (the metrics' own cost after the pass).
-    ``block_map(f, K)`` evaluates ``f`` on every block (default: :func:`serial_map`; under
+    ``block_map(f, K)`` evaluates ``f`` on every block (default: :func:`threaded_map` on the
+    CPU, :func:`serial_map` on other devices; under
     ``torchrun``, :meth:`~reprdiag.distributed.DistributedContext.map_blocks` spreads the
     blocks over the ranks, K/W each). ``stats``: the statistics the plain values came from
     (of ``total`` and ``sample``); metrics with a one-pass ``deleted`` then reuse what they
@@ -162,18 +186,21 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
             deleted[info.name] = info.deleted(full, labels, blocked.blocks,
                                               **option_kwargs(info, options))
     one_by_one = [i for i in continuous if i.deleted is None]
+    advancing = threading.Lock()
 
     def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
         stats = deleted_statistic(blocked, total, sample, b)
         found = compute(stats, one_by_one, options)  # XᵀX decomposed once (metrics.prepare)
         if progress:
-            progress.advance(1)
+            with advancing:  # blocks may run on several threads
+                progress.advance(1)
         return found, _padded(stats.cov_eigenvalues, eigenvalues.numel())
 
     if progress:
         progress.start(f"{label} · jackknife", blocked.blocks, unit="blocks")
     try:
-        per_block = (block_map or serial_map)(one_block, blocked.blocks)
+        default = threaded_map if torch.device(total.device).type == "cpu" else serial_map
+        per_block = (block_map or default)(one_block, blocked.blocks)
     finally:
         if progress:
             progress.finish()
@@ -193,5 +220,14 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     return JackknifeResult(out, spec.tolist(), method)
 
 
-__all__ = ["LEVEL", "METHOD", "JackknifeResult", "estimate", "jackknife", "t_quantile",
-           "t_two_sided_cdf"]
+__all__ = [
+    "LEVEL",
+    "METHOD",
+    "JackknifeResult",
+    "estimate",
+    "jackknife",
+    "serial_map",
+    "t_quantile",
+    "t_two_sided_cdf",
+    "threaded_map",
+]

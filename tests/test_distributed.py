@@ -22,16 +22,16 @@ from safetensors.torch import save_file
 import reprdiag
 from reprdiag.distributed import (
     DistributedContext,
-    _Failure,
     even_slices,
     group_shards,
-    sample_threshold,
     split_source,
 )
+from reprdiag.distributed.context import _Failure
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from reprdiag.pipeline import gather_sources
+from reprdiag.stats import sample_threshold
 from tests.conftest import SAMPLE, run_cli_env
 from tests.ranks import (
     WORKER,

@@ -208,3 +208,34 @@ def test_memory_budget_lowers_blocks_or_refuses(monkeypatch: pytest.MonkeyPatch)
     with pytest.warns(ReprdiagWarning):
         rep = reprdiag.analyze(_data(200, 6), uncertainty=True, device="cpu")
     assert rep.inputs[0].uncertainty_method["blocks"] == 7
+
+
+def test_blocks_run_side_by_side_on_cpu_threads_with_the_serial_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the K delete-a-block evaluations run on torch's threads (threaded_map),
+    torch's thread count is restored, and every estimate equals the one-by-one run's."""
+    from reprdiag import uncertainty
+
+    x = _data(600, 8)
+    used: list[int] = []
+    real = uncertainty.threaded_map
+
+    def recording(f, count):  # type: ignore[no-untyped-def]
+        used.append(count)
+        return real(f, count)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(uncertainty, "threaded_map", recording)
+        threaded = reprdiag.analyze(x, uncertainty=True, blocks=6, device="cpu").inputs[0]
+        assert used == [6] and torch.get_num_threads() == 2
+        monkeypatch.setattr(uncertainty, "threaded_map", uncertainty.serial_map)
+        serial = reprdiag.analyze(x, uncertainty=True, blocks=6, device="cpu").inputs[0]
+    finally:
+        torch.set_num_threads(before)
+    assert threaded.uncertainty.keys() == serial.uncertainty.keys()
+    for name, est in serial.uncertainty.items():
+        for key, value in est.items():
+            assert threaded.uncertainty[name][key] == pytest.approx(value, rel=1e-12,
+                                                                    abs=1e-15), (name, key)

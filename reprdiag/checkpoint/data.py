@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from reprdiag.checkpoint.load import call_user, first_line, import_object, is_object_spec
 from reprdiag.checkpoint.probes import Batch
-from reprdiag.distributed import even_slices
+from reprdiag.distributed.split import share_rows
 from reprdiag.errors import InputError, ReprdiagError, UsageError, source_label
 from reprdiag.loaders import (
     ArraySource,
@@ -51,47 +51,6 @@ class DataSpec:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit must be at least 1, got {self.limit}")
-
-
-class Share(NamedTuple):
-    """A rank's rows ``[start, stop)``: ``batches`` whole batches of the one-process run."""
-
-    start: int
-    stop: int
-    batches: int
-
-
-def share_rows(segments: Sequence[int], batch_size: int, rank: int, world_size: int) -> Share:
-    """The contiguous rows of rank ``rank`` of ``world_size``, cut on batch boundaries.
-
-    A one-process run batches each segment (a shard of a folder; one segment otherwise) in
-    ``batch_size`` rows from its start. The B batches are split into ``world_size``
-    contiguous runs whose lengths differ by at most one, so every rank feeds the model the
-    very batches one process would (bit-identical activations). O(S) for S segments.
-
-    >>> share_rows([100], 32, 1, 2)  # batches [0,32) [32,64) | [64,96) [96,100)
-    Share(start=64, stop=100, batches=2)
-    >>> share_rows([5], 32, 0, 2)  # more ranks than batches: an empty share
-    Share(start=0, stop=0, batches=0)
-    >>> share_rows([70, 40], 32, 1, 2)  # [0,32) [32,64) | [64,70) and shard 2: [70,102) ...
-    Share(start=64, stop=110, batches=3)
-    """
-    counts = [math.ceil(n / batch_size) for n in segments]
-    total = sum(counts)
-    lo, hi = even_slices(total, world_size)[rank]
-    return Share(_batch_start(segments, counts, batch_size, lo),
-                 _batch_start(segments, counts, batch_size, hi), hi - lo)
-
-
-def _batch_start(segments: Sequence[int], counts: Sequence[int], batch_size: int,
-                 index: int) -> int:
-    """The row where batch ``index`` starts (the row count when ``index`` is past the end)."""
-    row = 0
-    for n, count in zip(segments, counts, strict=True):
-        if index < count:
-            return row + index * batch_size
-        row, index = row + n, index - count
-    return row
 
 
 @dataclass(frozen=True)
@@ -312,7 +271,7 @@ def _guarded(items: Iterable[Batch], spec: str) -> Iterator[Batch]:
             raise
         except Exception as exc:
             raise InputError(f"loading a batch raised {type(exc).__name__}: "
-                             f"{first_line(exc)}", source=spec,
+                             f"{first_line(exc, empty='(no message)')}", source=spec,
                              hint="fix the data function or its dataset") from exc
         yield batch
 

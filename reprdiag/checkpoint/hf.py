@@ -18,7 +18,7 @@ import torch
 
 from reprdiag.checkpoint.archive import weights_only_loads
 from reprdiag.checkpoint.probes import OUTPUT, Batch
-from reprdiag.errors import InputError, UsageError
+from reprdiag.errors import InputError, UsageError, first_line
 
 PREFIX = "hidden."
 
@@ -58,7 +58,7 @@ class HFProbe:
                 self.module = tf.AutoModel.from_pretrained(folder, **safe)
         except Exception as exc:
             raise InputError(f"cannot load the Hugging Face model ({type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0][:200]})", source=spec,
+                             f"{first_line(exc, 200)})", source=spec,
                              hint="the folder needs config.json, weights and a tokenizer"
                              ) from exc
         self.float_dtype = None  # inputs are token ids

@@ -24,11 +24,14 @@ from torch import nn
 
 from reprdiag.checkpoint.archive import check_export_archive, weights_only_loads
 from reprdiag.checkpoint.probes import HookProbe, Probe, ScriptProbe
-from reprdiag.errors import InputError, ReprdiagWarning, UsageError, source_label
+from reprdiag.errors import InputError, ReprdiagWarning, UsageError, first_line, source_label
 from reprdiag.loaders import detect_format
 from reprdiag.loaders.torch_file import refusal_reason
 
 _OBJECT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+#: What a one-line error quotes of an exception whose message is empty.
+NO_MESSAGE = "(no message)"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def import_object(spec: str, what: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise InputError(f"cannot import module {module_name!r} ({type(exc).__name__}: "
-                         f"{first_line(exc)})", source=spec,
+                         f"{first_line(exc, empty=NO_MESSAGE)})", source=spec,
                          hint=f"check the {what}'s module is importable (PYTHONPATH)") from exc
     obj: Any = module
     for part in attr.split("."):
@@ -76,13 +79,9 @@ def call_user(spec: str, fn: Callable[..., Any], what: str, **kwargs: Any) -> An
     try:
         return fn(**kwargs)
     except Exception as exc:
-        raise InputError(f"{what} raised {type(exc).__name__}: {first_line(exc)}", source=spec,
+        raise InputError(f"{what} raised {type(exc).__name__}: "
+                         f"{first_line(exc, empty=NO_MESSAGE)}", source=spec,
                          hint=f"fix the {what} or its arguments") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else "(no message)"
 
 
 def parse_model_args(items: Sequence[str] | None) -> dict[str, Any]:
@@ -160,7 +159,8 @@ def load_export(model: ModelSpec) -> Probe:
             with quiet_warnings(), weights_only_loads():
                 program = torch.export.load(handle)
         except Exception as exc:
-            raise InputError(f"cannot load the torch.export program ({first_line(exc)})",
+            raise InputError("cannot load the torch.export program "
+                             f"({first_line(exc, empty=NO_MESSAGE)})",
                              source=model.spec, hint="save it with torch.export.save") from exc
     with quiet_warnings():
         return HookProbe(torch.export.unflatten(program), model.spec)
@@ -180,7 +180,7 @@ def load_torchscript(model: ModelSpec) -> Probe:
         with quiet_warnings():
             module = torch.jit.load(model.spec, map_location="cpu")
     except Exception as exc:
-        raise InputError(f"cannot load the TorchScript file ({first_line(exc)})",
+        raise InputError(f"cannot load the TorchScript file ({first_line(exc, empty=NO_MESSAGE)})",
                          source=model.spec, hint="save it with torch.jit.save") from exc
     return ScriptProbe(module, model.spec)
 
@@ -223,7 +223,8 @@ def _load_weights(module: nn.Module, path: str) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"does not fit the model ({first_line(exc)})", source=path,
+        raise InputError(f"does not fit the model ({first_line(exc, empty=NO_MESSAGE)})",
+                         source=path,
                          hint="check --model-arg against the checkpoint's shapes") from exc
 
 

@@ -10,7 +10,6 @@ The pseudo-layer :data:`OUTPUT` is the model's own output.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from reprdiag.errors import InputError, UsageError
+from reprdiag.errors import InputError, UsageError, did_you_mean
 
 OUTPUT = "output"
 Batch = Any  # a tensor, a (inputs, labels...) tuple/list, a dict of keyword inputs, or texts
@@ -73,10 +72,9 @@ def check_layers(requested: Sequence[str], valid: Sequence[str], spec: str) -> N
     known = set(valid) | {OUTPUT}
     for name in requested:
         if name not in known:
-            close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
             raise UsageError(f"has no layer {name!r}", source=spec,
-                             hint=f"{hint}list the layers with --list-layers")
+                             hint=did_you_mean(name, valid, n=3, cutoff=0.5)
+                             + "list the layers with --list-layers")
 
 
 def _result(spec: str, name: str, values: list[torch.Tensor | None],

@@ -33,6 +33,7 @@ from reprdiag.errors import (
     EXIT_RESOURCE,
     ReprdiagError,
     ReprdiagWarning,
+    first_line,
     interrupted_line,
 )
 
@@ -197,7 +198,7 @@ def handle_errors(func: F) -> F:
             if "out of memory" in str(exc).lower():
                 raise fail(f"out of memory ({name}); try --device cpu or a smaller "
                            "--chunk-size", EXIT_RESOURCE) from None
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            first = first_line(exc, empty="")
             raise fail(f"internal error ({name}: {first}); set REPRDIAG_DEBUG=1 for the "
                        "traceback and please report it", EXIT_INTERNAL) from None
 

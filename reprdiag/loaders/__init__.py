@@ -7,14 +7,13 @@ sources to analyze.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import os
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from reprdiag.errors import InputError, UsageError, source_label
+from reprdiag.errors import InputError, UsageError, did_you_mean, source_label
 from reprdiag.loaders.base import (
     POOL_METHODS,
     ArraySource,
@@ -22,6 +21,7 @@ from reprdiag.loaders.base import (
     PooledSource,
     TensorSource,
     checked_dtype,
+    pool_method,
     pool_rows,
     untrusted,
 )
@@ -166,8 +166,7 @@ def select_arrays(arrays: list[ArraySource], keys: Sequence[str] | None,
     for key in keys:
         if key not in by_key:
             valid = [k for k in by_key if k]
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(key, valid)
             shown = ", ".join(valid[:20]) + (" ..." if len(valid) > 20 else "")
             raise UsageError(f"has no key {key!r}", source=source_label(path),
                              hint=f"{hint}valid keys: {shown or '(none)'}")
@@ -183,12 +182,9 @@ def as_rows(source: ArraySource, pool: str | None) -> ArraySource:
     if ndim < 2:
         raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}, not rows × features",
                          source=source.label, hint="store embeddings as an (N, d) array")
-    if ndim == 2:
-        return source
-    if pool is None and ndim > 3:
-        raise InputError(f"is {ndim}-D with shape {tuple(source.shape)}", source=source.label,
-                         hint=f"pick a reduction with --pool {'|'.join(POOL_METHODS)}")
-    return PooledSource(source, pool or "mean")
+    method = pool_method(source.shape, pool, f"is {ndim}-D with shape {tuple(source.shape)}",
+                         source.label)
+    return source if method is None else PooledSource(source, method)
 
 
 def open_sources(path: str | os.PathLike[str], keys: Sequence[str] | None = None,

@@ -203,6 +203,29 @@ def check_pool(method: str | None) -> None:
         check_choice(method, POOL_METHODS, "pool method")
 
 
+def pool_method(shape: Sequence[int], pool: str | None, problem: str, source: str,
+                note: str = "") -> str | None:
+    """How an array of ``shape`` (two axes or more) becomes rows × features, the one rule of a
+    file's arrays (:func:`reprdiag.loaders.as_rows`) and a model layer's outputs: ``None``
+    for 2-D (already rows), else ``pool``, by default ``mean`` for 3-D (tokens of a
+    sequence); 4-D and more need an explicit ``pool`` (:class:`InputError` saying
+    ``problem`` about ``source``, ``note`` added to the hint).
+
+    >>> pool_method((5, 3), None, "", "x"), pool_method((5, 7, 3), None, "", "x")
+    (None, 'mean')
+    >>> pool_method((5, 2, 4, 4), None, "is 4-D", "x.npy")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    reprdiag.errors.InputError: x.npy: is 4-D; pick a reduction with --pool mean|first|...
+    """
+    if len(shape) == 2:
+        return None
+    if pool is None and len(shape) > 3:
+        raise InputError(problem, source=source,
+                         hint=f"pick a reduction with --pool {'|'.join(POOL_METHODS)}{note}")
+    return pool or "mean"
+
+
 def pool_rows(rows: torch.Tensor, method: str) -> torch.Tensor:
     """Reduce an ``(n, ..., d)`` block to ``(n, d')``.
 

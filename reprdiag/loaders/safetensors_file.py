@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from reprdiag.errors import InputError, source_label
+from reprdiag.errors import InputError, first_line, source_label
 from reprdiag.loaders.base import ArraySource, FileArraySource
 
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -22,7 +22,7 @@ class SafetensorsSource(FileArraySource):
             with safe_open(str(self.path), framework="pt") as f:
                 rows = f.get_slice(self.key)[start:stop]
         except (OSError, SafetensorError) as exc:
-            raise InputError(f"cannot read rows {start}:{stop} ({_first_line(exc)})",
+            raise InputError(f"cannot read rows {start}:{stop} ({first_line(exc, None)})",
                              source=self.label, hint="the file changed or is corrupt") from exc
         if rows.dtype == torch.bool:
             rows = rows.to(torch.uint8)
@@ -60,12 +60,7 @@ def open_safetensors(path: Path) -> list[ArraySource]:
                 dtype = _DTYPES.get(piece.get_dtype(), piece.get_dtype().lower())
                 sources.append(SafetensorsSource(path, key, tuple(piece.get_shape()), dtype))
     except (OSError, SafetensorError) as exc:
-        raise InputError(f"is not a readable safetensors file ({_first_line(exc)})",
+        raise InputError(f"is not a readable safetensors file ({first_line(exc, None)})",
                          source=source_label(path),
                          hint="check that the file was fully written") from exc
     return sources
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from reprdiag.errors import InputError, source_label
+from reprdiag.errors import InputError, first_line, source_label
 from reprdiag.loaders.base import ArraySource, TensorSource
 
 
@@ -70,11 +70,6 @@ def refusal_reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__).rstrip(".")[:200]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def open_torch(path: Path) -> list[ArraySource]:
     label = source_label(path)
     try:
@@ -85,7 +80,7 @@ def open_torch(path: Path) -> list[ArraySource]:
                          source=label, hint="save plain tensors or a dict of tensors "
                          "(reprdiag never unpickles arbitrary objects)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as exc:
-        raise InputError(f"is not a readable PyTorch file ({_first_line(exc)})",
+        raise InputError(f"is not a readable PyTorch file ({first_line(exc, 160)})",
                          source=label, hint="check that the file was fully written") from exc
     sources: list[ArraySource] = []
     for key, tensor in _walk(obj):

@@ -22,9 +22,19 @@ from reprdiag.metrics.rank import (
     rankme,
     stable_rank,
 )
-from reprdiag.metrics.registry import METRICS, MetricInfo, compute, metric, prepare, resolve
+from reprdiag.metrics.registry import (
+    METRICS,
+    MetricInfo,
+    compute,
+    metric,
+    prepare,
+    register_fractions,
+    resolve,
+)
 from reprdiag.metrics.uniformity import uniformity
 from reprdiag.statistics import Statistics
+
+register_fractions()  # rankme_frac, effective_rank_frac, ...: after the ranks are registered
 
 __all__ = ["METRICS", "MetricInfo", "Statistics", "alpha_req", "alpha_req_r2", "avg_cosine",
            "compute", "cov_offdiag", "cov_offdiag_frac", "effective_rank", "er_entropy",

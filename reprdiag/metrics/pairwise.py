@@ -14,7 +14,8 @@ exponentials stay in float32 on samples of 2048 rows or more when a fixed shift 
 (unit rows, kappa <= 40; per-row sums accumulated in float64, error at most about 1e-7 nats);
 otherwise logits are promoted to float64 for every log-sum-exp (:func:`er_solver` says which
 path an input takes; reports record it). The jackknife's :func:`er_entropy_deleted` takes the
-same two paths. Partition isotropy promotes its projections to float64.
+same two paths. Partition isotropy exponentiates its projections in the compute dtype after a
+per-direction shift and sums them in float64.
 """
 
 from __future__ import annotations
@@ -652,15 +653,17 @@ def partition_isotropy(x: torch.Tensor, eigvecs: torch.Tensor, block_rows: int =
     block_rows = _check_block_rows(block_rows)
     dtype = _compute_dtype(x)
     xs = x.detach().to(dtype)
-    c = eigvecs.detach().to(device=xs.device, dtype=dtype)
-    lz_pos: torch.Tensor | None = None
-    lz_neg: torch.Tensor | None = None
+    ct = eigvecs.detach().to(device=xs.device, dtype=dtype).T.contiguous()  # (k, d)
+    lz_pos: list[torch.Tensor] = []
+    lz_neg: list[torch.Tensor] = []
     for i0 in range(0, xs.shape[0], block_rows):
-        proj = (xs[i0 : i0 + block_rows] @ c).to(torch.float64)  # (b, k): c^T x_i
-        pos = torch.logsumexp(proj, dim=0)
-        neg = torch.logsumexp(-proj, dim=0)
-        lz_pos = pos if lz_pos is None else torch.logaddexp(lz_pos, pos)
-        lz_neg = neg if lz_neg is None else torch.logaddexp(lz_neg, neg)
-    assert lz_pos is not None and lz_neg is not None
-    lz = torch.cat([lz_pos, lz_neg])
+        proj = ct @ xs[i0 : i0 + block_rows].T  # (k, b): c^T x_i, each c's values contiguous
+        hi = proj.amax(dim=1, keepdim=True)
+        lo = proj.amin(dim=1, keepdim=True)
+        # exp in the rows' dtype after a per-direction shift (terms in (0, 1]), sums in float64
+        lz_pos.append(torch.exp(proj - hi).sum(dim=1, dtype=torch.float64).log_()
+                      + hi[:, 0].to(torch.float64))
+        lz_neg.append(torch.exp(proj.neg_().add_(lo)).sum(dim=1, dtype=torch.float64).log_()
+                      - lo[:, 0].to(torch.float64))
+    lz = torch.cat([torch.stack(lz_pos).logsumexp(dim=0), torch.stack(lz_neg).logsumexp(dim=0)])
     return float(torch.exp(lz.min() - lz.max()))

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from reprdiag.errors import UsageError
+from reprdiag.errors import UsageError, did_you_mean
 from reprdiag.statistics import Statistics, TensorLike
 
 Bounds = Callable[[int, int], tuple[float, float]]
@@ -40,13 +40,18 @@ class MetricInfo:
     #: or ``"pair"`` (``--pair``); such a metric is computed only when they were streamed
     needs: str | None = None
     eigenvectors: bool = False  # needs the eigenvectors of XᵀX (see :func:`prepare`)
+    #: the metric whose value this one scales (``rankme`` for ``rankme_frac``), see
+    #: :func:`register_fractions`
+    derived_from: str | None = None
 
 
 METRICS: dict[str, MetricInfo] = {}
 
 #: The order of docs/design.md §3, used for tables and ``--list-metrics``.
-DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "rankme", "participation_ratio",
-                 "stable_rank", "numerical_rank", "alpha_req", "alpha_req_r2", "isoscore",
+DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "effective_rank_frac", "rankme",
+                 "rankme_frac", "participation_ratio", "participation_ratio_frac",
+                 "stable_rank", "stable_rank_frac", "numerical_rank", "numerical_rank_frac",
+                 "alpha_req", "alpha_req_r2", "isoscore",
                  "partition_isotropy", "avg_cosine", "cov_offdiag", "cov_offdiag_frac",
                  "vicreg_std", "std_normalized", "er_entropy", "uniformity", "nc1",
                  "nc2_equinorm", "nc2_equiangularity", "lidar", "class_balance",
@@ -88,11 +93,8 @@ def resolve(names: Sequence[str] | None) -> list[MetricInfo]:
         return sorted(METRICS.values(), key=lambda m: rank.get(m.name, len(rank)))
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(unknown[0], list(METRICS), n=1)
-        hint = (f"did you mean {close[0]!r}? " if close else "") + "valid: " + ", ".join(METRICS)
-        raise UsageError(f"unknown metric {unknown[0]!r}", hint=hint)
+        raise UsageError(f"unknown metric {unknown[0]!r}",
+                         hint=did_you_mean(unknown[0], METRICS) + "valid: " + ", ".join(METRICS))
     return [METRICS[n] for n in dict.fromkeys(names)]
 
 
@@ -107,6 +109,63 @@ def prepare(stats: Statistics, infos: Sequence[MetricInfo]) -> None:
 
 #: the option that streams each kind of extra statistics (for messages)
 NEEDS_OPTION = {"classes": "--labels", "pair": "--pair"}
+#: ``needs`` of a metric derived from another one's value (``rankme_frac``): computed when
+#: named (``--metrics rankme_frac``), never by default, so a default report is unchanged
+DERIVED = "derived"
+#: Metrics that count dimensions; each also exists as ``<name>_frac`` = value / min(N, d).
+SCALABLE = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "numerical_rank")
+FRAC_SUFFIX = "_frac"
+
+
+def _fraction(base: MetricInfo) -> Callable[..., float]:
+    """``base``'s value divided by min(N, d), as a metric function."""
+
+    def fraction(x: Statistics | TensorLike, **options: object) -> float:
+        stats = x if isinstance(x, Statistics) else Statistics.from_tensor(x)
+        return base.func(stats, **options) / min(stats.n, stats.d)
+
+    fraction.__name__ = fraction.__qualname__ = base.name + FRAC_SUFFIX
+    fraction.__module__ = __name__
+    fraction.__doc__ = f"""{base.name} as a fraction of the dimensions available.
+
+    Formula: {base.name} / min(N, d), so one threshold reads the same at every width and
+    sample size (the gate's ``collapse`` preset bounds ``effective_rank_frac`` ≥ 0.1). Range
+    {base.range} divided by min(N, d), so about [0, 1]; {base.direction} is healthier as for
+    {base.name}. Computed only when named (``--metrics {base.name}{FRAC_SUFFIX}``); a
+    saved run without it still gives it to the gate, from {base.name}.
+    Complexity: that of {base.name}, plus one division.
+    Citation: {base.citation} (the scaling is reprdiag's).
+
+    >>> x = torch.randn(50, 8, dtype=torch.float64)
+    >>> M["{base.name}{FRAC_SUFFIX}"].func(x) == M["{base.name}"].func(x) / 8
+    True
+    """
+    return fraction
+
+
+def register_fractions(names: Sequence[str] = SCALABLE) -> None:
+    """Register ``<name>_frac`` = value / min(N, d) for each metric in ``names`` (they must be
+    registered already), as metrics computed only when asked for (``needs`` = ``derived``).
+
+    >>> import torch
+    >>> from reprdiag.metrics import METRICS as M
+    >>> x = torch.eye(6, dtype=torch.float64)[:, :4]  # N = 6 > d = 4
+    >>> M["rankme_frac"].func(x) == M["rankme"].func(x) / 4, round(M["rankme_frac"].func(x.T), 6)
+    (True, 1.0)
+    """
+    for name in names:
+        base = METRICS[name]
+        frac = name + FRAC_SUFFIX
+
+        def bounds(n: int, d: int, _base: MetricInfo = base) -> tuple[float, float]:
+            lo, hi = _base.bounds(n, d)
+            return lo / min(n, d), hi / min(n, d)
+
+        METRICS[frac] = MetricInfo(
+            frac, _fraction(base), f"{name} / min(N, d)", f"{base.range} / min(N, d)",
+            base.direction, base.citation, bounds, uses_sample=base.uses_sample,
+            options=base.options, needs=DERIVED, eigenvectors=base.eigenvectors,
+            derived_from=name)
 
 
 def for_input(names: Sequence[str] | None, available: Iterable[str] = ()) -> list[MetricInfo]:
@@ -116,6 +175,7 @@ def for_input(names: Sequence[str] | None, available: Iterable[str] = ()) -> lis
     have = set(available)
     if not names:
         return [i for i in resolve(None) if i.needs is None or i.needs in have]
+    have.add(DERIVED)  # a derived metric is computed when named
     infos = resolve(names)
     for info in infos:
         if info.needs is not None and info.needs not in have:

@@ -1,137 +1,28 @@
-"""The gate: rules on metric values that pass or fail a run (exit 0 or 1 in CI).
-
-A :class:`Rule` bounds one metric: ``min``/``max`` absolutely, or ``max_drop``/``max_rise``
-as a fraction of a baseline run's value. Rank-like metrics also exist scaled by the size of
-the input, ``<metric>_frac = <metric> / min(N, d)`` (e.g. ``rankme_frac``), so one threshold
-reads the same at every width. Rules come from a TOML table (``[gate]`` in ``reprdiag.toml``
-or ``[tool.reprdiag.gate]`` in ``pyproject.toml``), from ``--fail-if "rankme < 64"``
-expressions, or from a preset; without any rules the ``collapse`` preset applies.
-
->>> import torch
->>> x = torch.randn(500, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
->>> result = gate(x, device="cpu")
->>> result.passed, [c.rule.describe() for c in result.checks]
-(True, ['std_normalized ≥ 0.1', 'effective_rank_frac ≥ 0.1'])
->>> gate(x[:, :1].repeat(1, 32), device="cpu").passed
-False
+"""The gate's configuration: a TOML gate table (``[gate]`` in ``reprdiag.toml`` or
+``[tool.reprdiag.gate]`` in ``pyproject.toml``), ``--fail-if "rankme < 64"`` expressions and
+presets, parsed into :class:`~reprdiag.results.Rule` s; unknown keys and names are errors that
+list the valid ones.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reprdiag.compare import match_inputs
-from reprdiag.distributed import joined
-from reprdiag.errors import ConfigError, InputError, UsageError, did_you_mean
+from reprdiag.errors import ConfigError, UsageError
+from reprdiag.gate.rules import DEFAULT_PRESET, PRESETS, check_metric
 from reprdiag.loaders import check_regular_file
-from reprdiag.metrics import resolve
-from reprdiag.report.export import junit_xml, write_junit
-from reprdiag.results import (
-    KINDS,
-    MODIFIERS,
-    Check,
-    GateResult,
-    InputResult,
-    Report,
-    Rule,
-    check_se_modifier,
-    unknown_key,
-)
-from reprdiag.runs import RunLike, input_key, load_run, run_label
+from reprdiag.results import KINDS, MODIFIERS, Rule, check_se_modifier, unknown_key
 
-__all__ = ["CONFIG_NAME", "DEFAULT_PRESET", "PRESETS", "Check", "GateConfig", "GateResult",
-           "Rule", "evaluate", "find_config", "gate", "junit_xml", "load_config",
-           "needed_metrics", "parse_fail_if", "parse_gate_table", "parse_rules",
-           "resolve_rules", "write_junit"]
-
-#: Metrics that count dimensions; each also exists as ``<name>_frac`` = value / min(N, d).
-SCALABLE = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "numerical_rank")
-FRAC_SUFFIX = "_frac"
 #: Keys of the gate table; the rules go in its ``rules`` sub-table; ``margin_se``/``max_se``
 #: here are defaults for every rule.
 TABLE_KEYS = ("rules", "fail_if", "preset", "baseline", *MODIFIERS)
 CONFIG_NAME = "reprdiag.toml"
-
-
-def metric_names() -> list[str]:
-    """Every name a rule may bound: the registered metrics plus the ``_frac`` scalings.
-
-    >>> [n for n in metric_names() if n.startswith("rankme")]
-    ['rankme', 'rankme_frac']
-    """
-    names = []
-    for info in resolve(None):
-        names.append(info.name)
-        if info.name in SCALABLE:
-            names.append(info.name + FRAC_SUFFIX)
-    return names
-
-
-def base_metric(name: str) -> str:
-    """The registered metric a rule's name reads (``rankme_frac`` → ``rankme``).
-
-    >>> base_metric("rankme_frac"), base_metric("cov_offdiag_frac")
-    ('rankme', 'cov_offdiag_frac')
-    """
-    if name.endswith(FRAC_SUFFIX) and name[: -len(FRAC_SUFFIX)] in SCALABLE:
-        return name[: -len(FRAC_SUFFIX)]
-    return name
-
-
-def metric_value(result: InputResult, name: str, source: str = "") -> float:
-    """The value a rule reads from one input: a metric, or a rank scaled by min(N, d).
-
-    >>> r = InputResult("x", n=100, d=50, dtype="f", metrics={"rankme": 25.0}, spectra={},
-    ...                 solver={})
-    >>> metric_value(r, "rankme_frac")
-    0.5
-    """
-    base = base_metric(name)
-    if base not in result.metrics:
-        raise InputError(f"has no value of {base!r}", source=source or result.name,
-                         hint="re-run reprdiag analyze without --metrics, or with this metric")
-    value = result.metrics[base]
-    return value / min(result.n, result.d) if base != name else value
-
-
-def metric_se(result: InputResult, name: str) -> float:
-    """The standard error of what a rule reads (NaN when the run carries none).
-
-    >>> r = InputResult("x", n=100, d=50, dtype="f", metrics={"rankme": 25.0}, spectra={},
-    ...                 solver={}, uncertainty={"rankme": {"se": 2.0}})
-    >>> metric_se(r, "rankme"), metric_se(r, "rankme_frac"), metric_se(r, "vne")
-    (2.0, 0.04, nan)
-    """
-    base = base_metric(name)
-    se = result.se(base)
-    return se / min(result.n, result.d) if base != name else se
-
-
-def check_metric(name: str, source: str) -> None:
-    """Fail with the list of valid names when ``name`` is not a metric a rule can bound."""
-    valid = metric_names()
-    if name not in valid:
-        raise ConfigError(f"unknown metric {name!r}", source=source,
-                          hint=did_you_mean(name, valid) + "valid: " + ", ".join(valid))
-
-
-#: Built-in rule sets. ``collapse`` is the default (docs/gate.md explains each threshold).
-PRESETS: dict[str, tuple[Rule, ...]] = {
-    "collapse": (
-        # complete collapse: every row points the same way, std of x/‖x‖ → 0 (isotropic ≈ 1)
-        Rule("std_normalized", "min", 0.1, origin="preset collapse"),
-        # dimensional collapse: the spectrum lives in a tenth of the available dimensions
-        Rule("effective_rank_frac", "min", 0.1, origin="preset collapse"),
-    ),
-}
-DEFAULT_PRESET = "collapse"
 
 
 @dataclass(frozen=True)
@@ -324,79 +215,3 @@ def resolve_rules(config: GateConfig | None, fail_if: Sequence[str | Rule] = ()
                           source=config.source if config else None,
                           hint='add [gate.rules], fail_if or preset = "collapse"')
     return rules or list(PRESETS[DEFAULT_PRESET])
-
-
-def needed_metrics(rules: Iterable[Rule]) -> list[str]:
-    """The registered metrics the rules read (what an on-the-fly analysis must compute).
-
-    >>> needed_metrics(PRESETS["collapse"])
-    ['std_normalized', 'effective_rank']
-    """
-    return list(dict.fromkeys(base_metric(r.metric) for r in rules))
-
-
-def evaluate(report: Report, rules: Sequence[Rule], baseline: Report | None = None,
-             run: str = "", baseline_name: str | None = None) -> GateResult:
-    """Check every rule on every input of ``report`` (relative rules against the matching
-    input of ``baseline``, paired by key)."""
-    pairs: dict[str, list[InputResult]] = {}
-    notes: list[str] = []
-    if baseline is not None and any(r.relative for r in rules):
-        pairs, notes = match_inputs([report, baseline], [run or "run", baseline_name or
-                                                         "baseline"])
-        missing = [input_key(r) for r in report.inputs if input_key(r) not in pairs]
-        if missing and any(r.relative for r in rules):
-            raise InputError(f"the baseline has no input {missing[0]!r}",
-                             source=baseline_name or "baseline",
-                             hint="compare like with like, or pick inputs with --key")
-    checks = []
-    for result in report.inputs:
-        pair = pairs.get(input_key(result))
-        for rule in rules:
-            value = metric_value(result, rule.metric, run)
-            base = metric_value(pair[1], rule.metric, baseline_name or "baseline") if (
-                rule.relative and pair) else None
-            threshold = rule.threshold(base)
-            se = metric_se(result, rule.metric)
-            if base is not None:
-                se = math.hypot(se, rule.threshold_se(base, metric_se(pair[1], rule.metric)))
-            if rule.needs_se and math.isnan(se):
-                raise InputError(f"has no standard error of {base_metric(rule.metric)!r}, "
-                                 f"which rule {rule.describe()!r} needs",
-                                 source=run or result.name, hint="analyze it with "
-                                 "--uncertainty (an embedding file given to gate is)")
-            checks.append(Check(rule, input_key(result), value, threshold, base,
-                                rule.holds(value, threshold, se), se))
-    return GateResult(checks, run=run, baseline=baseline_name, notes=notes)
-
-
-def gate(run: RunLike, *, rules: Sequence[str | Rule] = (),
-         config: GateConfig | str | os.PathLike[str] | None = None,
-         baseline: RunLike | None = None, keys: Sequence[str] | None = None,
-         label: str | None = None, **analyze_options: Any) -> GateResult:
-    """Check a run against rules: those of ``config`` (a :class:`GateConfig` or a TOML path)
-    and ``rules`` (``"rankme < 64"`` strings or :class:`Rule`), or the collapse preset when
-    there are none. ``baseline`` (or the config's) is the reference of relative rules.
-
-    Runs and baselines that are embedding files are analyzed with ``analyze_options``,
-    computing only the metrics the rules read (with standard errors when a rule has
-    ``margin_se`` or ``max_se``). ``label`` names the run in the output.
-    """
-    if config is not None and not isinstance(config, GateConfig):
-        config = load_config(config)
-    rule_list = resolve_rules(config, rules)
-    if baseline is None and config is not None and config.baseline:
-        baseline = config.baseline
-    relative = [r for r in rule_list if r.relative]
-    if baseline is None and relative:
-        raise relative[0].no_baseline()
-    analyze_options.setdefault("metrics", needed_metrics(rule_list))
-    if any(r.needs_se for r in rule_list):
-        analyze_options["uncertainty"] = True
-    with joined(analyze_options) as options:  # torchrun: one process group for both runs
-        report = load_run(run, keys, **options)
-        base_report = load_run(baseline, keys, **options) if baseline is not None else None
-    result = evaluate(report, rule_list, base_report, run=label or run_label(run, 0),
-                      baseline_name=run_label(baseline, 1) if baseline is not None else None)
-    result.inputs = [*report.inputs, *(base_report.inputs if base_report else [])]
-    return result
