@@ -105,7 +105,7 @@ class AnalysisConfig:
                    budget: int | None = None) -> StreamOptions:
         """The stream options of one input of width ``d``: with ``uncertainty``, K jackknife
         blocks fitted to the memory budget, ``budget`` bytes if given (see
-        :func:`reprdiag.jackknife.fit_blocks`)."""
+        :func:`reprdiag.stats.blocked.fit_blocks`)."""
         opts = self.stream(device)
         if not self.uncertainty:
             return opts

@@ -46,7 +46,6 @@ from reprdiag.engine import (
     release_device_memory,
 )
 from reprdiag.errors import ResourceError, UsageError
-from reprdiag.jackknife import check_rows
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import compute, prepare, resolve
@@ -56,7 +55,7 @@ from reprdiag.precision import MATERIAL
 from reprdiag.results import InputResult, Report
 from reprdiag.statistics import Statistics
 from reprdiag.stats.blocked import block_labels
-from reprdiag.uncertainty import BlockMap, estimate
+from reprdiag.uncertainty import BlockMap, check_rows, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 Measured = tuple[Statistics, dict[str, list[float]], dict[str, float], float, float]

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data"
+from tests.helpers import SAMPLE
 
 
 @pytest.fixture
@@ -25,17 +22,6 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
-def run_cli_env() -> dict[str, str]:
-    """Environment for subprocess runs of ``python -m reprdiag`` from this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("REPRDIAG_DEBUG", None)
-    for name in ("COLUMNS", "LINES"):  # piped output is 160 columns wide, whatever the terminal
-        env.pop(name, None)
-    return env
-
-
-PYTHON = sys.executable
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

@@ -78,9 +78,10 @@ def _with_failing_metrics(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """The scenario on a rank whose metric step (``fail_in``: ``summarize``, or ``compute``
     in the jackknife's blocks) runs out of device memory, on this rank only."""
     import reprdiag.pipeline
-    import reprdiag.uncertainty
+    import reprdiag.uncertainty.estimator
 
-    module = reprdiag.pipeline if scenario["fail_in"] == "summarize" else reprdiag.uncertainty
+    module = (reprdiag.pipeline if scenario["fail_in"] == "summarize"
+              else reprdiag.uncertainty.estimator)
     real = getattr(module, scenario["fail_in"])
 
     def failing(*args: Any, **kwargs: Any) -> Any:

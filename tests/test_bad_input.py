@@ -18,7 +18,7 @@ from reprdiag.errors import InputError, ResourceError, UsageError
 from reprdiag.loaders import TensorSource, detect_format
 from reprdiag.report.export import atomic_write, save_report
 from reprdiag.stats import Reservoir, StreamingMoments
-from tests.cli.test_errors import assert_one_line_error, run_main
+from tests.helpers import assert_one_line_error, run_main
 
 
 def gaussian(n: int = 400, d: int = 12, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tests.conftest import PYTHON, ROOT, run_cli_env
+from tests.helpers import PYTHON, ROOT, run_cli_env
 
 
 def test_bench_quick_prints_a_table() -> None:

@@ -32,7 +32,7 @@ from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from reprdiag.pipeline import gather_sources
 from reprdiag.stats import sample_threshold
-from tests.conftest import SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_cli_env
 from tests.ranks import (
     WORKER,
     assert_same,

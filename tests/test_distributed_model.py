@@ -21,7 +21,7 @@ import reprdiag
 from reprdiag.api import analyze_model
 from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
 from reprdiag.extract import ModelRun, extract
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 from tests.model_data import BAD_EXAMPLE
 from tests.ranks import assert_same, assert_same_uncertainty, run_ranks, run_worker
 

@@ -11,18 +11,11 @@ import torch
 import reprdiag
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import InputError, ReprdiagWarning, ResourceError, UsageError
-from reprdiag.jackknife import (
-    BUDGET_ENV,
-    block_labels,
-    deleted_statistics,
-    fit_blocks,
-    moment_bytes,
-    without_block,
-)
 from reprdiag.loaders import TensorSource
 from reprdiag.metrics import METRICS, Statistics
 from reprdiag.metrics.pairwise import er_entropy, er_entropy_deleted
-from reprdiag.uncertainty import jackknife, t_quantile
+from reprdiag.stats.blocked import BUDGET_ENV, block_labels, fit_blocks, moment_bytes
+from reprdiag.uncertainty import deleted_statistics, jackknife, t_quantile, without_block
 
 CONTINUOUS = [m for m, info in METRICS.items() if not info.discrete and not info.needs]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -214,7 +207,7 @@ def test_blocks_run_side_by_side_on_cpu_threads_with_the_serial_results(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """On the CPU the K delete-a-block evaluations run on torch's threads (threaded_map),
     torch's thread count is restored, and every estimate equals the one-by-one run's."""
-    from reprdiag import uncertainty
+    from reprdiag.uncertainty import estimator as uncertainty
 
     x = _data(600, 8)
     used: list[int] = []

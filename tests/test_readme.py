@@ -306,3 +306,20 @@ def test_repo_is_self_contained() -> None:
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if outside.search(line)]
     assert hits == [], f"point these at docs/design.md or a file in the repository: {hits}"
+
+
+def test_design_lists_every_module() -> None:
+    """docs/design.md's picture of the package names every top-level module and package of
+    reprdiag/, and nothing that is gone: move a module, move its line."""
+    text = (DOCS / "design.md").read_text(encoding="utf-8")
+    tree = next(block for block in re.findall(r"```\n(.*?)```", text, re.S)
+                if block.startswith("reprdiag/\n"))
+    listed = {m.group(1) for line in tree.splitlines()
+              if re.match(r"  \w", line)  # an entry (continuation lines are indented more)
+              for m in re.finditer(r"(\w+(?:\.py|/))(?=[ ,]|$)",
+                                   re.split(r"\s{3,}", line.strip())[0])}
+    package = ROOT / "reprdiag"
+    present = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+               if (p.suffix == ".py" or (p / "__init__.py").is_file())}
+    assert sorted(present - listed) == [], "docs/design.md does not describe these modules"
+    assert sorted(listed - present) == [], "docs/design.md describes modules that are gone"

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from reprdiag.metrics import pairwise, sample
+from reprdiag.metrics import pairwise, sample, special
 from reprdiag.metrics.registry import metric
 from reprdiag.statistics import Statistics
 
@@ -79,7 +79,7 @@ def _er_entropy_deleted(stats: Statistics, labels: torch.Tensor, blocks: int,
 
 def _er_ceiling(d: int) -> float:
     """ln area(S^{d−1}) plus float32 rounding room (the blockwise sums run in float32)."""
-    top = pairwise.log_sphere_area(d)
+    top = special.log_sphere_area(d)
     return top + 1e-6 * max(1.0, abs(top))
 
 

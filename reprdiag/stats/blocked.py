@@ -6,7 +6,7 @@ on the row's index and the seed: not on chunk sizes, not on how rows were split 
 and not on the row order of the file (blocks are scattered, never contiguous runs of a file
 sorted by class or time). Moments are kept per block; the total is their exact merge, and the
 moments of "every row except block b" are the total minus block b (:func:`remove`, the exact
-inverse of the merge). The delete-a-block jackknife (:mod:`reprdiag.jackknife`) is built on it.
+inverse of the merge). The delete-a-block jackknife (:mod:`reprdiag.uncertainty`) is built on it.
 
 Cost: the same O(N·d²) Gram products as a plain pass (each row is multiplied once, in its
 block), but K times the d×d moment memory: K·2·d²·8 bytes (Σyyᵀ and Σzzᵀ per block).

@@ -60,7 +60,7 @@ def test_one_repeated_vector() -> None:
     assert M.std_normalized(stats) == pytest.approx(0.0, abs=1e-7)
     assert M.numerical_rank(stats) == 0
     # every pairwise logit equals κ: ℓ_i = −κ − ln C_d(κ), the same for all i
-    from reprdiag.metrics.pairwise import log_vmf_normalizer
+    from reprdiag.metrics.special import log_vmf_normalizer
 
     assert M.er_entropy(stats) == pytest.approx(-10.0 - log_vmf_normalizer(4, 10.0), rel=1e-12)
 

@@ -122,9 +122,9 @@ def test_analyze_forms_the_sample_gram_blocks_once(monkeypatch: pytest.MonkeyPat
 def test_uniformity_jackknife_matches_recomputing_each_block() -> None:
     """The one-pass deleted values give the same SE as recomputing uniformity on every
     delete-a-block statistic (the estimator's generic path)."""
-    from reprdiag.jackknife import BlockedMoments, block_labels, deleted_statistic
     from reprdiag.stats import Reservoir
-    from reprdiag.uncertainty import jackknife
+    from reprdiag.stats.blocked import BlockedMoments, block_labels
+    from reprdiag.uncertainty import deleted_statistic, jackknife
 
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((400, 5)) + 0.3)
     bm = BlockedMoments(5, blocks=6)

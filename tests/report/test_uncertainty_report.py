@@ -14,11 +14,11 @@ from matplotlib.collections import PolyCollection
 from rich.console import Console
 
 import reprdiag
-from reprdiag.jackknife import block_labels
 from reprdiag.report.export import render
 from reprdiag.report.plots import spectrum_figure
 from reprdiag.report.table import metric_tables
 from reprdiag.results import Report
+from reprdiag.stats.blocked import block_labels
 from reprdiag.uncertainty import jackknife
 
 pytestmark = pytest.mark.usefixtures("one_thread")

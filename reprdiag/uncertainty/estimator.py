@@ -1,11 +1,12 @@
 """Jackknife standard errors, bias and intervals of every continuous metric.
 
-Every metric is recomputed on the K delete-one-block statistics of :mod:`reprdiag.jackknife`
-(moments and row sample without block b). Blocks are random, so their sizes m_b differ a
-little; the estimator is the weighted delete-m_b jackknife of Busing, Meijer & van der Leeden
-(Statistics and Computing 9, 1999), which is the textbook delete-a-group jackknife when all
-blocks are equal. With θ̂ the full estimate, θ₍b₎ the estimate without block b, N = Σm_b and
-h_b = N/m_b:
+Every metric is recomputed on the K delete-one-block statistics of
+:mod:`reprdiag.uncertainty.deleted` (moments and row sample without block b), or, for metrics
+with a one-pass ``deleted`` function (ER entropy, uniformity), all K at once. Blocks are
+random, so their sizes m_b differ a little; the estimator is the weighted delete-m_b jackknife
+of Busing, Meijer & van der Leeden (Statistics and Computing 9, 1999), which is the textbook
+delete-a-group jackknife when all blocks are equal. With θ̂ the full estimate, θ₍b₎ the
+estimate without block b, N = Σm_b and h_b = N/m_b:
 
     θ_J  = K·θ̂ − Σ_b (1 − m_b/N)·θ₍b₎            (bias-corrected estimate)
     θ̃_b = h_b·θ̂ − (h_b − 1)·θ₍b₎                  (pseudo-values)
@@ -13,8 +14,8 @@ h_b = N/m_b:
     bias = θ̂ − θ_J                                  ((K−1)(mean θ₍b₎ − θ̂) for equal blocks)
     interval = θ̂ ± t_{K−1, (1+level)/2}·SE
 
-Cost: K more evaluations of every metric (K more eigendecompositions of each spectrum used),
-after the single streaming pass.
+Cost: K more evaluations of every other metric (K more eigendecompositions of each spectrum
+used), after the single streaming pass; the blocks run side by side on the CPU's threads.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 
 from reprdiag.engine import Progress
-from reprdiag.jackknife import BlockedMoments, block_labels, deleted_statistic
 from reprdiag.metrics import MetricInfo, Statistics, compute
 from reprdiag.metrics.registry import option_kwargs
 from reprdiag.stats import Reservoir, StreamingMoments
+from reprdiag.stats.blocked import BlockedMoments, block_labels
+from reprdiag.uncertainty.deleted import deleted_statistic
 
 T = TypeVar("T")
 #: ``block_map(f, K)`` → ``[f(0), …, f(K − 1)]``, however the calls are spread.

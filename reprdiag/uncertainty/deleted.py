@@ -3,28 +3,18 @@
 The K blocks are those of :class:`~reprdiag.stats.blocked.BlockedMoments` (a seeded hash of
 the global row index); the moments of "every row except block b" are the total minus block b
 (:func:`~reprdiag.stats.blocked.remove`), and the row sample drops the same rows
-(:func:`without_block`). :mod:`reprdiag.uncertainty` recomputes every metric on them.
+(:func:`without_block`). :mod:`reprdiag.uncertainty.estimator` recomputes every metric on
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.errors import InputError
 from reprdiag.statistics import Statistics
 from reprdiag.stats import Reservoir, StreamingMoments
-from reprdiag.stats.blocked import (
-    BLOCK_SALT,
-    BUDGET_ENV,
-    MIN_BLOCKS,
-    BlockedMoments,
-    block_labels,
-    fit_blocks,
-    memory_budget,
-    moment_bytes,
-    remove,
-)
+from reprdiag.stats.blocked import MIN_BLOCKS, BlockedMoments, block_labels, remove
 
 
 def without_block(sample: Reservoir, block: int, seed: int, blocks: int) -> Reservoir:
@@ -62,6 +52,4 @@ def check_rows(n: int, blocks: int, label: str = "<input>") -> None:
                          if n >= 2 * MIN_BLOCKS else "run without --uncertainty")
 
 
-__all__ = ["BLOCK_SALT", "BUDGET_ENV", "DEFAULT_BLOCKS", "MIN_BLOCKS", "BlockedMoments",
-           "block_labels", "check_rows", "deleted_statistic", "deleted_statistics", "fit_blocks",
-           "memory_budget", "moment_bytes", "remove", "without_block"]
+__all__ = ["check_rows", "deleted_statistic", "deleted_statistics", "without_block"]

@@ -1,0 +1,30 @@
+"""Uncertainty of every metric: the delete-a-block jackknife (``--uncertainty``).
+
+- :mod:`reprdiag.uncertainty.deleted`: the statistics of every input without one block (the
+  blocks are those of :class:`reprdiag.stats.blocked.BlockedMoments`, kept by the one pass);
+- :mod:`reprdiag.uncertainty.estimator`: the metrics recomputed on them, and the weighted
+  delete-m_b jackknife's SE, bias and t intervals.
+"""
+
+from reprdiag.uncertainty.deleted import (
+    check_rows,
+    deleted_statistic,
+    deleted_statistics,
+    without_block,
+)
+from reprdiag.uncertainty.estimator import (
+    LEVEL,
+    METHOD,
+    BlockMap,
+    JackknifeResult,
+    estimate,
+    jackknife,
+    serial_map,
+    t_quantile,
+    t_two_sided_cdf,
+    threaded_map,
+)
+
+__all__ = ["LEVEL", "METHOD", "BlockMap", "JackknifeResult", "check_rows", "deleted_statistic",
+           "deleted_statistics", "estimate", "jackknife", "serial_map", "t_quantile",
+           "t_two_sided_cdf", "threaded_map", "without_block"]
