@@ -67,7 +67,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
         concat=concat, metrics=metrics, uncertainty=uncertainty, blocks=blocks, labels=labels,
         pair=pair)
     return run_pipeline(FileSources(inputs, keys), config, device=device, progress=progress,
-               backend=backend, distributed=distributed)
+                        backend=backend, distributed=distributed)
 
 
 def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
@@ -96,4 +96,4 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
         seed=seed, precision=precision, nan=nan, metrics=metrics, uncertainty=uncertainty,
         blocks=blocks)
     return run_pipeline(ModelSources(run), config, device=run.device, progress=progress,
-               backend=backend, distributed=distributed)
+                        backend=backend, distributed=distributed)

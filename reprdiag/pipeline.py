@@ -146,11 +146,11 @@ class FileSources:
     def across(self, config: AnalysisConfig, ctx: DistributedContext,
                progress: Progress | None) -> Streamed:
         refuse_in_memory(self.inputs)
-        refuse_companions_distributed(config)
         budget = ctx.memory_budget() if config.uncertainty else None  # the same K on every rank
         return ctx.accumulate_each(
             lambda: self.open(config), config.stream(ctx.device), progress, check=check_shape,
-            stream_for=lambda s: stream_for(s, config, ctx.device, budget))
+            stream_for=lambda s: stream_for(s, config, ctx.device, budget),
+            companions_for=lambda s: companions_for(s, config))
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:
         return config.to_dict()
@@ -207,13 +207,6 @@ def stream_for(source: ArraySource, config: AnalysisConfig, device: torch.device
     if out.blocks:
         check_rows(n, out.blocks, source.label)
     return out
-
-
-def refuse_companions_distributed(config: AnalysisConfig) -> None:
-    """Labels and paired views are single-process for now (their merge is not written)."""
-    if config.labels or config.pair:
-        raise UsageError("--labels/--pair are not supported under torchrun yet",
-                         hint="run them in one process")
 
 
 def companions_for(source: ArraySource, config: AnalysisConfig
