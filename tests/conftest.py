@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data"
+from tests.helpers import SAMPLE
+
+# Piped CLI output is 160 columns wide unless COLUMNS says otherwise (reprdiag/cli/core.py), and
+# the CLI tests that run in this process expect that. pytest imports readline at start-up, and
+# GNU readline exports COLUMNS=80 and LINES=24 into the C environment (not os.environ): every
+# process pytest starts inherits them, pytest-xdist's workers included, whose os.environ then
+# holds COLUMNS=80, so the in-process CLI printed 80-column tables under `-n 2` only. This
+# module is loaded before the tests (and reprdiag.cli.core) are imported.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture
@@ -25,17 +32,6 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
-def run_cli_env() -> dict[str, str]:
-    """Environment for subprocess runs of ``python -m reprdiag`` from this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("REPRDIAG_DEBUG", None)
-    for name in ("COLUMNS", "LINES"):  # piped output is 160 columns wide, whatever the terminal
-        env.pop(name, None)
-    return env
-
-
-PYTHON = sys.executable
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 

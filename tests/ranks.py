@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reprdiag
-from tests.conftest import run_cli_env
+from tests.helpers import run_cli_env
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

@@ -122,7 +122,7 @@ def test_small_cpu_eigensolves_run_on_one_thread(monkeypatch: pytest.MonkeyPatch
 def test_openmp_threads_wait_passively_unless_the_user_says_otherwise() -> None:
     import subprocess
 
-    from tests.conftest import PYTHON, run_cli_env
+    from tests.helpers import PYTHON, run_cli_env
 
     code = "import os, reprdiag; print(os.environ['OMP_WAIT_POLICY'])"
     env = {k: v for k, v in run_cli_env().items() if k != "OMP_WAIT_POLICY"}

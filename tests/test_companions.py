@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from reprdiag.errors import InputError, UsageError
 from reprdiag.metrics.labels import nc1
 from reprdiag.stats import StreamingMoments
 from reprdiag.stats.classes import ClassMoments
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 LABEL_METRICS = ["nc1", "lidar", "nc2_equinorm", "nc2_equiangularity", "class_balance",
                  "class_erank_min", "class_erank_median"]
@@ -119,15 +118,15 @@ def test_class_moments_merge_with_the_total(files) -> None:
 
 
 def test_cli_digits_labels_and_mismatch(tmp_path) -> None:
-    cmd = [PYTHON, "-m", "reprdiag", "analyze", str(SAMPLE / "digits.safetensors"), "--labels",
+    cmd = ["analyze", str(SAMPLE / "digits.safetensors"), "--labels",
            str(SAMPLE / "digits-labels.safetensors"), "-m", "nc1,lidar", "-f", "json", "-q"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    done = run_main(cmd)
     assert done.returncode == 0, done.stderr
     metrics = json.loads(done.stdout)["inputs"][0]["metrics"]
     assert 0 < metrics["nc1"] < 5 and 1 <= metrics["lidar"] <= 9
     save_file({"y": np.zeros(10, dtype=np.int64)}, str(tmp_path / "y.safetensors"))
-    cmd[6] = str(tmp_path / "y.safetensors")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    cmd[3] = str(tmp_path / "y.safetensors")
+    done = run_main(cmd)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("reprdiag: error: ") and "10 rows for the 1,797 rows" in lines[0]

@@ -20,7 +20,7 @@ from reprdiag.errors import InputError, UsageError
 from reprdiag.report.export import render
 from reprdiag.report.plots import compare_figure, compare_layers_figure, layer_figure
 from reprdiag.results import Comparison, InputResult, Report, classify
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import run_main
 
 
 @pytest.fixture(autouse=True)
@@ -234,9 +234,8 @@ def test_match_suffix_pairs_keys_that_differ_by_a_prefix(tmp_path: Path) -> None
             f[f"layer_{i}"] = arr
 
     def cli(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PYTHON, "-m", "reprdiag", "compare", "a.h5", "b.h5", "-m", "vne",
-                               "-f", "json", "-q", "--device", "cpu", *extra], cwd=tmp_path,
-                              env=run_cli_env(), capture_output=True, text=True, timeout=300)
+        return run_main(["compare", "a.h5", "b.h5", "-m", "vne", "-f", "json", "-q", "--device",
+                         "cpu", *extra], cwd=tmp_path)
 
     proc = cli()
     assert proc.returncode == 2 and "--match suffix" in proc.stderr

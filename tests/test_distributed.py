@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import save_file
 
 import reprdiag
-from reprdiag.api import gather_sources
 from reprdiag.distributed import (
     DistributedContext,
     even_slices,
@@ -31,8 +30,9 @@ from reprdiag.distributed.context import _Failure
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
+from reprdiag.pipeline import gather_sources
 from reprdiag.stats import sample_threshold
-from tests.conftest import SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_cli_env, run_main
 from tests.ranks import (
     WORKER,
     assert_same,
@@ -155,6 +155,35 @@ def _write_shards(folder: Path, sizes: list[int], nan_rows: dict[int, list[int]]
     return paths
 
 
+def _write_labelled(folder: Path, sizes: list[int], seed: int = 4,
+                    nan_rows: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Row shards of ``a`` (16 wide, fp32, offset 20), one file of class ids ``y`` and one of a
+    paired view ``view`` (a noisy linear map of ``a``), row-aligned with the shards in order.
+    Classes come in sorted runs, so each rank sees its own subset of the 7 classes (their
+    ids, -3 … 40, are not 0 … C−1). ``nan_rows`` (global indices) of ``a`` are NaN."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    ids = np.array([-3, 0, 2, 5, 11, 23, 40])
+    y = np.sort(rng.choice(ids, size=n, p=np.linspace(1, 2, 7) / np.linspace(1, 2, 7).sum()))
+    means = rng.standard_normal((7, 16)) * 3
+    a = (rng.standard_normal((n, 16)) + means[np.searchsorted(ids, y)] + 20).astype(np.float32)
+    view = a.astype(np.float64) @ rng.standard_normal((16, 16)) + rng.standard_normal((n, 16))
+    a[list(nan_rows)] = np.nan
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, lo = [], 0
+    for i, size in enumerate(sizes):
+        path = folder / f"shard-{i}.safetensors"
+        save_file({"a": torch.from_numpy(a[lo:lo + size].copy()),
+                   "y": torch.from_numpy(y[lo:lo + size].copy()),
+                   "view": torch.from_numpy(view[lo:lo + size].copy())}, str(path))
+        paths.append(str(path))
+        lo += size
+    save_file({"y": torch.from_numpy(y)}, str(folder / "labels.safetensors"))
+    save_file({"view": torch.from_numpy(view)}, str(folder / "pair.safetensors"))
+    return {"files": paths, "labels": f"{folder / 'labels.safetensors'}:y",
+            "pair": f"{folder / 'pair.safetensors'}:view"}
+
+
 @pytest.fixture(scope="module")
 def scenario_results(tmp_path_factory: pytest.TempPathFactory
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -167,6 +196,11 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
     nan = _write_shards(tmp / "nan", SHARD_ROWS, nan_rows={5: [7, 30]}, seed=3)  # rank 2's
     f64 = {"precision": "float64", "sample_size": 256, "chunk_rows": 64}
     shards = {"concat": True, **f64}
+    one = _write_labelled(tmp / "labelled_one", [700])  # one file: ranks read row slices
+    holed = _write_labelled(tmp / "labelled_nan", [700], nan_rows=(3, 400, 650))
+    many = _write_labelled(tmp / "labelled", [150, 130, 160, 140, 120], seed=5)
+    same_file = {**f64, "keys": ["a"], "labels": "y", "pair": "view"}
+    other_files = {**shards, "keys": ["a"], "labels": many["labels"], "pair": many["pair"]}
     spec: dict[str, Any] = {
         "minilm_w3": {"world": 3, "files": [MINILM],
                       "options": {**f64, "sample_size": 500, "chunk_rows": None}},
@@ -186,6 +220,12 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
                            "options": {**f64, "sample_size": 400, "chunk_rows": 300,
                                        "uncertainty": True, "blocks": 5,
                                        "metrics": ["vne", "rankme", "er_entropy"]}},
+        "labels_pair_w3": {"world": 3, "files": one["files"], "options": same_file},
+        "labels_pair_w2": {"world": 2, "files": one["files"], "options": same_file},
+        "labels_pair_shards_w3": {"world": 3, "files": many["files"], "options": other_files},
+        "labels_pair_shards_w2": {"world": 2, "files": many["files"], "options": other_files},
+        "labels_nan_drop": {"world": 3, "files": holed["files"],
+                            "options": {**same_file, "nan": "drop"}},
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
@@ -245,6 +285,53 @@ def test_jackknife_under_ranks_equals_single_process(name: str, scenario_results
     assert "error" not in multi, multi
     assert_same(single, multi, rtol=1e-10)
     assert_same_uncertainty(single, multi)
+
+
+LABEL_PAIR = ["labels_pair_w3", "labels_pair_w2", "labels_pair_shards_w3",
+              "labels_pair_shards_w2"]
+
+
+@pytest.mark.parametrize("name", LABEL_PAIR)
+def test_labels_and_pair_under_ranks_equal_single_process(name: str, scenario_results: Any
+                                                          ) -> None:
+    """Class moments (each rank sees other classes) and cross-moments all-reduce in a common
+    frame: every label and paired-view metric is one process's to 1e-10, on every rank."""
+    spec, ranks = scenario_results
+    single = _single(spec[name])
+    multi = ranks[0][name]
+    assert "error" not in multi, multi
+    assert multi["world_size"] == spec[name]["world"]
+    names = set(single.inputs[0].metrics)
+    assert {"nc1", "lidar", "class_balance", "class_erank_min", "nc2_equinorm", "alignment",
+            "barlow_ondiag", "pair_cka"} <= names
+    assert all(not math.isnan(single.inputs[0].metrics[m]) for m in ("nc1", "lidar", "pair_cka",
+                                                                    "class_erank_min"))
+    assert_same(single, multi, rtol=1e-10)
+    for other in ranks[1:spec[name]["world"]]:
+        assert [r["metrics"] for r in other[name]["inputs"]] == [
+            r["metrics"] for r in multi["inputs"]]
+
+
+def test_rank_split_does_not_change_label_and_pair_metrics(scenario_results: Any) -> None:
+    """The same data over 2 and 3 ranks, as one file's row slices or as whole shards."""
+    _, ranks = scenario_results
+    reference = ranks[0]["labels_pair_shards_w3"]["inputs"][0]["metrics"]
+    for name in ["labels_pair_shards_w2"]:
+        got = ranks[0][name]["inputs"][0]["metrics"]
+        for metric, value in reference.items():
+            assert got[metric] == pytest.approx(value, rel=1e-10, abs=1e-300), (name, metric)
+    one = ranks[0]["labels_pair_w3"]["inputs"][0]["metrics"]
+    for metric, value in ranks[0]["labels_pair_w2"]["inputs"][0]["metrics"].items():
+        assert one[metric] == pytest.approx(value, rel=1e-10, abs=1e-300), metric
+
+
+def test_labels_with_dropped_nan_rows_under_ranks(scenario_results: Any) -> None:
+    """NaN rows on ranks 0 and 2 are dropped from the input and, row for row, from its labels
+    and paired view, as in one process (each rank's companions read its global rows)."""
+    spec, ranks = scenario_results
+    single = _single(spec["labels_nan_drop"])
+    assert single.inputs[0].rows_dropped == 3
+    assert_same(single, ranks[0]["labels_nan_drop"], rtol=1e-10)
 
 
 def test_default_precision_agrees_to_float32_accuracy(scenario_results: Any) -> None:
@@ -329,8 +416,7 @@ def test_bad_shard_on_one_rank_exits_every_rank_with_code_2(tmp_path: Path) -> N
 
 
 def test_unknown_backend_is_a_usage_error() -> None:
-    done = subprocess.run([sys.executable, *_cli(MINILM, "--backend", "mpi", "-q")],
-                          env=run_cli_env(), capture_output=True, text=True, timeout=60)
+    done = run_main(_cli(MINILM, "--backend", "mpi", "-q")[2:])
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("reprdiag: error: unknown backend 'mpi'; use one of auto, nccl, "
                            "gloo\n")

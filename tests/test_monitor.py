@@ -1,6 +1,6 @@
 """SpectralMonitor: windows, logging cadence, CSV/TensorBoard output, values against float64
-references; the plot-history command (figure data and failures through a real subprocess);
-the Lightning callback when lightning is installed."""
+references; the plot-history command (figure data, and failures through the console-script
+entry point); the Lightning callback when lightning is installed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import reprdiag
 from reprdiag.errors import InputError, UsageError
 from reprdiag.monitor import SpectralMonitor, history_metrics, read_history
 from reprdiag.report.plots import history_figure
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import run_main
 
 F64 = torch.float64
 
@@ -225,8 +225,7 @@ def test_history_figure_data(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
-                          env=run_cli_env(), timeout=300)
+    return run_main(list(args))
 
 
 def test_plot_history_cli(tmp_path: Path) -> None:
@@ -239,7 +238,8 @@ def test_plot_history_cli(tmp_path: Path) -> None:
 
 
 def test_plot_history_cli_failures(tmp_path: Path) -> None:
-    """Two failures through a real subprocess (exit code and the one stderr line)..."""
+    """Two failures through the console-script entry point (exit code, the one stderr
+    line)..."""
     good = write_history(tmp_path)
     cases = [
         (["plot-history", str(tmp_path / "missing.csv")], "no such file"),
@@ -254,7 +254,7 @@ def test_plot_history_cli_failures(tmp_path: Path) -> None:
 
 
 def test_plot_history_cli_failures_in_process(tmp_path: Path) -> None:
-    """...and the others in-process (the same handler; spawning Python costs seconds)."""
+    """...and the others through typer's CliRunner (the same handler)."""
     from typer.testing import CliRunner
 
     from reprdiag.cli import app

@@ -16,7 +16,7 @@ from reprdiag.errors import ConfigError, InputError
 from reprdiag.gate import Rule, gate, parse_gate_table
 from reprdiag.report.export import render
 from reprdiag.results import NOISE, Report, z_score
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KEY = ["vne", "effective_rank", "rankme", "participation_ratio", "std_normalized",
@@ -140,8 +140,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
-                          env={**run_cli_env(), "OMP_NUM_THREADS": "1"}, cwd=cwd, timeout=300)
+    return run_main(list(args), cwd=cwd)
 
 
 def test_cli_compare_with_uncertainty(files: dict[str, Path]) -> None:

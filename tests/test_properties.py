@@ -37,7 +37,7 @@ import reprdiag
 from reprdiag.errors import ReprdiagError
 from reprdiag.metrics import METRICS
 from reprdiag.results import InputResult
-from tests.cli.test_errors import run_cli, run_main
+from tests.helpers import run_cli, run_main
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 INT_DTYPES = ("int8", "int32", "int64", "uint8", "bool")

@@ -354,17 +354,22 @@ class DistributedContext:
 
     def all_reduce(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every rank's ``tensors`` (the same names, shapes and dtypes) summed, on their own
-        devices; in flat buckets of one dtype up to :data:`BUCKET_BYTES` (the inputs are
-        not changed). A collective."""
+        devices; in flat buckets of one dtype up to :data:`BUCKET_BYTES`. The dict is
+        emptied as its buckets are packed (the tensors themselves are not changed), so a
+        state made for the merge is freed as it goes: beside the statistic, the merge holds
+        about one copy of it (e.g. of K jackknife blocks), plus a bucket. A collective."""
+        names = list(tensors)
+        layout = {k: (t.shape, t.device, t.numel()) for k, t in tensors.items()}
         out: dict[str, torch.Tensor] = {}
-        for bucket in _buckets(tensors):
-            flat = torch.cat([tensors[k].reshape(-1).to(self.reduce_device) for k in bucket])
+        for bucket in list(_buckets(tensors)):
+            flat = torch.cat([tensors.pop(k).reshape(-1).to(self.reduce_device)
+                              for k in bucket])
             with self._collective("summing the statistics"):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-            for k, part in zip(bucket, flat.split([tensors[k].numel() for k in bucket]),
-                               strict=True):
-                out[k] = part.reshape(tensors[k].shape).to(tensors[k].device)
-        return {k: out[k] for k in tensors}
+            parts = flat.split([layout[k][2] for k in bucket])
+            for k, part in zip(bucket, parts, strict=True):
+                out[k] = part.reshape(layout[k][0]).to(layout[k][1])
+        return {k: out[k] for k in names}
 
     def gather_sample(self, local: Reservoir, priorities: Sequence[torch.Tensor | None],
                       device: torch.device) -> Reservoir:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from reprdiag.cli import app
 from reprdiag.metrics import METRICS
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import PYTHON, SAMPLE, run_cli_env
 
 HEALTHY = SAMPLE / "minilm.safetensors"
 COLLAPSED = SAMPLE / "collapsed.safetensors"

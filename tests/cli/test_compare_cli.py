@@ -1,4 +1,4 @@
-"""``reprdiag compare`` end to end, through real subprocesses."""
+"""``reprdiag compare`` end to end, through the console-script entry point."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _compare(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", "compare", *args, "--device", "cpu", "-q"],
-                          cwd=cwd, env=run_cli_env(), capture_output=True, text=True,
-                          timeout=300)
+    return run_main(["compare", *args, "--device", "cpu", "-q"], cwd=cwd)
 
 
 def test_run_compared_with_itself_has_zero_deltas(tmp_path: Path, minilm_run: Path) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import reprdiag
 from reprdiag.cli import app
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, run_cli_env, run_main
 
 runner = CliRunner()
 COMMANDS = ["analyze", "compare", "gate", "extract", "list-metrics", "plot-history",
@@ -27,8 +27,7 @@ def _help(*args: str) -> str:
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])
 def test_version(flag: str) -> None:
-    proc = subprocess.run([PYTHON, "-m", "reprdiag", flag], capture_output=True, text=True,
-                          env=run_cli_env(), timeout=60)
+    proc = run_main([flag])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"reprdiag {reprdiag.__version__}\n"
 

@@ -7,8 +7,6 @@ run concurrently (a module fixture), since each subprocess pays for importing to
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -28,8 +26,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reprdiag.cli import main
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, assert_one_line_error, run_cli, run_cli_env, run_main
 
 Maker = Callable[[Path], list[str]]
 PROTECTED = "/proc/1/mem"
@@ -39,23 +36,6 @@ def rows(n: int = 64, d: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
-    """``python -m reprdiag ARGS`` from this checkout."""
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
-                          env=run_cli_env(), cwd=cwd, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int,
-                          *needles: str) -> str:
-    """Exit ``code``, stderr one ``reprdiag: error:`` line holding every needle, no traceback."""
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("reprdiag: error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # -- files the cases read ---------------------------------------------------------------------
@@ -337,22 +317,6 @@ CASES: dict[str, Case] = {
 SUBPROCESS = ("permission-denied", "truncated-npz", "nan-and-inf", "pickle-payload-zip",
               "cuda-without-gpu", "unknown-option", "bad-plot-format")
 
-
-def run_main(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``reprdiag ARGS`` in this process, through the console-script entry point."""
-    out, err = io.StringIO(), io.StringIO()
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main(args)
-                code = 0
-            except SystemExit as exc:
-                code = int(exc.code or 0)
-    finally:
-        os.chdir(old)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def cli_args(name: str, tmp: Path) -> list[str]:

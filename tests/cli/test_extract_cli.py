@@ -1,10 +1,11 @@
-"""``reprdiag analyze --model`` and ``reprdiag extract`` through real subprocesses."""
+"""``reprdiag analyze --model`` and ``reprdiag extract`` through the console-script entry point."""
 
 from __future__ import annotations
 
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from reprdiag.examples.digits import build, random_inputs
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, assert_one_line_error, run_main
 
 FACTORY = "reprdiag.examples.digits:build"
 WEIGHTS = str(SAMPLE / "digits-mlp.safetensors")
@@ -20,12 +21,8 @@ DATA = str(SAMPLE / "digits.safetensors")
 LAYERS = ["fc1", "relu1", "fc2", "relu2", "fc3", "relu3", "head"]
 
 
-def cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = run_cli_env()
-    if pythonpath is not None:
-        env["PYTHONPATH"] = f"{pythonpath}:{env['PYTHONPATH']}"
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_main(list(args))
 
 
 def _layer_args(layers: list[str]) -> list[str]:
@@ -105,10 +102,15 @@ def test_wrong_layer_exits_2_with_close_matches() -> None:
                                   "layer 'relu_2'; did you mean 'relu2'")
 
 
-def test_factory_that_raises_is_one_line(tmp_path: Path) -> None:
+def test_factory_that_raises_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
     (tmp_path / "boom.py").write_text("def build(size=3):\n    raise RuntimeError('bad size')\n")
-    done = cli("analyze", "--model", "boom:build", "--model-arg", "size=5", "--data", DATA,
-               pythonpath=tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "boom", raising=False)
+    try:
+        done = cli("analyze", "--model", "boom:build", "--model-arg", "size=5", "--data", DATA)
+    finally:
+        sys.modules.pop("boom", None)
     assert done.returncode == 2
     assert done.stderr == ("reprdiag: error: boom:build: model factory raised RuntimeError: "
                            "bad size; fix the model factory or its arguments\n")
@@ -134,8 +136,6 @@ def test_bad_model_options_exit_2(args: list[str], message: str) -> None:
 def test_unwritable_extract_out_is_refused_before_the_model_runs(out: str, needle: str,
                                                                  tmp_path: Path) -> None:
     """The data file does not even exist: the output is checked first."""
-    from tests.cli.test_errors import assert_one_line_error, run_main
-
     proc = run_main(["extract", "--model", FACTORY, "--data", str(tmp_path / "nope.npy"),
                      "--out", out], tmp_path)
     assert_one_line_error(proc, 2, needle)

@@ -1,4 +1,4 @@
-"""``reprdiag gate`` and ``analyze --gate`` end to end, through real subprocesses."""
+"""``reprdiag gate`` and ``analyze --gate`` end to end, through the console-script entry point."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 HEALTHY = str(SAMPLE / "minilm.safetensors")
 COLLAPSED = str(SAMPLE / "collapsed.safetensors")
@@ -17,9 +17,7 @@ COLLAPSED = str(SAMPLE / "collapsed.safetensors")
 
 def _gate(*args: str, cwd: Path, env: dict[str, str] | None = None
           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args, "--device", "cpu", "-q"], cwd=cwd,
-                          env={**run_cli_env(), **(env or {})}, capture_output=True,
-                          text=True, timeout=300)
+    return run_main([*args, "--device", "cpu", "-q"], cwd=cwd, env=env)
 
 
 def test_default_preset_passes_the_healthy_sample(tmp_path: Path) -> None:

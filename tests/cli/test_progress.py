@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 HEALTHY = str(SAMPLE / "minilm.safetensors")
 app_module = importlib.import_module("reprdiag.cli.core")
@@ -20,9 +20,8 @@ app_module = importlib.import_module("reprdiag.cli.core")
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
         ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args, "--device", "cpu"],
-                          capture_output=True, text=True, env={**run_cli_env(), **(env or {})},
-                          cwd=cwd, timeout=300)
+    """The CLI in this process: stderr is a string buffer, not a terminal, as when piped."""
+    return run_main([*args, "--device", "cpu"], cwd=cwd, env=env)
 
 
 def test_plain_lines_name_each_phase_when_stderr_is_not_a_terminal() -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli.test_errors import assert_one_line_error
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, assert_one_line_error, run_cli_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc/PID/maps to see where the run is")

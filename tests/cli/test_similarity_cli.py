@@ -1,4 +1,4 @@
-"""``reprdiag similarity`` through the real command line."""
+"""``reprdiag similarity`` through the console-script entry point."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", "similarity", *args], capture_output=True,
-                          text=True, env=run_cli_env(), cwd=cwd, timeout=300)
+    return run_main(["similarity", *args], cwd=cwd)
 
 
 def test_layers_json_out_and_mismatch(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, run_cli_env
 
 #: Run the CLI in a fresh interpreter, then print which heavy modules it imported.
 PROBE = """

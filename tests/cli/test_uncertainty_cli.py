@@ -1,4 +1,4 @@
-"""``reprdiag analyze --uncertainty`` end to end, through a real subprocess."""
+"""``reprdiag analyze --uncertainty`` end to end, through the console-script entry point."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from reprdiag.metrics import METRICS
 from reprdiag.stats.blocked import BUDGET_ENV, moment_bytes
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import run_main
 
 CONTINUOUS = {m for m, info in METRICS.items() if not info.discrete and not info.needs}
 
@@ -26,9 +26,7 @@ def emb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args], capture_output=True, text=True,
-                          env={**run_cli_env(), "OMP_NUM_THREADS": "1", **(env or {})},
-                          timeout=300)
+    return run_main(list(args), env=env)
 
 
 def test_uncertainty_out_folder_and_json(emb: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import reprdiag
 from reprdiag.errors import InputError, ResourceError, UsageError
 from reprdiag.loaders import ConcatSource, detect_format, list_arrays, open_sources
-from tests.conftest import PYTHON, run_cli_env
+from tests.helpers import PYTHON, run_cli_env
 
 
 def _x(n: int = 50, d: int = 6, seed: int = 0) -> np.ndarray:

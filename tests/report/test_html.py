@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reprdiag.metrics import METRICS
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "source", "col", "area", "base", "wbr",
         "path", "rect", "circle", "line", "polyline", "polygon", "use", "stop", "ellipse"}
@@ -54,9 +54,7 @@ class Checker(HTMLParser):
 
 
 def _analyze(out: Path, *extra: str) -> Path:
-    proc = subprocess.run([PYTHON, "-m", "reprdiag", "analyze", *FILES, "--out", str(out), "-q",
-                           "--device", "cpu", *extra], capture_output=True, text=True,
-                          env=run_cli_env(), timeout=300)
+    proc = run_main(["analyze", *FILES, "--out", str(out), "-q", "--device", "cpu", *extra])
     assert proc.returncode == 0, proc.stderr
     return out / "report.html"
 
@@ -123,9 +121,8 @@ def test_headless_chromium_renders_the_page(page: Path, tmp_path: Path) -> None:
 
 
 def test_compare_page_holds_the_verdict_table_and_plot(tmp_path: Path) -> None:
-    proc = subprocess.run([PYTHON, "-m", "reprdiag", "compare", *FILES, "-m", "vne,rankme",
-                           "--out", str(tmp_path / "cmp"), "-q", "--device", "cpu", "-f", "json"],
-                          capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    proc = run_main(["compare", *FILES, "-m", "vne,rankme", "--out", str(tmp_path / "cmp"), "-q",
+                     "--device", "cpu", "-f", "json"])
     assert proc.returncode == 0, proc.stderr
     import json
 

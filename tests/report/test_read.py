@@ -12,13 +12,11 @@ import pytest
 
 import reprdiag
 from reprdiag.errors import InputError
-from tests.conftest import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_main
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "reprdiag", *args, "--device", "cpu", "-q"],
-                          capture_output=True, text=True, env=run_cli_env(), cwd=cwd,
-                          timeout=300)
+    return run_main([*args, "--device", "cpu", "-q"], cwd=cwd)
 
 
 @pytest.fixture(scope="module")
