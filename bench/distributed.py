@@ -38,9 +38,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from reprdiag.api import MetricOptions, gather_sources, summarize
+from reprdiag.config import AnalysisConfig
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import StreamOptions, accumulate
+from reprdiag.pipeline import gather_sources, summarize
 
 
 def write_shards(folder: Path, n: int, d: int, shards: int, seed: int = 0) -> list[str]:
@@ -83,7 +84,7 @@ def phases(files: list[str], precision: str, blocks: int, device: torch.device,
         acc = ctx.merge(local)
         seconds["merge"] = clock(device) - t1
     t2 = clock(device)
-    result = summarize(source, acc, None, MetricOptions(),
+    result = summarize(source, acc, AnalysisConfig(),
                        block_map=ctx.map_blocks if ctx is not None else None)
     seconds["metrics"] = clock(device) - t2
     return seconds, result.metrics

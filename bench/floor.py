@@ -1,7 +1,7 @@
 """Time to answer, measured from the command a user runs, beside the by-hand floor.
 
     python bench/floor.py                    # every case (files go to /tmp/reprdiag-bench)
-    python bench/floor.py --quick            # small sizes: a smoke run (tests/test_bench.py)
+    python bench/floor.py --quick            # small sizes (tests: via gpu_check.py --dry-run)
     python bench/floor.py --cases 20k384,unc384 --device cuda --json out.json
 
 Each row runs ``python -m reprdiag analyze FILE --format json`` in a child process (what a

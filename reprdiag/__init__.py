@@ -26,7 +26,7 @@ from reprdiag._version import __version__
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
-    from reprdiag.api import analyze
+    from reprdiag.api import analyze, analyze_model
     from reprdiag.compare import compare
     from reprdiag.gate import gate
     from reprdiag.metrics import METRICS
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from reprdiag.results import Comparison, GateResult, InputResult, Report, Rule
 
 #: Public name → the module defining it, imported when the name is first read.
-_LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
+_LAZY = {"analyze": "reprdiag.api", "analyze_model": "reprdiag.api",
+         "compare": "reprdiag.compare",
          "Comparison": "reprdiag.results", "gate": "reprdiag.gate",
          "GateResult": "reprdiag.results", "Rule": "reprdiag.results",
          "METRICS": "reprdiag.metrics", "InputResult": "reprdiag.results",
@@ -45,7 +46,7 @@ _LAZY = {"analyze": "reprdiag.api", "compare": "reprdiag.compare",
 _CALLABLE = ("compare", "gate")
 
 __all__ = ["METRICS", "Comparison", "GateResult", "InputResult", "Report", "Rule",
-           "__version__", "analyze", "compare", "gate", "read_report"]
+           "__version__", "analyze", "analyze_model", "compare", "gate", "read_report"]
 
 
 def __getattr__(name: str) -> Any:

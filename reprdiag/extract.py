@@ -9,51 +9,34 @@ is O(batch·d + d²) per layer. :func:`extract` writes the rows instead, increme
 Under ``torchrun`` every rank loads the model and opens the data, runs the model on its share
 of the batches (:func:`reprdiag.checkpoint.data.assigned`), and the per-layer accumulators are
 merged exactly (:meth:`reprdiag.distributed.DistributedContext.merge`): every rank returns the
-report one process would give.
-
->>> import torch
->>> from reprdiag.extract import ModelRun, analyze_model
->>> run = ModelRun("reprdiag.examples.digits:build", "reprdiag.examples.digits:random_inputs",
-...                layers=("fc1", "head"), device="cpu")
->>> [r.name for r in analyze_model(run, metrics=["vne"]).inputs]
-['fc1', 'head']
+report one process would give. :class:`ModelSources` is what the analysis pipeline reads
+(:func:`reprdiag.analyze_model`); :func:`extract` and :func:`list_layers` use the model alone.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.api import (
-    MetricOptions,
-    blocked_stream,
-    check_blocks,
-    make_report,
-    summarize_all,
-    validate_stream,
-)
 from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data, to_device
 from reprdiag.checkpoint.hf import HFProbe
 from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
 from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
 from reprdiag.checkpoint.writer import open_writer, writer_format
-from reprdiag.defaults import DEFAULT_BLOCKS
+from reprdiag.config import AnalysisConfig
 from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
-from reprdiag.engine import Accumulated, Accumulator, Progress, StreamOptions
+from reprdiag.engine import Accumulated, Accumulator, Progress
 from reprdiag.errors import InputError
 from reprdiag.loaders.base import check_pool, pool_method, pool_rows
-from reprdiag.metrics import resolve
 from reprdiag.report.export import atomic_write
-from reprdiag.results import Report
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
 D = TypeVar("D")  # how a dtype is named: a torch.dtype, or its name
@@ -163,21 +146,20 @@ def stream(session: Session, progress: Progress | None = None, rank: int = 0,
 class _Pass:
     """What every layer's accumulator is built with."""
 
-    opts: StreamOptions
-    uncertainty: bool
-    blocks: int
+    config: AnalysisConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     budget: int | None = None  # bytes for jackknife blocks (None: this device's budget)
 
     def on(self, device: torch.device) -> _Pass:
         """The same pass computing on ``device``."""
-        return replace(self, opts=replace(self.opts, device=device))
+        return replace(self, device=device)
 
     def accumulator(self, model: str, layer: str, d: int, dtype: torch.dtype) -> Accumulator:
         """An empty accumulator for ``layer`` of width ``d`` (with ``uncertainty``, K
         jackknife blocks fitted to the budget: a function of d and the budget alone)."""
         label = f"{model}[{layer}]"
-        return Accumulator(d, dtype, blocked_stream(self.opts, d, label, self.uncertainty,
-                                                    self.blocks, self.budget), label)
+        return Accumulator(d, dtype, self.config.stream_for(d, self.device, label, self.budget),
+                           label)
 
 
 def _accumulate(session: Session, how: _Pass, progress: Progress | None, rank: int = 0,
@@ -238,7 +220,7 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
     """Each rank runs its batches; the ranks agree on errors and on every layer's width,
     then merge layer by layer (a collective each, in ``session.layers`` order). Jackknife
     blocks are fitted to the smallest rank's memory budget, so every rank holds the same K."""
-    if how.uncertainty:
+    if how.config.uncertainty:
         how = replace(how, budget=ctx.memory_budget())
     with ctx.agree():
         session = open_session(run, ctx.device)
@@ -260,40 +242,25 @@ def _layer_info(run: ModelRun, layer: str, shape: tuple[int, torch.dtype]) -> La
     return LayerInfo(layer, run.model, layer, str(shape[1]).removeprefix("torch."))
 
 
-def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
-                  precision: str = "auto", sample_size: int = 16384, seed: int = 0,
-                  kappa: float = 10.0, er_estimator: str = "plugin", er_compat: str = "exact",
-                  nan: str = "error", uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
-                  progress: Progress | None = None, backend: str = "auto",
-                  distributed: bool | DistributedContext | None = None) -> Report:
-    """Run ``run.model`` over ``run.data`` and analyze each layer: one report row per layer,
-    in the order asked for. The metric options mirror :func:`reprdiag.analyze`.
+@dataclass(frozen=True)
+class ModelSources:
+    """A model run as the pipeline's sources (:class:`reprdiag.pipeline.Sources`): one input
+    per layer, in the order asked for; :func:`reprdiag.analyze_model` hands it to
+    :func:`reprdiag.pipeline.run`."""
 
-    Under ``torchrun`` (``distributed``, ``backend``: see :func:`reprdiag.distributed.session`)
-    every rank loads the model on its device (``cuda:LOCAL_RANK`` for CUDA) and runs it on its
-    share of the data: a contiguous run of whole batches when the data has random access, else
-    every ``world_size``-th batch (each rank then loads every batch). Every rank returns the
-    same report, equal to one process's up to float64 rounding of the merged moments.
-    """
-    start = time.perf_counter()
-    metric_opts = MetricOptions(kappa, er_estimator, er_compat)
-    metric_opts.validate()
-    resolve(metrics)
-    check_blocks(uncertainty, blocks)
-    how = _Pass(StreamOptions(torch.device("cpu"), precision, None, sample_size, seed, nan),
-                uncertainty, blocks)
-    validate_stream(how.opts)
-    device = resolve_device(run.device)
-    with ranks_session(device, backend, distributed) as ctx:
-        session, layers = (_alone(run, how, device, progress) if ctx is None
-                           else _across_ranks(run, how, ctx, progress))
-        results = summarize_all(layers, metrics, metric_opts, progress, ctx)
-        world_size = ctx.world_size if ctx else 1
-    options = {**asdict(metric_opts), "sample_size": sample_size, "seed": seed,
-               "precision": precision, "nan": nan, "metrics": list(metrics) if metrics else None,
-               "uncertainty": uncertainty, "blocks": blocks if uncertainty else None,
-               **run.options()}
-    return make_report(results, options, session.device, start, world_size)
+    run: ModelRun
+
+    def alone(self, config: AnalysisConfig, device: torch.device, progress: Progress | None
+              ) -> Iterator[tuple[LayerInfo, Accumulated]]:
+        return _alone(self.run, _Pass(config), device, progress)[1]
+
+    def across(self, config: AnalysisConfig, ctx: DistributedContext,
+               progress: Progress | None) -> Iterator[tuple[LayerInfo, Accumulated]]:
+        return _across_ranks(self.run, _Pass(config), ctx, progress)[1]
+
+    def options(self, config: AnalysisConfig) -> dict[str, Any]:
+        """The config's options but the file-reading ones, then the run's settings."""
+        return {**config.to_dict(model=True), **self.run.options()}
 
 
 Written = dict[str, tuple[int, int, str]]  # layer → (rows N, width d, dtype name)

@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from reprdiag.api import MetricOptions, validate_stream
+from reprdiag.config import METRIC_OPTIONS, AnalysisConfig
 from reprdiag.distributed import DistributedContext
-from reprdiag.engine import Accumulated, Accumulator, StreamOptions
+from reprdiag.engine import Accumulated, Accumulator
 from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
 from reprdiag.report.export import atomic_write, make_folder
@@ -120,12 +120,15 @@ class SpectralMonitor:
         self.window = window
         self.infos: list[MetricInfo] = resolve(list(metrics) if metrics else default_metrics())
         self.options = dict(options or {})
-        MetricOptions(**self.options).validate()
+        unknown = [k for k in self.options if k not in METRIC_OPTIONS]
+        if unknown:
+            raise UsageError(f"unknown metric option {unknown[0]!r}",
+                             hint="options takes " + ", ".join(METRIC_OPTIONS))
         uses_sample = any(m.uses_sample for m in self.infos)
         # without a pairwise metric the sample is never read: keep a token one
-        self.stream = StreamOptions(precision=precision, sample_size=sample_size if uses_sample
-                                    else 2, seed=seed, nan=nan)
-        validate_stream(self.stream)
+        self.config = AnalysisConfig(
+            metrics=tuple(m.name for m in self.infos), precision=precision,
+            sample_size=sample_size if uses_sample else 2, seed=seed, nan=nan, **self.options)
         self.csv = Path(csv) if csv is not None else None
         if self.csv is not None:
             make_folder(self.csv.parent)
@@ -169,8 +172,8 @@ class SpectralMonitor:
         return None
 
     def _new_accumulator(self, rows: torch.Tensor) -> Accumulator:
-        self.stream.device = rows.device
-        return Accumulator(rows.shape[1], rows.dtype, self.stream, label="<monitor>")
+        return Accumulator(rows.shape[1], rows.dtype, self.config.stream(rows.device),
+                           label="<monitor>")
 
     # -- evaluating -------------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
@@ -186,11 +189,11 @@ class SpectralMonitor:
         if self._distributed:
             counts = self._context().all_gather(counts[0])
         rows, dropped = (sum(c) for c in zip(*counts, strict=True))
-        if rows < 2 and not (dropped and self.stream.nan == "error"):
+        if rows < 2 and not (dropped and self.config.nan == "error"):
             return rows, dropped, {m.name: math.nan for m in self.infos}
         acc = self._merged() if self._distributed else self._acc.finish()  # NaN rows raise
         stats = Statistics(acc.moments, acc.reservoir, acc.precision)
-        return rows, dropped, compute(stats, self.infos, self.options)
+        return rows, dropped, compute(stats, self.infos, self.config.metric_options())
 
     def _context(self) -> DistributedContext:
         if self._ctx is None:  # a collective: the first evaluation, on every rank alike

@@ -22,12 +22,13 @@ import torch
 import torch.distributed as dist
 
 import reprdiag
-from reprdiag.api import gather_sources
+from reprdiag.api import analyze_model
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import StreamOptions, check_shape
 from reprdiag.errors import InputError, ResourceError
-from reprdiag.extract import ModelRun, analyze_model, extract
+from reprdiag.extract import ModelRun, extract
 from reprdiag.loaders import TensorSource
+from reprdiag.pipeline import gather_sources
 
 
 class Faulty(TensorSource):
@@ -76,10 +77,10 @@ def run_scenario(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
 def _with_failing_metrics(scenario: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """The scenario on a rank whose metric step (``fail_in``: ``summarize``, or ``compute``
     in the jackknife's blocks) runs out of device memory, on this rank only."""
-    import reprdiag.api
+    import reprdiag.pipeline
     import reprdiag.uncertainty.estimator
 
-    module = (reprdiag.api if scenario["fail_in"] == "summarize"
+    module = (reprdiag.pipeline if scenario["fail_in"] == "summarize"
               else reprdiag.uncertainty.estimator)
     real = getattr(module, scenario["fail_in"])
 

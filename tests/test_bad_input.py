@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import reprdiag
-from reprdiag import api, engine
+from reprdiag import engine, pipeline
+from reprdiag.config import AnalysisConfig
 from reprdiag.errors import InputError, ResourceError, UsageError
 from reprdiag.loaders import TensorSource, detect_format
 from reprdiag.report.export import atomic_write, save_report
@@ -226,7 +227,7 @@ def test_oom_in_the_eigen_solves_moves_to_the_cpu(monkeypatch: pytest.MonkeyPatc
     x = gaussian(300, 6)
     acc = engine.accumulate(TensorSource(torch.from_numpy(x)), engine.StreamOptions())
     acc.moments.device = torch.device("cuda")  # pretend the totals live on a (full) GPU
-    real_measure, calls = api._measure, []
+    real_measure, calls = pipeline._measure, []
 
     def measure(acc_: engine.Accumulated, *args: object) -> tuple:
         calls.append(acc_.moments.device.type)
@@ -234,8 +235,8 @@ def test_oom_in_the_eigen_solves_moves_to_the_cpu(monkeypatch: pytest.MonkeyPatc
             raise fake_oom()
         return real_measure(acc_, *args)
 
-    monkeypatch.setattr(api, "_measure", measure)
-    _, _, values, _, _ = api.measure(acc, ["vne"], api.MetricOptions(), "x")
+    monkeypatch.setattr(pipeline, "_measure", measure)
+    _, _, values, _, _ = pipeline.measure(acc, AnalysisConfig(metrics=["vne"]), "x")
     assert calls == ["cuda", "cpu"]
     assert acc.notes == ["out of memory on cuda in the spectra; computed them on the CPU"]
     assert values["vne"] == pytest.approx(reference(x)["vne"], rel=1e-9)
@@ -245,8 +246,8 @@ def test_cli_warns_about_the_fallback_and_oom_exits_3(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     np.save(tmp_path / "e.npy", gaussian(600, 4).astype(np.float32))
     gpu_that_is_always_full(monkeypatch)
-    monkeypatch.setattr(api, "resolve_device", lambda spec: torch.device("cuda"))
-    monkeypatch.setattr(api, "describe", lambda dev: "cuda (fake)")
+    monkeypatch.setattr(pipeline, "resolve_device", lambda spec: torch.device("cuda"))
+    monkeypatch.setattr(pipeline, "describe", lambda dev: "cuda (fake)")
     proc = run_main(["analyze", "e.npy", "-q", "-f", "csv", "-m", "vne",
                      "--chunk-size", "512"], tmp_path)
     assert proc.returncode == 0, proc.stderr

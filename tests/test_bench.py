@@ -32,19 +32,9 @@ def test_distributed_bench_prints_one_process_and_ranks_side_by_side() -> None:
     assert all(float(line.split()[-1]) < 1e-10 for line in lines[3:5])  # float64: equal
 
 
-def test_floor_bench_quick_prints_rows_beside_the_floor_and_the_load() -> None:
-    proc = subprocess.run([PYTHON, str(ROOT / "bench" / "floor.py"), "--quick",
-                           "--cases", "20k384,unc384"], capture_output=True, text=True,
-                          env=run_cli_env(), timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "| case | N × d | reprdiag s (`total_s`) | command s | baseline |" in out
-    assert "| 20k384 | 3,000 × 32 |" in out and "floor: read" in out and "ER lse" in out
-    assert "| unc384 | 3,000 × 32 |" in out and "plain analyze" in out
-    assert "load average above 0.5" in out
-
-
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu() -> None:
+    """Its last step is ``bench/floor.py --quick`` (every quick case), printed through: the
+    floor bench's table is checked here too (one run of it, not two)."""
     proc = subprocess.run([PYTHON, str(ROOT / "bench" / "gpu_check.py"), "--dry-run"],
                           capture_output=True, text=True, env=run_cli_env(), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -52,3 +42,7 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu() -> None:
     assert "## CUDA and path tests" in out and "skipped" in out  # the CUDA tests skip here
     assert "## bench on cpu" in out and "| 30k4096 | 2,000 × 128 |" in out
     assert out.rstrip().endswith("all steps passed")
+    assert "| case | N × d | reprdiag s (`total_s`) | command s | baseline |" in out
+    assert "| 20k384 | 3,000 × 32 |" in out and "floor: read" in out and "ER lse" in out
+    assert "| unc384 | 3,000 × 32 |" in out and "plain analyze" in out
+    assert "load average above 0.5" in out

@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import save_file
 
 import reprdiag
-from reprdiag.api import gather_sources
 from reprdiag.distributed import (
     DistributedContext,
     even_slices,
@@ -31,6 +30,7 @@ from reprdiag.distributed.context import _Failure
 from reprdiag.engine import StreamOptions, accumulate
 from reprdiag.errors import InputError, ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
+from reprdiag.pipeline import gather_sources
 from reprdiag.stats import sample_threshold
 from tests.helpers import SAMPLE, run_cli_env
 from tests.ranks import (

@@ -20,11 +20,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import reprdiag
+from reprdiag.api import analyze_model
 from reprdiag.checkpoint.load import parse_model_args, spec_kind
 from reprdiag.checkpoint.writer import SafetensorsSpool
 from reprdiag.errors import InputError, UsageError
 from reprdiag.examples.digits import build, random_inputs
-from reprdiag.extract import ModelRun, analyze_model, extract, list_layers
+from reprdiag.extract import ModelRun, extract, list_layers
 
 FACTORY = "reprdiag.examples.digits:build"
 METRICS = ["vne", "effective_rank", "rankme", "avg_cosine", "er_entropy"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -117,11 +116,12 @@ def analyze(
     if list_metrics_flag:
         print_metrics()
         return
-    from reprdiag.api import analyze as run_analysis
     from reprdiag.distributed import is_main_process, joined
-    from reprdiag.extract import analyze_model
+    from reprdiag.extract import ModelSources
     from reprdiag.gate import gate as run_gate
     from reprdiag.gate import load_config, needed_metrics, resolve_rules
+    from reprdiag.pipeline import FileSources
+    from reprdiag.pipeline import run as run_pipeline
 
     if junit is not None and gate_config is None:
         raise UsageError("--junit needs --gate CONFIG", hint="add --gate reprdiag.toml")
@@ -132,27 +132,23 @@ def analyze(
         names = list(dict.fromkeys([*names, *needed_metrics(resolve_rules(config))]))
     a = analysis
     if config is not None and any(r.needs_se for r in resolve_rules(config)):
-        a = replace(a, uncertainty=True)  # margin_se / max_se rules read standard errors
+        a = a.with_settings(uncertainty=True)  # margin_se / max_se rules read standard errors
     if model is None and data is None and not files:
         raise UsageError("no input file given", hint="reprdiag analyze FILE [FILE ...]")
     if files and (model is not None or data is not None):
         raise UsageError("pass embedding FILES or --model/--data, not both")
     run = None if files else model_run(model, data, weights, model_arg, data_key, layer,
-                                       batch_size, limit, a.pool, a.device)
+                                       batch_size, limit, a.settings.get("pool"), a.device)
     if run is not None and list_layers_flag:
         if is_main_process():  # under torchrun every rank would print the same list
             print_layers(run)
         return
+    analysis_config = a.config(metrics=names, concat=concat)  # checked before any reading
+    sources = FileSources(files, a.key) if run is None else ModelSources(run)
+    progress = RichProgress(enabled=not a.quiet, unit="rows" if run is None else "batches")
     with joined(a.api_kwargs()) as options:  # torchrun: every rank runs this block alike
-        if run is not None:
-            report = analyze_model(
-                run, metrics=names, precision=a.precision, sample_size=a.sample_size,
-                seed=a.seed, kappa=a.kappa, er_estimator=a.er_estimator,
-                er_compat=a.er_compat, nan=a.nan, uncertainty=a.uncertainty, blocks=a.blocks,
-                progress=RichProgress(enabled=not a.quiet, unit="batches"),
-                backend=options["backend"], distributed=options["distributed"])
-        else:
-            report = run_analysis(files, metrics=names, concat=concat, **options)
+        report = run_pipeline(sources, analysis_config, device=a.device, progress=progress,
+                              backend=a.backend, distributed=options["distributed"])
         label = ", ".join(f.name for f in files) if files else str(model)
         result = (None if config is None else
                   run_gate(report, config=config, label=label, **options))

@@ -1,16 +1,18 @@
 """Options shared by the commands that analyze embeddings: ``analyze``, ``compare``, ``gate``.
 
-They are declared once here. :func:`with_analysis_options` appends them to a command's
-signature (typer reads the signature) and hands the command one :class:`AnalysisOptions`
-as its ``analysis`` argument, so every command accepts exactly ``analyze``'s options.
+They are declared once here, their defaults read from :class:`~reprdiag.config.AnalysisConfig`
+(the analysis settings) and :class:`AnalysisOptions` (where to run).
+:func:`with_analysis_options` appends them to a command's signature (typer reads the
+signature) and hands the command one :class:`AnalysisOptions` as its ``analysis`` argument,
+so every command accepts exactly ``analyze``'s options.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Annotated, Any, TypeVar
 
@@ -18,7 +20,7 @@ import typer
 
 from reprdiag.cli.core import RichProgress
 from reprdiag.cli.extract import POOL_HELP
-from reprdiag.defaults import DEFAULT_BLOCKS
+from reprdiag.config import AnalysisConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,25 +51,23 @@ PlotFormatOption = Annotated[PlotFormat, typer.Option("--plot-format",
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """What ``reprdiag analyze`` needs to read and analyze an embedding file."""
+    """What ``reprdiag analyze`` reads from its command line besides the files: where to run
+    (``key``, ``device``, ``backend``, ``quiet``) and ``settings``, the options of
+    :class:`~reprdiag.config.AnalysisConfig` given as flags (named as its fields)."""
 
     key: list[str] | None = None
-    pool: str | None = None
     device: str = "auto"
-    precision: str = "auto"
-    chunk_size: int | None = None
-    sample_size: int = 16384
-    seed: int = 0
-    kappa: float = 10.0
-    er_estimator: str = "plugin"
-    er_compat: str = "exact"
-    nan: str = "error"
-    uncertainty: bool = False
-    blocks: int = DEFAULT_BLOCKS
     backend: str = "auto"
-    labels: str | None = None
-    pair: str | None = None
     quiet: bool = False
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self, **more: Any) -> AnalysisConfig:
+        """The checked analysis config of these flags and ``more`` (``metrics``, ...)."""
+        return AnalysisConfig(**{**self.settings, **more})
+
+    def with_settings(self, **more: Any) -> AnalysisOptions:
+        """The same flags with some settings changed."""
+        return replace(self, settings={**self.settings, **more})
 
     def api_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`reprdiag.analyze` (keys, progress bar included).
@@ -75,16 +75,18 @@ class AnalysisOptions:
         >>> AnalysisOptions(key=["a"], quiet=True).api_kwargs()["keys"]
         ['a']
         """
-        args = asdict(self)
-        args["keys"] = args.pop("key") or None
-        args["chunk_rows"] = args.pop("chunk_size")
-        args["progress"] = RichProgress(enabled=not args.pop("quiet"))
-        return args
+        return {**self.settings, "keys": self.key or None, "device": self.device,
+                "backend": self.backend, "progress": RichProgress(enabled=not self.quiet)}
+
+
+#: The flags that are not analysis settings.
+_RUN_FLAGS = tuple(f.name for f in fields(AnalysisOptions) if f.name != "settings")
 
 
 def _option(name: str, annotation: Any, *decls: str, help: str, metavar: str | None = None
             ) -> inspect.Parameter:
-    default = AnalysisOptions.__dataclass_fields__[name].default
+    owner = AnalysisOptions if name in _RUN_FLAGS else AnalysisConfig
+    default = owner.__dataclass_fields__[name].default
     option = typer.Option(*decls, help=help, metavar=metavar)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[annotation, option])
@@ -97,7 +99,7 @@ _PARAMETERS = (
     _option("device", str, "--device", help="auto|cpu|cuda|cuda:N|mps.", metavar="DEVICE"),
     _option("precision", str, "--precision", metavar="auto|float32|float64",
             help="auto (fp32 products for fp32/16 data, fp64 for fp64)|float32|float64."),
-    _option("chunk_size", int | None, "--chunk-size", help="Rows per chunk (default: ~64 MiB).",
+    _option("chunk_rows", int | None, "--chunk-size", help="Rows per chunk (default: ~64 MiB).",
             metavar="ROWS"),
     _option("sample_size", int, "--sample-size", help="Rows sampled for pairwise metrics.",
             metavar="ROWS"),
@@ -136,7 +138,9 @@ def with_analysis_options(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        options = AnalysisOptions(**{n: kwargs.pop(n) for n in names if n in kwargs})
+        given = {n: kwargs.pop(n) for n in names if n in kwargs}
+        options = AnalysisOptions(**{n: given.pop(n) for n in _RUN_FLAGS if n in given},
+                                  settings=given)
         return func(*args, analysis=options, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=[*own, *_PARAMETERS])  # type: ignore[attr-defined]
