@@ -22,7 +22,7 @@ from reprdiag.config import AnalysisConfig
 from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import Progress
-from reprdiag.extract import ModelRun, ModelSources
+from reprdiag.models.extract import ModelRun, ModelSources
 from reprdiag.pipeline import FileSources, Input
 from reprdiag.pipeline import run as run_pipeline
 from reprdiag.results import Report

@@ -26,8 +26,8 @@ from reprdiag.api import analyze_model
 from reprdiag.distributed import DistributedContext
 from reprdiag.engine import StreamOptions, check_shape
 from reprdiag.errors import InputError, ResourceError
-from reprdiag.extract import ModelRun, extract
 from reprdiag.loaders import TensorSource
+from reprdiag.models.extract import ModelRun, extract
 from reprdiag.pipeline import gather_sources
 
 

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 import reprdiag
 from reprdiag.api import analyze_model
-from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data
-from reprdiag.extract import ModelRun, extract
+from reprdiag.models.data import Batches, DataSpec, assigned, open_data
+from reprdiag.models.extract import ModelRun, extract
 from tests.helpers import SAMPLE
 from tests.model_data import BAD_EXAMPLE
 from tests.ranks import assert_same, assert_same_uncertainty, run_ranks, run_worker

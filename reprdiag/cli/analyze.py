@@ -117,9 +117,9 @@ def analyze(
         print_metrics()
         return
     from reprdiag.distributed import is_main_process, joined
-    from reprdiag.extract import ModelSources
     from reprdiag.gate import gate as run_gate
     from reprdiag.gate import load_config, needed_metrics, resolve_rules
+    from reprdiag.models.extract import ModelSources
     from reprdiag.pipeline import FileSources
     from reprdiag.pipeline import run as run_pipeline
 

@@ -13,7 +13,7 @@ from reprdiag.cli.core import RichProgress, app, handle_errors, stdout
 from reprdiag.errors import UsageError
 
 if TYPE_CHECKING:
-    from reprdiag.extract import ModelRun
+    from reprdiag.models.extract import ModelRun
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", metavar="SPEC",
@@ -49,8 +49,8 @@ def model_run(model: str | None, data: str | None, weights: str | None,
               model_arg: list[str] | None, data_key: str | None, layer: list[str] | None,
               batch_size: int, limit: int | None, pool: str | None, device: str) -> ModelRun:
     """The library's :class:`ModelRun` from command-line options (both --model and --data)."""
-    from reprdiag.checkpoint.load import parse_model_args
-    from reprdiag.extract import ModelRun
+    from reprdiag.models.extract import ModelRun
+    from reprdiag.models.load import parse_model_args
 
     if model is None or data is None:
         raise UsageError(f"{'--model' if model else '--data'} needs "
@@ -62,7 +62,7 @@ def model_run(model: str | None, data: str | None, weights: str | None,
 
 def print_layers(run: ModelRun) -> None:
     """``--list-layers``: each layer with its module type and output shape on one batch."""
-    from reprdiag.extract import list_layers
+    from reprdiag.models.extract import list_layers
 
     table = Table(title=escape(f"layers of {run.model}"),
                   caption="output shapes from the first batch; — : did not produce one tensor")
@@ -105,7 +105,7 @@ def extract_command(
     torchrun: one shard per rank, OUT_STEM-RRRRR-of-WWWWW.SUFFIX)."""
     from reprdiag.device import resolve_device
     from reprdiag.distributed import is_main_process, session
-    from reprdiag.extract import extract, shard_path
+    from reprdiag.models.extract import extract, shard_path
     from reprdiag.report.folder import check_writable_file
 
     if out is not None and not list_layers_flag:

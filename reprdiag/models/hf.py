@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from reprdiag.checkpoint.archive import weights_only_loads
-from reprdiag.checkpoint.probes import OUTPUT, Batch
 from reprdiag.errors import InputError, UsageError, first_line
+from reprdiag.models.archive import weights_only_loads
+from reprdiag.models.probes import OUTPUT, Batch
 
 PREFIX = "hidden."
 

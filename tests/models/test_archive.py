@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reprdiag.checkpoint.archive import check_export_archive, weights_only_loads
-from reprdiag.checkpoint.load import ModelSpec, load_model
 from reprdiag.errors import InputError, ReprdiagWarning
+from reprdiag.models.archive import check_export_archive, weights_only_loads
+from reprdiag.models.load import ModelSpec, load_model
 from tests.helpers import PYTHON, run_cli_env
 
 

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from reprdiag.checkpoint.archive import check_export_archive, weights_only_loads
-from reprdiag.checkpoint.probes import HookProbe, Probe, ScriptProbe
 from reprdiag.errors import InputError, ReprdiagWarning, UsageError, first_line, source_label
 from reprdiag.loaders import detect_format
 from reprdiag.loaders.torch_file import refusal_reason
+from reprdiag.models.archive import check_export_archive, weights_only_loads
+from reprdiag.models.probes import HookProbe, Probe, ScriptProbe
 
 _OBJECT_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -242,7 +242,7 @@ def load_factory(model: ModelSpec) -> Probe:
 
 def load_hf(model: ModelSpec) -> Probe:
     """``hf:FOLDER``: a local Hugging Face model (optional ``transformers``)."""
-    from reprdiag.checkpoint.hf import HFProbe
+    from reprdiag.models.hf import HFProbe
 
     _no_extras(model, "Hugging Face")
     return HFProbe(model.spec.removeprefix("hf:"), model.spec)

@@ -24,8 +24,6 @@ from typing import Any
 
 import torch
 
-from reprdiag.checkpoint.load import call_user, first_line, import_object, is_object_spec
-from reprdiag.checkpoint.probes import Batch
 from reprdiag.distributed.split import share_rows
 from reprdiag.errors import InputError, ReprdiagError, UsageError, source_label
 from reprdiag.loaders import (
@@ -35,6 +33,8 @@ from reprdiag.loaders import (
     list_arrays,
     select_arrays,
 )
+from reprdiag.models.load import call_user, first_line, import_object, is_object_spec
+from reprdiag.models.probes import Batch
 
 
 @dataclass(frozen=True)

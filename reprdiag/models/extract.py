@@ -7,7 +7,7 @@ layer's rows go into its own :class:`~reprdiag.engine.Accumulator`. Nothing N×d
 is O(batch·d + d²) per layer. :func:`extract` writes the rows instead, incrementally.
 
 Under ``torchrun`` every rank loads the model and opens the data, runs the model on its share
-of the batches (:func:`reprdiag.checkpoint.data.assigned`), and the per-layer accumulators are
+of the batches (:func:`reprdiag.models.data.assigned`), and the per-layer accumulators are
 merged exactly (:meth:`reprdiag.distributed.DistributedContext.merge`): every rank returns the
 report one process would give. :class:`ModelSources` is what the analysis pipeline reads
 (:func:`reprdiag.analyze_model`); :func:`extract` and :func:`list_layers` use the model alone.
@@ -24,11 +24,6 @@ from typing import Any, TypeVar
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.checkpoint.data import Batches, DataSpec, assigned, open_data, to_device
-from reprdiag.checkpoint.hf import HFProbe
-from reprdiag.checkpoint.load import ModelSpec, load_model, spec_kind
-from reprdiag.checkpoint.probes import OUTPUT, Probe, check_layers
-from reprdiag.checkpoint.writer import open_writer, writer_format
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
@@ -36,6 +31,11 @@ from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress
 from reprdiag.errors import InputError
 from reprdiag.loaders.base import check_pool, pool_method, pool_rows
+from reprdiag.models.data import Batches, DataSpec, assigned, open_data, to_device
+from reprdiag.models.hf import HFProbe
+from reprdiag.models.load import ModelSpec, load_model, spec_kind
+from reprdiag.models.probes import OUTPUT, Probe, check_layers
+from reprdiag.models.writer import open_writer, writer_format
 from reprdiag.report.export import atomic_write
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)

@@ -21,11 +21,11 @@ from torch import nn
 
 import reprdiag
 from reprdiag.api import analyze_model
-from reprdiag.checkpoint.load import parse_model_args, spec_kind
-from reprdiag.checkpoint.writer import SafetensorsSpool
 from reprdiag.errors import InputError, UsageError
 from reprdiag.examples.digits import build, random_inputs
-from reprdiag.extract import ModelRun, extract, list_layers
+from reprdiag.models.extract import ModelRun, extract, list_layers
+from reprdiag.models.load import parse_model_args, spec_kind
+from reprdiag.models.writer import SafetensorsSpool
 
 FACTORY = "reprdiag.examples.digits:build"
 METRICS = ["vne", "effective_rank", "rankme", "avg_cosine", "er_entropy"]

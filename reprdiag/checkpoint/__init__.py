@@ -1,2 +1,0 @@
-"""Models as sources: load a SPEC (``.pt2``, TorchScript, ``package.module:factory``, ``hf:``),
-run it over a dataset and hook named layers; write extracted embeddings."""
