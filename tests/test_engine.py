@@ -12,19 +12,8 @@ from reprdiag.engine import Accumulator, StreamOptions, Tally, accumulate
 from reprdiag.errors import InputError
 from reprdiag.loaders import TensorSource
 from reprdiag.stats import Reservoir, merged
-
-
-def _rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g) * torch.linspace(2.0, 0.2, d) + 0.3
-
-
-def _with_tiny_values(x: torch.Tensor) -> torch.Tensor:
-    """Real embeddings hold some values far below 2^-40 (minilm.safetensors: 1.3e-37)."""
-    x = x.clone()
-    x[::97, 3] = 1.3e-37
-    x[5, 0] = -2e-30
-    return x
+from tests.helpers import scaled_rows as _rows
+from tests.helpers import with_tiny_values as _with_tiny_values
 
 
 def _pointers(acc: Accumulator) -> tuple[int, ...]:
