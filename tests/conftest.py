@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,15 @@ import pytest
 import torch
 
 from tests.helpers import SAMPLE
+
+# Piped CLI output is 160 columns wide unless COLUMNS says otherwise (reprdiag/cli/core.py), and
+# the CLI tests that run in this process expect that. pytest imports readline at start-up, and
+# GNU readline exports COLUMNS=80 and LINES=24 into the C environment (not os.environ): every
+# process pytest starts inherits them, pytest-xdist's workers included, whose os.environ then
+# holds COLUMNS=80, so the in-process CLI printed 80-column tables under `-n 2` only. This
+# module is loaded before the tests (and reprdiag.cli.core) are imported.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture

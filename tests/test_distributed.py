@@ -32,7 +32,7 @@ from reprdiag.errors import ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from reprdiag.pipeline import gather_sources
 from reprdiag.stats import sample_threshold
-from tests.helpers import SAMPLE, run_cli_env
+from tests.helpers import SAMPLE, run_cli_env, run_main
 from tests.ranks import (
     WORKER,
     assert_same,
@@ -416,8 +416,7 @@ def test_bad_shard_on_one_rank_exits_every_rank_with_code_2(tmp_path: Path) -> N
 
 
 def test_unknown_backend_is_a_usage_error() -> None:
-    done = subprocess.run([sys.executable, *_cli(MINILM, "--backend", "mpi", "-q")],
-                          env=run_cli_env(), capture_output=True, text=True, timeout=60)
+    done = run_main(_cli(MINILM, "--backend", "mpi", "-q")[2:])
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("reprdiag: error: unknown backend 'mpi'; use one of auto, nccl, "
                            "gloo\n")
