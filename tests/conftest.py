@@ -32,7 +32,9 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# One torch thread per pytest-xdist worker (`-n auto`: a worker per CPU), else at most two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else
+                      max(1, min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")

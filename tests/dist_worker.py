@@ -1,4 +1,4 @@
-"""One rank of the multi-process scenarios in tests/test_distributed.py (not a test module).
+"""One rank of the multi-process scenarios in tests/distributed/test_ranks.py (not a test module).
 
 Run as ``python tests/dist_worker.py SPEC.json OUT_DIR`` (or ``--stall sleep|exit OUT_DIR``,
 see :func:`stall`, or ``--monitor OUT_DIR``, see :func:`monitor`) with torchrun's environment

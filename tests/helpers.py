@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
 PYTHON = sys.executable
@@ -81,3 +83,17 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int,
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def scaled_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """(n, d) float32 rows with column scales 2 → 0.2 and an offset of 0.3."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * torch.linspace(2.0, 0.2, d) + 0.3
+
+
+def with_tiny_values(x: torch.Tensor) -> torch.Tensor:
+    """Real embeddings hold some values far below 2^-40 (minilm.safetensors: 1.3e-37)."""
+    x = x.clone()
+    x[::97, 3] = 1.3e-37
+    x[5, 0] = -2e-30
+    return x

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 import reprdiag
 from reprdiag.cli import app
 from reprdiag.metrics.pairwise import er_entropy as er_reference
-from tests.test_engine import _rows, _with_tiny_values
+from tests.helpers import scaled_rows as _rows
+from tests.helpers import with_tiny_values as _with_tiny_values
 
 
 # -- which ER-entropy path the real pipeline takes ----------------------------------------------

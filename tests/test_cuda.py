@@ -7,7 +7,8 @@ import torch
 
 import reprdiag
 from reprdiag.engine import Accumulator, StreamOptions
-from tests.test_engine import _rows, _with_tiny_values
+from tests.helpers import scaled_rows as _rows
+from tests.helpers import with_tiny_values as _with_tiny_values
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

@@ -8,22 +8,12 @@ import pytest
 import torch
 
 from reprdiag import engine
-from reprdiag.engine import Accumulator, StreamOptions, accumulate
+from reprdiag.engine import Accumulator, StreamOptions, Tally, accumulate
 from reprdiag.errors import InputError
 from reprdiag.loaders import TensorSource
-
-
-def _rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g) * torch.linspace(2.0, 0.2, d) + 0.3
-
-
-def _with_tiny_values(x: torch.Tensor) -> torch.Tensor:
-    """Real embeddings hold some values far below 2^-40 (minilm.safetensors: 1.3e-37)."""
-    x = x.clone()
-    x[::97, 3] = 1.3e-37
-    x[5, 0] = -2e-30
-    return x
+from reprdiag.stats import Reservoir, merged
+from tests.helpers import scaled_rows as _rows
+from tests.helpers import with_tiny_values as _with_tiny_values
 
 
 def _pointers(acc: Accumulator) -> tuple[int, ...]:
@@ -142,3 +132,33 @@ def test_gram_product_upper_blocks_equal_the_full_product(d: int) -> None:
     want = x.double().T @ x.double()
     assert torch.equal(got, got.T)  # the lower block is the upper one's transpose
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("blocks", [0, 5])
+def test_accumulators_of_disjoint_rows_merge_to_one_pass(blocks: int) -> None:
+    """What a process group does, in one process: two passes over halves of the rows,
+    their statistics merged through the state protocol, their tallies combined; the NaN row
+    of the second half is dropped and counted once; the halves themselves are left as they
+    are."""
+    x = _rows(600, 12).double() * 2 + 3
+    x[450, 4] = float("nan")
+    opts = StreamOptions(chunk_rows=50, sample_size=64, nan="drop", precision="float64",
+                         blocks=blocks)
+    halves = [Accumulator(12, torch.float64, opts), Accumulator(12, torch.float64, opts)]
+    for acc, (lo, hi) in zip(halves, [(0, 300), (300, 600)], strict=True):
+        for first in range(lo, hi, 50):
+            acc.add(first, x[first:first + 50])
+    a, b = halves
+    stats = {name: merged(s, b.statistics()[name]) for name, s in a.statistics().items()}
+    sample = Reservoir(64, 0)
+    sample.merge(a.reservoir)
+    sample.merge(b.reservoir)
+    whole = a.merged(Tally.combined([a.tally, b.tally]), stats, sample).finish()
+    assert (a.rows_kept, b.rows_kept, whole.rows_read, whole.rows_dropped) == (300, 299, 600, 1)
+    kept = np.delete(x.numpy(), 450, axis=0)
+    np.testing.assert_allclose(whole.moments.covariance().numpy(), np.cov(kept.T), rtol=1e-11,
+                               atol=1e-12)
+    single = accumulate(TensorSource(x), opts)
+    assert torch.equal(whole.reservoir.index, single.reservoir.index)
+    if blocks:
+        assert whole.blocks.sizes == single.blocks.sizes

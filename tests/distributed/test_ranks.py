@@ -28,7 +28,7 @@ from reprdiag.distributed import (
 )
 from reprdiag.distributed.context import _Failure
 from reprdiag.engine import StreamOptions, accumulate
-from reprdiag.errors import ResourceError
+from reprdiag.errors import InputError, ResourceError
 from reprdiag.loaders import ConcatSource, TensorSource
 from reprdiag.pipeline import gather_sources
 from reprdiag.stats import sample_threshold
@@ -184,6 +184,21 @@ def _write_labelled(folder: Path, sizes: list[int], seed: int = 4,
             "pair": f"{folder / 'pair.safetensors'}:view"}
 
 
+def _write_huge(folder: Path) -> list[str]:
+    """Two float64 shards of 90 rows; the last row of the second holds 1e61, beyond what
+    float64 statistics hold (4th powers): only the rank reading that row sees it."""
+    rng = np.random.default_rng(8)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(2):
+        x = rng.standard_normal((90, 6))
+        if i == 1:
+            x[89, 2] = 1e61
+        paths.append(str(folder / f"shard-{i}.safetensors"))
+        save_file({"a": torch.from_numpy(x)}, paths[-1])
+    return paths
+
+
 @pytest.fixture(scope="module")
 def scenario_results(tmp_path_factory: pytest.TempPathFactory
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -226,6 +241,8 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "labels_pair_shards_w2": {"world": 2, "files": many["files"], "options": other_files},
         "labels_nan_drop": {"world": 3, "files": holed["files"],
                             "options": {**same_file, "nan": "drop"}},
+        "huge_on_one_rank": {"world": 3, "files": _write_huge(tmp / "huge"),
+                             "options": shards},
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
         "faulty_bug": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "bug"}},
         "tensor": {"world": 2, "tensor": True},
@@ -347,6 +364,18 @@ def test_nan_rows_on_one_rank_fail_every_rank_alike(scenario_results: Any) -> No
     assert all(o["error"] == "InputError" and o["all_ranks"] for o in outcomes)
     assert len({o["message"] for o in outcomes}) == 1
     assert "first at row 707" in outcomes[0]["message"]  # global index: 700 + 7
+
+
+def test_values_too_large_on_one_rank_fail_every_rank_alike(scenario_results: Any) -> None:
+    """The magnitude check runs on every rank's largest |x| (merged like the row counts), so
+    the ranks that never saw the huge row raise the same error instead of going on alone."""
+    spec, ranks = scenario_results
+    with pytest.raises(InputError, match="too large for float64") as single:
+        _single(spec["huge_on_one_rank"])
+    outcomes = [r["huge_on_one_rank"] for r in ranks]
+    assert all(o.get("error") == "InputError" and o["all_ranks"] for o in outcomes), outcomes
+    assert all("too large for float64" in o["message"] for o in outcomes)
+    assert {o["message"] for o in outcomes} == {str(single.value)}
 
 
 def test_read_error_on_one_rank_is_raised_by_every_rank(scenario_results: Any) -> None:
