@@ -42,10 +42,9 @@ from reprdiag.engine import (
     StreamOptions,
     accumulate,
     check_shape,
-    is_out_of_memory,
-    release_device_memory,
+    with_oom_fallback,
 )
-from reprdiag.errors import ResourceError, UsageError
+from reprdiag.errors import UsageError
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import compute, prepare, resolve
@@ -290,20 +289,13 @@ def measure(acc: Accumulated, config: AnalysisConfig, label: str,
         if phase is not None:
             phase(f"{label} · {name}")
 
-    try:
+    def attempt(opts: StreamOptions, _: int) -> Measured:
+        if opts.device.type == "cpu" and acc.moments.device.type != "cpu":  # the fallback
+            acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
         return _measure(acc, config, step)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        if acc.moments.device.type == "cpu":
-            raise ResourceError("out of memory on the CPU while computing the spectra",
-                                source=label, hint="use a smaller --sample-size, or a "
-                                "machine with more memory") from exc
-        device = acc.moments.device
-    release_device_memory()
-    acc.notes.append(f"out of memory on {device} in the spectra; computed them on the CPU")
-    acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
-    return _measure(acc, config, step)
+
+    return with_oom_fallback(attempt, StreamOptions(device=acc.moments.device), 0, label,
+                             acc.notes, step="spectra")
 
 
 def precision_record(stats: Statistics, acc: Accumulated, config: AnalysisConfig,
