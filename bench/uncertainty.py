@@ -10,7 +10,7 @@ the large-N value. Overhead: wall time of ``analyze`` with and without ``--uncer
     python bench/uncertainty.py highdim --reps 200 --se-reps 20   # d = 384 MiniLM covariance
     python bench/uncertainty.py overhead --dims 384,768,2048 --n 20000
 
-The test suite (tests/test_uncertainty_calibration.py) runs small versions of the
+The test suite (tests/uncertainty/test_calibration.py) runs small versions of the
 ``calibrate --bend 16`` and ``highdim`` runs (12 + 60 and 8 + 40 replicates).
 """
 

@@ -46,3 +46,17 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu() -> None:
     assert "| 20k384 | 3,000 × 32 |" in out and "floor: read" in out and "ER lse" in out
     assert "| unc384 | 3,000 × 32 |" in out and "plain analyze" in out
     assert "load average above 0.5" in out
+
+
+def test_cka_bench_prints_reprdiag_beside_the_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bench/cka.py writes the row-aligned pair and prints its table (ckatorch is not a
+    dependency: the smoke run leaves its row out)."""
+    proc = subprocess.run([PYTHON, str(ROOT / "bench" / "cka.py"), "--n", "3000", "--d", "16",
+                           "--dir", str(tmp_path), "--methods", "reprdiag"],
+                          capture_output=True, text=True, env=run_cli_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| method | linear CKA | wall s | peak RssAnon MB | load before/after | note |" in out
+    rows = [line for line in out.splitlines() if line.startswith("| reprdiag similarity")]
+    assert len(rows) == 1
+    assert 0.5 < float(rows[0].split("|")[2]) < 1.0  # B = 0.8·XQ + noise: related, not equal

@@ -1,4 +1,5 @@
-"""``reprdiag analyze`` end to end: through typer's CliRunner and through a real subprocess."""
+"""``reprdiag analyze`` end to end: through typer's CliRunner, the console-script ``main()``
+and (``python -m reprdiag``) a real subprocess."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from reprdiag.cli import app
 from reprdiag.metrics import METRICS
-from tests.helpers import PYTHON, SAMPLE, run_cli_env
+from tests.helpers import PYTHON, SAMPLE, run_cli_env, run_main
 
 HEALTHY = SAMPLE / "minilm.safetensors"
 COLLAPSED = SAMPLE / "collapsed.safetensors"
@@ -87,15 +88,15 @@ def test_subprocess_out_folder(tmp_path: Path) -> None:
     assert metrics.loc[0, "vne"] == pytest.approx(entry["metrics"]["vne"], rel=1e-12)
 
 
-def test_python_m_and_markdown() -> None:
-    proc = run("analyze", str(COLLAPSED), "--format", "markdown", "-m", "effective_rank")
+def test_markdown() -> None:
+    proc = run_main(["analyze", str(COLLAPSED), "--format", "markdown", "-m", "effective_rank"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("| metric |")
     assert "effective_rank" in proc.stdout
 
 
 def test_missing_file_is_one_line_exit_2() -> None:
-    proc = run("analyze", "no/such/file.safetensors")
+    proc = run_main(["analyze", "no/such/file.safetensors"])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "reprdiag: error: no/such/file.safetensors: no such file; check the path"]
@@ -115,13 +116,13 @@ def test_float32_products_warn_once_on_stderr_and_float64_does_not() -> None:
     """The collapsed sample's noise eigenvalues (λ₅/λ₄ ≈ 1.8e-7) are below the float32 floor:
     one warning line names the metrics that depend on them; the default (float64 here) is
     silent and report.json says why it chose float64."""
-    forced = run("analyze", str(COLLAPSED), "--precision", "float32", "-m", "rankme,vne",
-                 "-f", "json")
+    forced = run_main(["analyze", str(COLLAPSED), "--precision", "float32", "-m", "rankme,vne",
+                       "-f", "json"])
     assert forced.returncode == 0, forced.stderr
     lines = [ln for ln in forced.stderr.splitlines() if "error floor" in ln]
     assert len(lines) == 1 and lines[0].startswith("reprdiag: warning: ")
     assert "rankme in [" in lines[0] and "--precision float64" in lines[0]
-    default = run("analyze", str(COLLAPSED), "-m", "rankme,vne", "-f", "json")
+    default = run_main(["analyze", str(COLLAPSED), "-m", "rankme,vne", "-f", "json"])
     assert default.returncode == 0 and "error floor" not in default.stderr
     precision = json.loads(default.stdout)["inputs"][0]["precision"]
     assert precision["work_dtype"] == "float64" and "costs little" in precision["reason"]

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import pickle
-import subprocess
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from safetensors.torch import save_file
 from reprdiag.errors import InputError, ReprdiagWarning
 from reprdiag.models.archive import check_export_archive, weights_only_loads
 from reprdiag.models.load import ModelSpec, load_model
-from tests.helpers import PYTHON, run_cli_env
+from tests.helpers import run_main
 
 
 class Tiny(torch.nn.Module):
@@ -176,13 +175,13 @@ def test_torchscript_warns_and_points_to_pt2(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_crafted_archive_with_one_line(tmp_path: Path, marker: Path) -> None:
-    """The real command: exit 2, one ``reprdiag: error:`` line naming file and entry."""
+    """The command (through its console-script entry point): exit 2, one ``reprdiag: error:``
+    line naming file and entry."""
     model = _crafted(tmp_path, marker, "pickled-weight")
     data = tmp_path / "x.safetensors"
     save_file({"x": torch.randn(16, 4)}, str(data))
-    proc = subprocess.run([PYTHON, "-m", "reprdiag", "analyze", "--model", str(model), "--data",
-                           str(data), "-q", "-f", "csv"], capture_output=True, text=True,
-                          env=run_cli_env(), cwd=tmp_path, timeout=180)
+    proc = run_main(["analyze", "--model", str(model), "--data", str(data), "-q", "-f", "csv"],
+                    cwd=tmp_path)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("reprdiag: error: "), proc.stderr

@@ -30,6 +30,7 @@ from reprdiag.gate import (
 )
 from reprdiag.report.export import render
 from reprdiag.results import InputResult, Report
+from tests.helpers import ROOT
 
 
 def _result(metrics: dict[str, float], key: str = "emb", n: int = 1000, d: int = 100
@@ -219,7 +220,7 @@ def test_result_summaries_and_markdown() -> None:
 
 
 def test_readme_config_example_is_valid(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "gate.md").read_text()
+    readme = (ROOT / "docs" / "gate.md").read_text()
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "reprdiag.toml").write_text(example)
     config = load_config(tmp_path / "reprdiag.toml")
