@@ -15,8 +15,16 @@ current state of a changing model. ``window="cumulative"`` keeps every row since
 Overhead per step: two d×d Gram products of the batch (of x − shift and of x/‖x‖), O(B·d²),
 summed into float64 totals, plus O(B) to offer rows to the sample; every N steps, the
 metrics (three O(d³) eigendecompositions for the spectral ones). Memory: O(d²), plus
-O(sample·d) when a pairwise metric (``er_entropy``, ``partition_isotropy``) is asked for.
+O(sample·d) when a sample metric (``er_entropy``, ``partition_isotropy``, ``uniformity``)
+is asked for.
 ``bench/monitor_overhead.py`` measures it.
+
+Every registered metric can be tracked by naming it: the sample metrics (``uniformity``,
+``er_entropy``, ``partition_isotropy``) from the row sample, the label metrics (``nc1``,
+``lidar``, ``nc2_*``, ``class_*``) when each :meth:`SpectralMonitor.update` also gets the
+batch's class ids (``labels=``), the paired-view metrics (``alignment``, ``barlow_*``,
+``pair_cka``) when it gets the batch's second view (``pair=``): the same streamed statistics
+as ``reprdiag analyze --labels/--pair``, so the values equal analyze's on the same rows.
 
 >>> import torch
 >>> mon = SpectralMonitor(every_n_steps=2, metrics=["vne", "rankme"])
@@ -37,11 +45,13 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from reprdiag.companions import LabelCompanion, PairCompanion
 from reprdiag.config import METRIC_OPTIONS, AnalysisConfig
 from reprdiag.distributed import DistributedContext
-from reprdiag.engine import Accumulated, Accumulator
+from reprdiag.engine import Accumulated, Accumulator, Companion
 from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
-from reprdiag.metrics import MetricInfo, Statistics, compute, resolve
+from reprdiag.metrics import MetricInfo, compute, resolve
+from reprdiag.pipeline import statistics
 from reprdiag.report.export import atomic_write, make_folder
 
 __all__ = ["BOOKKEEPING", "WINDOWS", "SpectralMonitor", "history_metrics", "read_history"]
@@ -82,7 +92,10 @@ class SpectralMonitor:
     Args:
         every_n_steps: evaluate (and log) after every N calls of :meth:`update`.
         metrics: metric names (see ``reprdiag list-metrics``); default: every metric computed
-            from the moments alone (all but ``er_entropy`` and ``partition_isotropy``).
+            from the moments alone (not the sample metrics ``er_entropy``,
+            ``partition_isotropy`` and ``uniformity``, nor the label and pair metrics). A
+            label metric (``nc1``, ``lidar``, ...) makes ``labels=`` required in every
+            :meth:`update`, a paired-view metric (``alignment``, ``pair_cka``, ...) ``pair=``.
         csv: path of the history CSV, rewritten atomically at each evaluation (columns
             ``step, rows, rows_dropped`` and one per metric); ``None`` keeps it in memory.
         tensorboard: a log folder (a ``SummaryWriter`` is opened there and closed by
@@ -126,9 +139,12 @@ class SpectralMonitor:
                              hint="options takes " + ", ".join(METRIC_OPTIONS))
         uses_sample = any(m.uses_sample for m in self.infos)
         # without a pairwise metric the sample is never read: keep a token one
+        needs = {m.needs for m in self.infos}
         self.config = AnalysisConfig(
             metrics=tuple(m.name for m in self.infos), precision=precision,
-            sample_size=sample_size if uses_sample else 2, seed=seed, nan=nan, **self.options)
+            sample_size=sample_size if uses_sample else 2, seed=seed, nan=nan,
+            labels=UPDATE_ARGS["classes"] if "classes" in needs else None,
+            pair=UPDATE_ARGS["pair"] if "pair" in needs else None, **self.options)
         self.csv = Path(csv) if csv is not None else None
         if self.csv is not None:
             make_folder(self.csv.parent)
@@ -139,6 +155,7 @@ class SpectralMonitor:
         self.history: list[dict[str, float]] = []
         self.steps = 0
         self._acc: Accumulator | None = None
+        self._held: dict[str, _Held] = {}  # this update's labels / paired rows, by companion
         self._rows_seen = 0
         self._pending = 0
         self._step = 0
@@ -146,23 +163,32 @@ class SpectralMonitor:
         self._distributed = distributed is not False
 
     # -- feeding ----------------------------------------------------------------------------
-    def update(self, embeddings: torch.Tensor, step: int | None = None) -> dict[str, float] | None:
+    def update(self, embeddings: torch.Tensor, step: int | None = None, *,
+               labels: torch.Tensor | None = None, pair: torch.Tensor | None = None
+               ) -> dict[str, float] | None:
         """Add one batch of (B, d) embeddings (detached; any device and float dtype).
 
         ``step`` labels the row logged at this call (default: the number of calls so far).
-        Returns the logged row when this call completed a window of N steps, else ``None``.
+        ``labels`` (B integer class ids) and ``pair`` (the batch's second view, (B, d'))
+        feed the label and paired-view metrics; they are required in every call when such a
+        metric is tracked, and ignored when none is. Returns the logged row when this call
+        completed a window of N steps, else ``None``.
         """
         rows = embeddings.detach()
         if rows.ndim != 2:
             raise InputError(f"expected (batch, d) embeddings, got shape {tuple(rows.shape)}",
                              hint="pool or flatten to one row per sample first")
+        given = self._companion_rows(rows, labels, pair)
         if self._acc is None:
-            self._acc = self._new_accumulator(rows)
+            self._acc = self._new_accumulator(rows, given)
         elif rows.shape[1] != self._acc.d:
             raise InputError(f"embedding width changed from {self._acc.d} to "
                              f"{rows.shape[1]}", hint="use one monitor per layer")
+        first = self._rank * RANK_ROWS + self._rows_seen
+        for name, held in self._held.items():
+            held.hold(first, given[name])
         with torch.no_grad():
-            self._acc.add(self._rank * RANK_ROWS + self._rows_seen, rows)
+            self._acc.add(first, rows)
         self._rows_seen += rows.shape[0]
         self.steps += 1
         self._pending += 1
@@ -171,9 +197,43 @@ class SpectralMonitor:
             return self.log()
         return None
 
-    def _new_accumulator(self, rows: torch.Tensor) -> Accumulator:
-        return Accumulator(rows.shape[1], rows.dtype, self.config.stream(rows.device),
-                           label="<monitor>")
+    def _companion_rows(self, rows: torch.Tensor, labels: torch.Tensor | None,
+                        pair: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The labels / paired rows this update must bring, on the CPU, checked: present when
+        a tracked metric needs them, one per embedding row."""
+        given: dict[str, torch.Tensor] = {}
+        for name, value in (("classes", labels), ("pair", pair)):
+            if name not in self.config.extras():
+                continue
+            if value is None:
+                metric = next(m.name for m in self.infos if m.needs == name)
+                raise UsageError(f"metric {metric!r} needs {UPDATE_ARGS[name]}",
+                                 hint=f"pass {UPDATE_ARGS[name]} in every update, or drop "
+                                 f"{metric} from metrics")
+            value = torch.as_tensor(value).detach().cpu()
+            if value.ndim == 0 or value.shape[0] != rows.shape[0]:
+                raise InputError(f"{UPDATE_ARGS[name]} has shape {tuple(value.shape)} for "
+                                 f"{rows.shape[0]} embedding rows",
+                                 hint="give one per row of the batch, in the same order")
+            if name == "pair" and value.ndim != 2:
+                raise InputError(f"pair= has shape {tuple(value.shape)}, not (batch, d')",
+                                 hint="pool or flatten the second view to one row per sample")
+            given[name] = value
+        return given
+
+    def _new_accumulator(self, rows: torch.Tensor, given: dict[str, torch.Tensor]
+                         ) -> Accumulator:
+        acc = Accumulator(rows.shape[1], rows.dtype, self.config.stream(rows.device),
+                          label="<monitor>")
+        self._held = {name: _Held(UPDATE_ARGS[name], value.shape[1] if value.ndim == 2 else 1)
+                      for name, value in given.items()}
+        companions: list[Companion] = []
+        if "classes" in self._held:
+            companions.append(LabelCompanion(self._held["classes"], rows.shape[1], acc.device))
+        if "pair" in self._held:
+            companions.append(PairCompanion(self._held["pair"], rows.shape[1], acc.device))
+        acc.companions = companions
+        return acc
 
     # -- evaluating -------------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
@@ -192,8 +252,8 @@ class SpectralMonitor:
         if rows < 2 and not (dropped and self.config.nan == "error"):
             return rows, dropped, {m.name: math.nan for m in self.infos}
         acc = self._merged() if self._distributed else self._acc.finish()  # NaN rows raise
-        stats = Statistics(acc.moments, acc.reservoir, acc.precision)
-        return rows, dropped, compute(stats, self.infos, self.config.metric_options())
+        return rows, dropped, compute(statistics(acc), self.infos,
+                                      self.config.metric_options())
 
     def _context(self) -> DistributedContext:
         if self._ctx is None:  # a collective: the first evaluation, on every rank alike
@@ -256,6 +316,25 @@ class SpectralMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self.close(flush=exc[0] is None)
+
+
+#: How the monitor gets each kind of extra statistics (for messages and the config).
+UPDATE_ARGS = {"classes": "labels=", "pair": "pair="}
+
+
+class _Held:
+    """One update's labels or paired rows, as a companion reads them: rows ``first`` …
+    ``first + B − 1`` of a source that holds only the current batch."""
+
+    def __init__(self, label: str, width: int):
+        self.label, self.path, self.shape = label, None, (0, width)
+        self._first, self._rows = 0, torch.empty(0)
+
+    def hold(self, first: int, rows: torch.Tensor) -> None:
+        self._first, self._rows = first, rows
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self._rows[start - self._first: stop - self._first]
 
 
 def _join(distributed: bool | DistributedContext) -> tuple[DistributedContext | None, int]:

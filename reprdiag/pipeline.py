@@ -253,13 +253,21 @@ def input_warnings(acc: Accumulated) -> list[str]:
     return notes
 
 
-def _measure(acc: Accumulated, config: AnalysisConfig,
-             step: Callable[[str], None] = lambda _: None) -> Measured:
+def statistics(acc: Accumulated) -> Statistics:
+    """What the metrics of one accumulated input are computed from: its moments, row sample
+    and companions' statistics (labels, pair); with jackknife blocks, which block each sampled
+    row belongs to (one sample pass then serves the plain and the deleted values)."""
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
     stats.extras = acc.extras
-    if acc.blocks is not None:  # one sample pass serves the plain and the jackknife values
+    if acc.blocks is not None:
         stats.sample_groups = (block_labels(acc.reservoir.index, acc.blocks.seed,
                                             acc.blocks.blocks), acc.blocks.blocks)
+    return stats
+
+
+def _measure(acc: Accumulated, config: AnalysisConfig,
+             step: Callable[[str], None] = lambda _: None) -> Measured:
+    stats = statistics(acc)
     infos = for_input(config.metrics, acc.extras)
     step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors

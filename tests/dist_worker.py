@@ -160,11 +160,18 @@ def monitor(out_dir: Path) -> None:
               "sample_size": 1000, "distributed": True}
     monitors = {window: SpectralMonitor(3, window=window, csv=out_dir / f"{window}{rank}.csv",
                                         **common) for window in ("reset", "cumulative")}
+    # labels/pair (issue 19): rank 0 sees classes 0-2, rank 1 classes 1-3 (the merge unites)
+    labels = [torch.randint(rank, rank + 3, (b.shape[0],), generator=gen) for b in batches]
+    pairs = [b + 0.3 * torch.randn(b.shape, generator=gen) for b in batches]
+    labelled = SpectralMonitor(3, metrics=["nc1", "alignment", "uniformity"],
+                               precision="float64", sample_size=1000, distributed=True)
     for step, batch in enumerate(batches):
         for mon in monitors.values():
             mon.update(batch, step=step)
-    torch.save({"batches": batches, **{w: m.history for w, m in monitors.items()}},
-               out_dir / f"monitor{rank}.pt")
+        labelled.update(batch, step=step, labels=labels[step], pair=pairs[step])
+    torch.save({"batches": batches, "labels": labels, "pairs": pairs,
+                "labelled": labelled.history,
+                **{w: m.history for w, m in monitors.items()}}, out_dir / f"monitor{rank}.pt")
     dist.destroy_process_group()
 
 

@@ -146,6 +146,61 @@ def test_bad_arguments() -> None:
 # -- outputs -----------------------------------------------------------------------------------
 
 
+def numpy_label_and_pair_metrics(x: np.ndarray, y: np.ndarray, v: np.ndarray
+                                  ) -> dict[str, float]:
+    """nc1 (Papyan et al. 2020), alignment (Wang & Isola 2020, α = 2) and uniformity (t = 2,
+    all pairs) in float64 numpy, from their definitions."""
+    mu = x.mean(axis=0)
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    within = sum((x[y == c] - means[i]).T @ (x[y == c] - means[i])
+                 for i, c in enumerate(classes)) / len(x)
+    between = (means - mu).T @ (means - mu) / len(classes)
+    lam, vec = np.linalg.eigh(between)
+    keep = lam > x.shape[1] * np.finfo(float).eps * lam.max()
+    pinv = (vec[:, keep] / lam[keep]) @ vec[:, keep].T
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sq = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)[np.triu_indices(len(z), 1)]
+    return {"nc1": float(np.trace(within @ pinv)) / len(classes),
+            "alignment": float(((z - w) ** 2).sum(axis=1).mean()),
+            "uniformity": float(np.log(np.exp(-2.0 * sq).mean()))}
+
+
+def test_label_pair_and_sample_metrics_from_update_batches() -> None:
+    """Issue 19: labels= and pair= in each update feed the label and paired-view metrics,
+    equal to float64 references and to analyze --labels/--pair on the same rows."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 300)
+    x = rng.standard_normal((300, 6)) + 2.0 * np.eye(4, 6)[y]
+    v = x + 0.3 * rng.standard_normal((300, 6))
+    names = ["vne", "nc1", "lidar", "alignment", "pair_cka", "uniformity"]
+    mon = SpectralMonitor(every_n_steps=3, metrics=names, sample_size=1000)
+    for i in range(3):
+        rows = slice(100 * i, 100 * (i + 1))
+        row = mon.update(torch.from_numpy(x[rows]), labels=torch.from_numpy(y[rows]),
+                         pair=torch.from_numpy(v[rows]))
+    assert row is not None and row["rows"] == 300
+    for name, want in numpy_label_and_pair_metrics(x, y, v).items():
+        assert row[name] == pytest.approx(want, rel=1e-9), name
+    same = reprdiag.analyze(x, metrics=["vne"], device="cpu")  # moment metrics unchanged
+    assert row["vne"] == pytest.approx(same.metrics["vne"], rel=1e-12)
+
+
+def test_label_and_pair_metrics_need_their_update_arguments() -> None:
+    x, y = torch.randn(10, 4), torch.arange(10) % 2
+    with pytest.raises(UsageError, match="'nc1' needs labels="):
+        SpectralMonitor(metrics=["nc1"]).update(x)
+    with pytest.raises(UsageError, match="'alignment' needs pair="):
+        SpectralMonitor(metrics=["alignment"]).update(x, labels=y)
+    with pytest.raises(InputError, match=r"labels= has shape \(9,\) for 10"):
+        SpectralMonitor(metrics=["nc1"]).update(x, labels=y[:9])
+    with pytest.raises(InputError, match="pair= has shape"):
+        SpectralMonitor(metrics=["alignment"]).update(x, pair=torch.randn(10))
+    row = SpectralMonitor(every_n_steps=1, metrics=["vne"]).update(x, labels=y)  # not needed
+    assert row is not None and list(row) == ["step", "rows", "rows_dropped", "vne"]
+
+
 def test_csv_rewritten_at_each_log(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "history.csv"
     mon = SpectralMonitor(every_n_steps=2, metrics=["vne", "rankme"], csv=path)
@@ -355,6 +410,14 @@ def test_distributed_monitor_logs_every_ranks_rows(tmp_path: Path) -> None:
                 assert row[name] == pytest.approx(value, rel=1e-9), (window, k, name)
         assert (tmp_path / f"{window}0.csv").exists()
         assert not (tmp_path / f"{window}1.csv").exists()  # rank 0 alone writes
+    assert ranks[0]["labelled"] == ranks[1]["labelled"]  # labels= and pair= merged too
+    for k, row in enumerate(ranks[0]["labelled"]):
+        part = {key: torch.cat([b for r in ranks for b in r[key][3 * k:3 * k + 3]]).numpy()
+                for key in ("batches", "labels", "pairs")}
+        want = numpy_label_and_pair_metrics(part["batches"].astype(np.float64), part["labels"],
+                                            part["pairs"].astype(np.float64))
+        for name, value in want.items():
+            assert row[name] == pytest.approx(value, rel=1e-9), (k, name)
 
 
 def test_distributed_monitor_needs_a_process_group() -> None:

@@ -29,7 +29,7 @@ from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress
-from reprdiag.errors import InputError
+from reprdiag.errors import InputError, UsageError
 from reprdiag.loaders.base import check_pool, pool_method, pool_rows
 from reprdiag.models.data import Batches, DataSpec, assigned, open_data, to_device
 from reprdiag.models.hf import HFProbe
@@ -242,6 +242,15 @@ def _layer_info(run: ModelRun, layer: str, shape: tuple[int, torch.dtype]) -> La
     return LayerInfo(layer, run.model, layer, str(shape[1]).removeprefix("torch."))
 
 
+def refuse_companions(config: AnalysisConfig) -> None:
+    """Labels and paired views are not streamed beside a model's layers yet: say so before
+    the model runs (rather than leave them out or fail on a label metric later)."""
+    if config.labels or config.pair:
+        raise UsageError("--labels/--pair do not apply to --model runs yet",
+                         hint="write the layers with reprdiag extract, then run reprdiag "
+                         "analyze FILE --labels/--pair")
+
+
 @dataclass(frozen=True)
 class ModelSources:
     """A model run as the pipeline's sources (:class:`reprdiag.pipeline.Sources`): one input
@@ -252,10 +261,12 @@ class ModelSources:
 
     def alone(self, config: AnalysisConfig, device: torch.device, progress: Progress | None
               ) -> Iterator[tuple[LayerInfo, Accumulated]]:
+        refuse_companions(config)
         return _alone(self.run, _Pass(config), device, progress)[1]
 
     def across(self, config: AnalysisConfig, ctx: DistributedContext,
                progress: Progress | None) -> Iterator[tuple[LayerInfo, Accumulated]]:
+        refuse_companions(config)
         return _across_ranks(self.run, _Pass(config), ctx, progress)[1]
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:

@@ -317,3 +317,15 @@ def test_hugging_face_hidden_states(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                                            rtol=1e-4, atol=1e-5)
     with pytest.raises(UsageError, match=r"did you mean 'hidden\.6'"):
         analyze_model(_run(f"hf:{folder}", tmp_path / "t.txt", layers=["hidden6"]))
+
+
+def test_labels_and_pair_are_refused_for_model_runs(data_file: Path) -> None:
+    """Not streamed beside a model's layers yet: a one-line usage error before the model
+    runs, not a silently missing metric."""
+    from reprdiag.config import AnalysisConfig
+    from reprdiag.models.extract import ModelSources
+    from reprdiag.pipeline import run
+
+    for option in ({"labels": "y.npy"}, {"pair": "v.npy"}):
+        with pytest.raises(UsageError, match="do not apply to --model runs"):
+            run(ModelSources(_run(FACTORY, data_file)), AnalysisConfig(**option), device="cpu")
