@@ -20,7 +20,7 @@ import torch
 
 from reprdiag.config import AnalysisConfig
 from reprdiag.defaults import DEFAULT_BLOCKS
-from reprdiag.distributed import DistributedContext
+from reprdiag.distributed.context import DistributedContext
 from reprdiag.engine import Progress
 from reprdiag.models.extract import ModelRun, ModelSources
 from reprdiag.pipeline import FileSources, Input

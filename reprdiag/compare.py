@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from reprdiag.defaults import NOISE_Z
-from reprdiag.distributed import joined
 from reprdiag.errors import InputError, UsageError
 from reprdiag.metrics import resolve
+from reprdiag.pipeline import joined
 from reprdiag.results import Comparison, InputResult, Report
 from reprdiag.runs import RunLike, input_key, load_run, run_label, unique_labels
 

@@ -431,12 +431,15 @@ def _one_pass(source: ArraySource, opts: StreamOptions, chunk_rows: int,
 
 
 def with_oom_fallback(run: Callable[[StreamOptions, int], T], opts: StreamOptions,
-                      chunk_rows: int, label: str, notes: list[str]) -> T:
+                      chunk_rows: int, label: str, notes: list[str], *,
+                      step: str | None = None) -> T:
     """Call ``run(opts, chunk_rows)``; on a device out-of-memory halve the chunk size and call
     it again from scratch, down to :data:`MIN_CHUNK_ROWS`, then once more on the CPU.
 
     Each retry starts over (``run`` builds fresh state), so no row is counted twice. What was
     done is appended to ``notes``. An out-of-memory on the CPU is a :class:`ResourceError`.
+    ``step`` names work without chunks to shrink (the pipeline's ``"spectra"``): it moves to
+    the CPU at once. This is the one out-of-memory fallback (the pass, and the spectra).
     """
     while True:
         try:
@@ -445,18 +448,24 @@ def with_oom_fallback(run: Callable[[StreamOptions, int], T], opts: StreamOption
             if not is_out_of_memory(exc):
                 raise
             release_device_memory()
-            if chunk_rows > MIN_CHUNK_ROWS:
+            if step is None and chunk_rows > MIN_CHUNK_ROWS:
                 notes.append(f"out of memory on {opts.device} with {chunk_rows} rows per "
                              f"chunk; retried with {chunk_rows // 2}")
                 chunk_rows //= 2
             elif opts.device.type != "cpu":
                 notes.append(f"out of memory on {opts.device} even with {chunk_rows} rows "
-                             "per chunk; fell back to the CPU (slower)")
+                             "per chunk; fell back to the CPU (slower)" if step is None else
+                             f"out of memory on {opts.device} in the {step}; computed them "
+                             "on the CPU")
                 opts = replace(opts, device=torch.device("cpu"))
-            else:
+            elif step is None:
                 raise ResourceError("out of memory on the CPU", source=label,
                                     hint="use a smaller --sample-size or --chunk-size, or "
                                     "a machine with more memory") from exc
+            else:
+                raise ResourceError(f"out of memory on the CPU while computing the {step}",
+                                    source=label, hint="use a smaller --sample-size, or a "
+                                    "machine with more memory") from exc
 
 
 def accumulate(source: ArraySource, opts: StreamOptions,

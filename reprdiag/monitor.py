@@ -47,7 +47,7 @@ import torch.distributed as dist
 
 from reprdiag.companions import LabelCompanion, PairCompanion
 from reprdiag.config import METRIC_OPTIONS, AnalysisConfig
-from reprdiag.distributed import DistributedContext
+from reprdiag.distributed.context import DistributedContext
 from reprdiag.engine import Accumulated, Accumulator, Companion
 from reprdiag.errors import InputError, ReprdiagError, UsageError, check_choice, source_label
 from reprdiag.metrics import MetricInfo, compute, resolve

@@ -6,9 +6,11 @@
       → statistics → spectra → metrics (+ jackknife)  (:func:`summarize`)
       → Report                                      (:func:`make_report`)
 
-It is the only place (with the CLI entry, which joins ``torchrun``'s group once for several
-analyses) that opens a distributed session: under ``torchrun`` each rank streams its share of
-the rows, the statistics are merged, and every rank computes the same report.
+It is the only place (with the CLI entry) that opens a distributed session: :func:`run`
+joins ``torchrun``'s group for one analysis, :func:`joined` keeps one group for several
+(``compare``, ``gate`` and ``analyze --gate`` analyze several runs). Under ``torchrun`` each
+rank streams its share of the rows, the statistics are merged, and every rank computes the
+same report.
 
 A source set (:class:`Sources`) says how its inputs are streamed alone and across ranks:
 :class:`FileSources` (files and tensors) here, :class:`reprdiag.models.extract.ModelSources`
@@ -21,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,10 +44,9 @@ from reprdiag.engine import (
     StreamOptions,
     accumulate,
     check_shape,
-    is_out_of_memory,
-    release_device_memory,
+    with_oom_fallback,
 )
-from reprdiag.errors import ResourceError, UsageError
+from reprdiag.errors import UsageError
 from reprdiag.loaders import ArraySource, ConcatSource, TensorSource, open_sources
 from reprdiag.loaders.base import check_pool
 from reprdiag.metrics import compute, prepare, resolve
@@ -154,6 +155,24 @@ class FileSources:
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:
         return config.to_dict()
+
+
+@contextmanager
+def joined(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Analyze options whose analyses all run in one process group.
+
+    ``compare`` and ``gate`` analyze several runs; under ``torchrun`` they join the group once
+    (with ``options``' ``device``, ``backend`` and ``distributed``, as :func:`run`) and hand
+    each :func:`reprdiag.analyze` call the same context, instead of joining and leaving it per
+    run. Outside ``torchrun`` the options come back with ``distributed=False``.
+    """
+    given = options.get("distributed")
+    if given is False or isinstance(given, DistributedContext):
+        yield options
+        return
+    device = resolve_device(options.get("device", "auto"))
+    with session(device, options.get("backend", "auto"), given) as ctx:
+        yield {**options, "distributed": ctx if ctx is not None else False}
 
 
 def gather_sources(inputs: Input | Sequence[Input], keys: Sequence[str] | None = None,
@@ -290,20 +309,13 @@ def measure(acc: Accumulated, config: AnalysisConfig, label: str,
         if phase is not None:
             phase(f"{label} · {name}")
 
-    try:
+    def attempt(opts: StreamOptions, _: int) -> Measured:
+        if opts.device.type == "cpu" and acc.moments.device.type != "cpu":  # the fallback
+            acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
         return _measure(acc, config, step)
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as exc:
-        if not is_out_of_memory(exc):
-            raise
-        if acc.moments.device.type == "cpu":
-            raise ResourceError("out of memory on the CPU while computing the spectra",
-                                source=label, hint="use a smaller --sample-size, or a "
-                                "machine with more memory") from exc
-        device = acc.moments.device
-    release_device_memory()
-    acc.notes.append(f"out of memory on {device} in the spectra; computed them on the CPU")
-    acc.moments, acc.reservoir = acc.moments.to("cpu"), acc.reservoir.to("cpu")
-    return _measure(acc, config, step)
+
+    return with_oom_fallback(attempt, StreamOptions(device=acc.moments.device), 0, label,
+                             acc.notes, step="spectra")
 
 
 def precision_record(stats: Statistics, acc: Accumulated, config: AnalysisConfig,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reprdiag.api import Input, analyze
-from reprdiag.distributed import DistributedContext
+from reprdiag.distributed.context import DistributedContext
 from reprdiag.errors import InputError, source_label
 from reprdiag.report.read import load_report
 from reprdiag.results import InputResult, Report

@@ -242,6 +242,22 @@ def test_oom_in_the_eigen_solves_moves_to_the_cpu(monkeypatch: pytest.MonkeyPatc
     assert values["vne"] == pytest.approx(reference(x)["vne"], rel=1e-9)
 
 
+def test_oom_in_the_eigen_solves_on_the_cpu_is_a_resource_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spectra's fallback is the pass's (engine.with_oom_fallback): on the CPU it ends in
+    a ResourceError (exit 3), also after moving there from a full device."""
+    x = gaussian(300, 6)
+    acc = engine.accumulate(TensorSource(torch.from_numpy(x)), engine.StreamOptions())
+    monkeypatch.setattr(pipeline, "_measure", lambda *args: (_ for _ in ()).throw(fake_oom()))
+    with pytest.raises(ResourceError, match="x: out of memory on the CPU while computing the "
+                       "spectra; use a smaller --sample-size"):
+        pipeline.measure(acc, AnalysisConfig(metrics=["vne"]), "x")
+    acc.moments.device = torch.device("cuda")  # pretend the totals live on a (full) GPU
+    with pytest.raises(ResourceError, match="while computing the spectra"):
+        pipeline.measure(acc, AnalysisConfig(metrics=["vne"]), "x")
+    assert acc.notes == ["out of memory on cuda in the spectra; computed them on the CPU"]
+
+
 def test_cli_warns_about_the_fallback_and_oom_exits_3(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     np.save(tmp_path / "e.npy", gaussian(600, 4).astype(np.float32))

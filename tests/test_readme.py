@@ -123,6 +123,29 @@ def test_quick_start_commands_exist(tokens: list) -> None:
     assert used and set(used) <= commands, set(used) - commands
 
 
+def test_quick_start_analyze_runs_as_written(tokens: list, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reprdiag part of the first quick-start command, run as written (from a folder that
+    holds sample_data/), exits 0 and writes the files the README says it writes."""
+    from typer.testing import CliRunner
+
+    from reprdiag.cli import app
+
+    first = next(t.content for t in section(tokens, "Quick start") if t.type == "fence")
+    words = command_lines(first)[0]
+    assert words[0] == "analyze"
+    (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*words, "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / words[words.index("--out") + 1]
+    said = re.search(r"writes\s+`(\S+)/`\s+\(([^)]*)\)", README.read_text(encoding="utf-8"))
+    assert said and (tmp_path / said.group(1)) == out
+    files = re.findall(r"`([\w.]+)`", said.group(2))
+    assert files and [f for f in files if not (out / f).is_file()] == []
+    assert list(out.glob("*.png")), "the README says the run writes plots"
+
+
 def command_lines(text: str) -> list[list[str]]:
     """The words after ``reprdiag`` of each command in a bash block (continuations joined,
     comments, pipes and ``&&`` chains cut), e.g. ``['analyze', 'x.h5', '--out', 'runs/A']``."""

@@ -116,11 +116,11 @@ def analyze(
     if list_metrics_flag:
         print_metrics()
         return
-    from reprdiag.distributed import is_main_process, joined
+    from reprdiag.distributed import is_main_process
     from reprdiag.gate import gate as run_gate
     from reprdiag.gate import load_config, needed_metrics, resolve_rules
     from reprdiag.models.extract import ModelSources
-    from reprdiag.pipeline import FileSources
+    from reprdiag.pipeline import FileSources, joined
     from reprdiag.pipeline import run as run_pipeline
 
     if junit is not None and gate_config is None:

@@ -1,7 +1,7 @@
 """Where an analysis runs: one process, or the process group ``torchrun`` describes.
 
-:func:`session` joins (and leaves) the group for one analysis; :func:`joined` keeps one
-group for several (``compare`` and ``gate`` analyze several runs). :func:`launched`,
+:func:`session` joins (and leaves) the group for one analysis
+(:func:`reprdiag.pipeline.joined` keeps one group for several). :func:`launched`,
 :func:`is_main_process` and :func:`printed_by_rank0` let the CLI entry point decide which
 rank prints. Only the pipeline and the CLI entry point open sessions; everything below them is
 handed a :class:`~reprdiag.distributed.context.DistributedContext` (or ``None``).
@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from reprdiag.device import resolve_device
 from reprdiag.distributed.context import DistributedContext, check_backend, local_device
 from reprdiag.errors import UsageError
 
@@ -71,21 +69,3 @@ def session(device: torch.device, backend: str = "auto",
         yield ctx
     finally:
         ctx.close()
-
-
-@contextmanager
-def joined(options: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Analyze options whose analyses all run in one process group.
-
-    ``compare`` and ``gate`` analyze several runs; under ``torchrun`` they join the group once
-    (with ``options``' ``device``, ``backend`` and ``distributed``, as :func:`session`) and hand
-    each :func:`reprdiag.analyze` call the same context, instead of joining and leaving it per
-    run. Outside ``torchrun`` the options come back with ``distributed=False``.
-    """
-    given = options.get("distributed")
-    if given is False or isinstance(given, DistributedContext):
-        yield options
-        return
-    device = resolve_device(options.get("device", "auto"))
-    with session(device, options.get("backend", "auto"), given) as ctx:
-        yield {**options, "distributed": ctx if ctx is not None else False}

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from reprdiag.compare import match_inputs
-from reprdiag.distributed import joined
 from reprdiag.errors import InputError
 from reprdiag.gate.config import GateConfig, load_config, resolve_rules
 from reprdiag.gate.rules import base_metric, metric_se, metric_value, needed_metrics
+from reprdiag.pipeline import joined
 from reprdiag.results import Check, GateResult, InputResult, Report, Rule
 from reprdiag.runs import RunLike, input_key, load_run, run_label
 

@@ -14,6 +14,7 @@ block), but K times the d×d moment memory: K·2·d²·8 bytes (Σyyᵀ and Σzz
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -202,11 +203,12 @@ class BlockedMoments:
 
     def with_state(self, frame: Frame, state: dict[str, torch.Tensor]) -> BlockedMoments:
         """Blocked moments configured like these, holding ``state`` about ``frame``."""
-        out = BlockedMoments(self.d, self.dtype, self.device, self.blocks, self.seed)
-        shared = out.parts[0].scratch
+        out = copy.copy(self)  # no K zero blocks allocated only to be replaced
+        out._sorted = None
         out.parts = [part.with_state(frame, {k.split("/", 1)[1]: v for k, v in state.items()
                                              if k.startswith(f"{b}/")})
                      for b, part in enumerate(self.parts)]
+        shared = out.parts[0].scratch
         for part in out.parts:
             part.scratch = shared
         return out

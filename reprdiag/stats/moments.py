@@ -11,6 +11,7 @@ Cost per chunk of n rows of width d: two Gram products, O(n·d²); memory O(d²)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -218,10 +219,12 @@ class StreamingMoments:
 
     def rebased(self, shift: torch.Tensor) -> StreamingMoments:
         """The same moments expressed about another shift (exact up to float64 rounding)."""
-        out = StreamingMoments(self.d, self.dtype, self.device, self.n, self.n_zero,
-                               shift.to(device=self.device, dtype=_F64).clone())
+        out = copy.copy(self)  # the totals are all replaced: no zero d×d allocated for them
+        out.scratch = Scratch()
+        out.shift = shift.to(device=self.device, dtype=_F64).clone()
         out.sum_z, out.sum_zz = self.sum_z.clone(), self.sum_zz.clone()
-        if self.shift is None:
+        if self.shift is None:  # no rows yet: zero sums about any shift
+            out.sum_y, out.sum_yy = self.sum_y.clone(), self.sum_yy.clone()
             return out
         delta = self.shift - out.shift
         out.sum_y = self.sum_y + self.n * delta
@@ -275,9 +278,10 @@ class StreamingMoments:
         (2, True)
         """
         shift = frame["shift"]
-        out = StreamingMoments(self.d, self.dtype, self.device, int(state["n"]),
-                               int(state["n_zero"]),
-                               None if shift is None else shift.to(self.device, _F64).clone())
+        out = copy.copy(self)  # no zero d×d totals allocated only to be replaced
+        out.n, out.n_zero = int(state["n"]), int(state["n_zero"])
+        out.shift = None if shift is None else shift.to(self.device, _F64).clone()
+        out.scratch = Scratch()
         for name in self._SUMS:
             setattr(out, name, state[name].to(device=self.device, dtype=_F64))
         return out
