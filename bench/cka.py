@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -43,6 +40,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH)]
 
 import _data  # noqa: E402
+from _child import run_child  # noqa: E402
 
 LOADED = 0.5
 
@@ -97,39 +95,6 @@ def write_pair(folder: Path, n: int, d: int) -> tuple[Path, Path]:
                 y = 0.8 * (x @ q) + 0.6 * scale * torch.randn(x.shape, generator=gen)
                 f.write(y.numpy().astype(np.float32).tobytes())
     return a, b
-
-
-def _rss_anon_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def run_child(cmd: list[str]) -> tuple[str, float, float]:
-    """(stdout, wall seconds, peak RssAnon MB) of a child process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    peak = [0.0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _rss_anon_mb(proc.pid))
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])} … exited {proc.returncode}: {err.strip()}")
-    return out, wall, peak[0]
 
 
 def reprdiag_row(a: Path, b: Path, precision: str) -> dict:

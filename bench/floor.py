@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(BENCH)]
 
 import _data  # noqa: E402
+from _child import run_child  # noqa: E402
 
 LOADED = 0.5
 
@@ -153,42 +152,15 @@ def numpy_spectra_seconds(path: Path) -> float:
 
 
 # -- the command a user runs ----------------------------------------------------------------
-def _rss_anon_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def run_analyze(path: Path, device: str, *extra: str) -> dict:
     """``python -m reprdiag analyze PATH --format json`` in a child; its report's timings,
     its wall time and its peak RssAnon."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "reprdiag", "analyze", str(path), "--format", "json",
            "--device", device, *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-    peak = [0.0]
-
-    def sample() -> None:
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _rss_anon_mb(proc.pid))
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    watcher.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.strip()}")
+    out, wall, peak = run_child(cmd)
     report = json.loads(out)
     entry = report["inputs"][0]
-    return {"total_s": report["timings"]["total_s"], "command_s": wall, "peak_mb": peak[0],
+    return {"total_s": report["timings"]["total_s"], "command_s": wall, "peak_mb": peak,
             "timings": entry["timings"], "solver": entry["solver"]}
 
 
