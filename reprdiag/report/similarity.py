@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from reprdiag.report.folder import write_run_folder
 from reprdiag.report.plots import save_figure, short_names
+from reprdiag.report.table import legend_lines
 from reprdiag.similarity import Similarity
 
 
@@ -37,21 +39,21 @@ def similarity_csv(result: Similarity) -> str:
     return buffer.getvalue()
 
 
-def similarity_tables(result: Similarity, debiased: bool = False) -> list[Table]:
-    """The CKA matrix (short labels, a legend of full names in the caption), then, for two
-    runs with the same keys, one row per key across the runs."""
+def similarity_tables(result: Similarity, debiased: bool = False) -> list[RenderableType]:
+    """The CKA matrix under ``#i`` column labels with their legend below (one line per input,
+    so a narrow terminal never breaks an entry), then, for two runs with the same keys, one row
+    per key across the runs."""
     values = result.cka_debiased if debiased else result.cka_linear
     short = short_names(result.labels)
     names = [f"#{i + 1}" for i in range(len(short))]
     kind = "debiased linear CKA" if debiased else "linear CKA"
-    legend = "  ".join(f"{n} {escape(s)}" for n, s in zip(names, short, strict=True))
-    matrix = Table(title=f"{kind} · N={result.n:,} · {result.precision}", caption=legend)
+    matrix = Table(title=f"{kind} · N={result.n:,} · {result.precision}")
     matrix.add_column("", style="bold")
     for n in names:
         matrix.add_column(n, justify="right")
     for n, row in zip(names, values, strict=True):
         matrix.add_row(n, *(_cell(v) for v in row))
-    tables = [matrix]
+    tables: list[RenderableType] = [matrix, legend_lines(names, short)]
     runs = result.across_runs()
     if runs:
         files = list(dict.fromkeys(result.files))

@@ -63,7 +63,7 @@ def _single(report: Report) -> list[RenderableType]:
         info = METRICS.get(name)
         table.add_row(name, metric_cell(r, name), info.range if info else "",
                       _ARROWS.get(info.direction, "") if info else "")
-    footer = _legend(["N × d", "", ""], [f"{r.n:,} × {r.d} {r.dtype}", _title(report),
+    footer = legend_lines(["N × d", "", ""], [f"{r.n:,} × {r.d} {r.dtype}", _title(report),
                                           DIRECTIONS])
     return [table, footer]
 
@@ -176,7 +176,7 @@ def _metric_index(names: Sequence[str], direction: Callable[[str], str] = _direc
     return [Column("metric", list(names), "left", "bold"), Column("", arrows, "center")]
 
 
-def _legend(labels: Sequence[str], lines: Sequence[str]) -> Text:
+def legend_lines(labels: Sequence[str], lines: Sequence[str]) -> Text:
     """``label  what it stands for`` lines under a table, the labels aligned (a line with an
     empty label is a note)."""
     pad = max(map(len, labels))
@@ -214,7 +214,7 @@ def _several(report: Report, width: int = 10_000) -> list[RenderableType]:
     tables: list[RenderableType] = list(wrapped_tables(
         f"{len(report.inputs)} inputs", _metric_index(names), columns, width))
     marks, lines = _input_legend(report.inputs, labels)
-    return [*tables, _legend([*marks, "", ""], [*lines, _title(report), DIRECTIONS])]
+    return [*tables, legend_lines([*marks, "", ""], [*lines, _title(report), DIRECTIONS])]
 
 
 #: Rich styles of a change by the metric's direction (compare) and of a gate check.
@@ -286,7 +286,7 @@ def comparison_tables(comparison: Comparison, width: int = 10_000) -> list[Rende
     notes = [caption, *([noise.removeprefix(" · ")] if noise else []),
              *([f"{', '.join(scaled)}: depend on the embeddings' scale, so neutral here"]
                if scaled else [])]
-    return [*out, _legend([*marks, *[""] * len(notes)], [*lines, *notes])]
+    return [*out, legend_lines([*marks, *[""] * len(notes)], [*lines, *notes])]
 
 
 def gate_table(result: GateResult) -> Table:
