@@ -107,12 +107,19 @@ def short_names(names: list[str]) -> list[str]:
 
     >>> short_names(["a.h5[hidden/layer_0]", "a.h5[hidden/layer_1]"])
     ['layer_0', 'layer_1']
+    >>> short_names(["d/minilm.safetensors[embeddings]", "d/collapsed.safetensors[embeddings]"])
+    ['minilm.safetensors[embeddings]', 'collapsed.safetensors[embeddings]']
     """
     if len(names) < 2:
         return [slug(n) for n in names]
     prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
     cut = max(prefix.rfind(sep) for sep in "/[") + 1 if prefix else 0
-    return [n[cut:].rstrip("]") or n for n in names]
+    return [_unbracketed(n[cut:]) or n for n in names]
+
+
+def _unbracketed(name: str) -> str:
+    """A name cut inside its ``[key]`` loses the key's closing bracket; a whole one keeps it."""
+    return name[:-1] if name.endswith("]") and "[" not in name else name
 
 
 def _jackknife_band(ax: Axes, result: InputResult, lam: np.ndarray) -> None:
