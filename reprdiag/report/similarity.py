@@ -57,13 +57,13 @@ def similarity_tables(result: Similarity, debiased: bool = False) -> list[Render
     runs = result.across_runs()
     if runs:
         files = list(dict.fromkeys(result.files))
-        per_key = Table(title=escape(f"per key: {files[0]} vs {files[1]}"))
+        per_key = Table(title="CKA per key")
         per_key.add_column("key", style="bold")
         per_key.add_column("CKA", justify="right")
         per_key.add_column("debiased", justify="right")
         for key, (biased, unbiased) in runs.items():
             per_key.add_row(escape(key), _cell(biased), _cell(unbiased))
-        tables.append(per_key)
+        tables += [per_key, legend_lines(["run 1", "run 2"], files[:2])]
     return tables
 
 
