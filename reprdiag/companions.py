@@ -19,12 +19,13 @@ import torch
 from reprdiag.engine import Companion
 from reprdiag.errors import InputError, UsageError, source_label
 from reprdiag.loaders import ArraySource, list_arrays, select_arrays
-from reprdiag.stats.blocked import BlockedStatistic
+from reprdiag.stats.blocked import BlockedStatistic, moment_bytes
 from reprdiag.stats.classes import ClassMoments, check_labels
 from reprdiag.stats.cross import PairMoments
 
 #: per-class second moments (for per-class effective rank) are kept up to this many bytes
-#: (with K jackknife blocks: all K blocks' together, so C·d²·8 ≤ this / K)
+#: (with K jackknife blocks: per block, while the memory budget holds K of them; see
+#: :func:`class_squares_limit`)
 CLASS_SQUARES_BYTES = 256 * 2**20
 
 
@@ -100,15 +101,33 @@ def pair_block_bytes(d: int, d_pair: int) -> int:
     return (dim * dim + 3 * dim + 4) * 8
 
 
+def class_squares_limit(d: int, blocks: int, budget: int, extra: int = 0) -> int:
+    """Bytes each of K jackknife blocks' per-class second moments may take: what a plain run
+    keeps (:data:`CLASS_SQUARES_BYTES`) while K of them fit the memory ``budget`` left beside
+    the blocked moments (``extra``: a pair's bytes per block, see
+    :func:`~reprdiag.stats.blocked.moment_bytes`), else an equal share of what is left, and
+    never less than a K-th of :data:`CLASS_SQUARES_BYTES`.
+
+    >>> class_squares_limit(768, 20, budget=2**40) == CLASS_SQUARES_BYTES  # memory to spare
+    True
+    >>> class_squares_limit(768, 20, budget=0) == CLASS_SQUARES_BYTES // 20
+    True
+    """
+    left = budget - moment_bytes(d, blocks, extra)
+    return min(CLASS_SQUARES_BYTES, max(CLASS_SQUARES_BYTES, left) // blocks)
+
+
 def streamed(labels: ArraySource | None, pair: ArraySource | None, d: int,
-             device: torch.device, blocks: int = 0, seed: int = 0) -> list[Companion]:
+             device: torch.device, blocks: int = 0, seed: int = 0,
+             squares_limit: int | None = None) -> list[Companion]:
     """The companions one pass over an input of width ``d`` feeds (fresh for every pass):
     ``labels`` and ``pair`` are whatever reads rows ``[a, b)`` of them (``read``, ``label``);
     ``blocks`` > 0 keeps their statistics per jackknife block (the K and ``seed`` of the
-    pass's moments, ``--uncertainty``)."""
+    pass's moments, ``--uncertainty``), each block's per-class second moments up to
+    ``squares_limit`` bytes (see :class:`LabelCompanion`)."""
     out: list[Companion] = []
     if labels is not None:
-        out.append(LabelCompanion(labels, d, device, blocks, seed))
+        out.append(LabelCompanion(labels, d, device, blocks, seed, squares_limit))
     if pair is not None:
         out.append(PairCompanion(pair, d, device, blocks, seed))
     return out
@@ -116,14 +135,19 @@ def streamed(labels: ArraySource | None, pair: ArraySource | None, d: int,
 
 class LabelCompanion:
     """Per-class counts and sums (and, while C·d² fits, per-class second moments); with
-    ``blocks`` = K > 0, one set per jackknife block (``seed``: the blocks' seed)."""
+    ``blocks`` = K > 0, one set per jackknife block (``seed``: the blocks' seed).
+
+    ``squares_limit``: the bytes of per-class second moments one set may keep (C·d²·8), by
+    default :data:`CLASS_SQUARES_BYTES` (shared by the K blocks when there are blocks; the
+    pipeline passes :func:`class_squares_limit`)."""
 
     name = "classes"
 
     def __init__(self, labels: ArraySource, d: int, device: torch.device, blocks: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, squares_limit: int | None = None):
         self.labels, self.d = labels, d
-        limit = CLASS_SQUARES_BYTES // max(blocks, 1)  # K blocks share the budget
+        limit = (CLASS_SQUARES_BYTES // max(blocks, 1) if squares_limit is None
+                 else squares_limit)
 
         def make() -> ClassMoments:
             return ClassMoments(d, second_moments=True, device=device, squares_limit=limit)

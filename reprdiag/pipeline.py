@@ -34,7 +34,13 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import label_source, pair_block_bytes, pair_source, streamed
+from reprdiag.companions import (
+    class_squares_limit,
+    label_source,
+    pair_block_bytes,
+    pair_source,
+    streamed,
+)
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
@@ -56,7 +62,7 @@ from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL
 from reprdiag.results import InputResult, Report
 from reprdiag.statistics import Statistics
-from reprdiag.stats.blocked import block_labels, blocked_totals
+from reprdiag.stats.blocked import block_labels, blocked_totals, memory_budget
 from reprdiag.uncertainty import BlockMap, check_rows, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
@@ -142,8 +148,10 @@ class FileSources:
     def alone(self, config: AnalysisConfig, device: torch.device,
               progress: Progress | None) -> Streamed:
         def one(s: ArraySource) -> tuple[ArraySource, Accumulated]:
-            opts = stream_for(s, config, device)
-            return s, accumulate(s, opts, progress, companions_for(s, config, opts.blocks))
+            budget = memory_budget(device) if config.uncertainty else None
+            opts = stream_for(s, config, device, budget)
+            return s, accumulate(s, opts, progress,
+                                 companions_for(s, config, opts.blocks, budget))
 
         return (one(s) for s in self.open(config))
 
@@ -161,7 +169,7 @@ class FileSources:
         return ctx.accumulate_each(
             lambda: self.open(config), config.stream(ctx.device), progress, check=check_shape,
             stream_for=options_of,
-            companions_for=lambda s: companions_for(s, config, options_of(s).blocks))
+            companions_for=lambda s: companions_for(s, config, options_of(s).blocks, budget))
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:
         return config.to_dict()
@@ -242,16 +250,24 @@ def stream_for(source: ArraySource, config: AnalysisConfig, device: torch.device
     return out
 
 
-def companions_for(source: ArraySource, config: AnalysisConfig, blocks: int = 0
+def companions_for(source: ArraySource, config: AnalysisConfig, blocks: int = 0,
+                   budget: int | None = None
                    ) -> Callable[[torch.device], list[Companion]] | None:
     """What the pass over ``source`` streams beside its moments, checked before reading;
-    ``blocks`` > 0: per jackknife block (the K of the pass's moments)."""
+    ``blocks`` > 0: per jackknife block (the K of the pass's moments), each block's per-class
+    second moments as large as a plain run's while ``budget`` (bytes, the one K was fitted
+    to) holds K of them (:func:`reprdiag.companions.class_squares_limit`)."""
     if not (config.labels or config.pair):
         return None
     label_src = label_source(config.labels, source) if config.labels else None
     pair_src = pair_source(config.pair, source) if config.pair else None
-    return partial(streamed, label_src, pair_src, source.shape[1], blocks=blocks,
-                   seed=config.seed)
+    d = source.shape[1]
+    limit = None
+    if blocks and label_src is not None and budget is not None:
+        extra = pair_block_bytes(d, int(pair_src.shape[1])) if pair_src is not None else 0
+        limit = class_squares_limit(d, blocks, budget, extra)
+    return partial(streamed, label_src, pair_src, d, blocks=blocks, seed=config.seed,
+                   squares_limit=limit)
 
 
 # ---- statistics → spectra → metrics ----

@@ -254,16 +254,27 @@ def test_pair_cross_moments_count_against_the_memory_budget(data, monkeypatch) -
     assert alone.inputs[0].uncertainty_method["blocks"] == 20
 
 
-def test_blocks_share_the_per_class_second_moment_budget(data, monkeypatch) -> None:
-    """Per-class second moments of all K blocks share CLASS_SQUARES_BYTES: when C·d²·8 fits
-    it but K times that does not, per-class ranks are left out (NaN, with NaN SE) under
-    --uncertainty, while the other label metrics keep value and SE."""
+def test_per_class_second_moments_of_k_blocks_need_the_memory_budget(data, monkeypatch
+                                                                     ) -> None:
+    """Each block keeps per-class second moments as a plain run does (C·d²·8 ≤
+    CLASS_SQUARES_BYTES) while the memory budget holds K of them beside the blocked moments;
+    when it does not (and K·C·d²·8 is over CLASS_SQUARES_BYTES), per-class ranks are left out
+    (NaN, with NaN SE) under --uncertainty, the other label metrics keeping value and SE."""
     path, *_ = data
     monkeypatch.setattr(companions, "CLASS_SQUARES_BYTES", 6 * D * D * 8 * 2)  # 6 classes
-    plain = reprdiag.analyze(path, **_options(metrics=["class_erank_min", "nc1"]))
+    names = ["class_erank_min", "class_erank_median", "nc1"]
+    plain = reprdiag.analyze(path, **_options(metrics=names))
     assert math.isfinite(plain.metrics["class_erank_min"])
-    rep = reprdiag.analyze(path, **_options(metrics=["class_erank_min", "nc1"],
-                                            uncertainty=True, blocks=K)).inputs[0]
+    spare = reprdiag.analyze(path, **_options(metrics=names, uncertainty=True,
+                                              blocks=K)).inputs[0]  # the machine's budget
+    for name in names:
+        assert spare.metrics[name] == pytest.approx(plain.metrics[name], rel=1e-10), name
+        assert spare.uncertainty[name]["se"] > 0, name
+    tight = moment_bytes(D, K, companions.pair_block_bytes(D, D))  # nothing left beside
+    monkeypatch.setenv(BUDGET_ENV, str(tight))
+    rep = reprdiag.analyze(path, **_options(metrics=names, uncertainty=True,
+                                            blocks=K)).inputs[0]
+    assert rep.uncertainty_method["blocks"] == K
     assert math.isnan(rep.metrics["class_erank_min"])
     assert math.isnan(rep.uncertainty["class_erank_min"]["se"])
     assert rep.metrics["nc1"] == pytest.approx(plain.metrics["nc1"], rel=1e-10)
