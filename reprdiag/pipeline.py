@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import LabelCompanion, PairCompanion, label_source, pair_source
+from reprdiag.companions import label_source, pair_source, streamed
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
@@ -235,17 +236,7 @@ def companions_for(source: ArraySource, config: AnalysisConfig
         return None
     label_src = label_source(config.labels, source) if config.labels else None
     pair_src = pair_source(config.pair, source) if config.pair else None
-    d = source.shape[1]
-
-    def build(device: torch.device) -> list[Companion]:
-        out: list[Companion] = []
-        if label_src is not None:
-            out.append(LabelCompanion(label_src, d, device))
-        if pair_src is not None:
-            out.append(PairCompanion(pair_src, d, device))
-        return out
-
-    return build
+    return partial(streamed, label_src, pair_src, source.shape[1])
 
 
 # ---- statistics → spectra → metrics ----
