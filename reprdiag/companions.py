@@ -5,6 +5,9 @@ names one class id per row; ``--pair KEY`` or ``--pair PATH[:KEY]`` a second, ro
 embeddings. :func:`resolve_companion` turns such a spec into an :class:`ArraySource` for a given
 input and checks its rows before anything is read; :class:`LabelCompanion` and
 :class:`PairCompanion` are the :class:`~reprdiag.engine.Companion` s the streaming pass feeds.
+With ``--uncertainty`` (``blocks`` = K > 0) each keeps K copies of its statistic
+(:class:`~reprdiag.stats.blocked.BlockedStatistic`), one per jackknife block of the moments,
+so every label and paired-view metric gets its delete-a-block values too.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import torch
 from reprdiag.engine import Companion
 from reprdiag.errors import InputError, UsageError, source_label
 from reprdiag.loaders import ArraySource, list_arrays, select_arrays
+from reprdiag.stats.blocked import BlockedStatistic
 from reprdiag.stats.classes import ClassMoments, check_labels
 from reprdiag.stats.cross import PairMoments
 
 #: per-class second moments (for per-class effective rank) are kept up to this many bytes
+#: (with K jackknife blocks: all K blocks' together, so C·d²·8 ≤ this / K)
 CLASS_SQUARES_BYTES = 256 * 2**20
 
 
@@ -85,47 +90,77 @@ def pair_source(spec: str, source: ArraySource | None) -> ArraySource:
     return pair
 
 
+def pair_block_bytes(d: int, d_pair: int) -> int:
+    """Memory of one jackknife block's cross-moments of two views of d and d' columns:
+    ((d + d')² + 3(d + d') + 4)·8 bytes (Σyyᵀ, Σy and the debiased-HSIC sums, float64).
+
+    >>> round(pair_block_bytes(384, 384) / 2**20, 2)  # MiB: K = 20 blocks hold 90 MiB
+    4.52
+    """
+    dim = d + d_pair
+    return (dim * dim + 3 * dim + 4) * 8
+
+
 def streamed(labels: ArraySource | None, pair: ArraySource | None, d: int,
-             device: torch.device) -> list[Companion]:
+             device: torch.device, blocks: int = 0, seed: int = 0) -> list[Companion]:
     """The companions one pass over an input of width ``d`` feeds (fresh for every pass):
-    ``labels`` and ``pair`` are whatever reads rows ``[a, b)`` of them (``read``, ``label``)."""
+    ``labels`` and ``pair`` are whatever reads rows ``[a, b)`` of them (``read``, ``label``);
+    ``blocks`` > 0 keeps their statistics per jackknife block (the K and ``seed`` of the
+    pass's moments, ``--uncertainty``)."""
     out: list[Companion] = []
     if labels is not None:
-        out.append(LabelCompanion(labels, d, device))
+        out.append(LabelCompanion(labels, d, device, blocks, seed))
     if pair is not None:
-        out.append(PairCompanion(pair, d, device))
+        out.append(PairCompanion(pair, d, device, blocks, seed))
     return out
 
 
 class LabelCompanion:
-    """Per-class counts and sums (and, while C·d² fits, per-class second moments)."""
+    """Per-class counts and sums (and, while C·d² fits, per-class second moments); with
+    ``blocks`` = K > 0, one set per jackknife block (``seed``: the blocks' seed)."""
 
     name = "classes"
 
-    def __init__(self, labels: ArraySource, d: int, device: torch.device):
+    def __init__(self, labels: ArraySource, d: int, device: torch.device, blocks: int = 0,
+                 seed: int = 0):
         self.labels, self.d = labels, d
-        self.classes = ClassMoments(d, second_moments=True, device=device,
-                                    squares_limit=CLASS_SQUARES_BYTES)
+        limit = CLASS_SQUARES_BYTES // max(blocks, 1)  # K blocks share the budget
+
+        def make() -> ClassMoments:
+            return ClassMoments(d, second_moments=True, device=device, squares_limit=limit)
+
+        self.classes = make() if not blocks else None
+        self.blocked = (BlockedStatistic([make() for _ in range(blocks)], seed,
+                                         tidy=ClassMoments.nonempty) if blocks else None)
 
     def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None:
         ids = check_labels(self.labels.read(first, first + rows.shape[0]), rows.shape[0],
                            self.labels.label)
+        if self.blocked is not None:
+            for part, (block_rows, block_ids) in self.blocked.split(first, [rows, ids], keep):
+                part.update(block_rows, block_ids)
+            return
         if keep is not None:
             rows, ids = rows[keep], ids[keep.cpu()]
         self.classes.update(rows, ids)  # past CLASS_SQUARES_BYTES per-class rank is left out
 
-    def result(self) -> ClassMoments:
-        return self.classes
+    def result(self) -> ClassMoments | BlockedStatistic[ClassMoments]:
+        return self.blocked if self.blocked is not None else self.classes
 
 
 class PairCompanion:
-    """The cross-moments of the input and its paired view."""
+    """The cross-moments of the input and its paired view; with ``blocks`` = K > 0, one set
+    per jackknife block (``seed``: the blocks' seed)."""
 
     name = "pair"
 
-    def __init__(self, pair: ArraySource, d: int, device: torch.device):
+    def __init__(self, pair: ArraySource, d: int, device: torch.device, blocks: int = 0,
+                 seed: int = 0):
         self.pair = pair
-        self.moments = PairMoments(d, int(pair.shape[1]), device=device)
+        width = int(pair.shape[1])
+        self.moments = PairMoments(d, width, device=device) if not blocks else None
+        self.blocked = (BlockedStatistic([PairMoments(d, width, device=device)
+                                          for _ in range(blocks)], seed) if blocks else None)
 
     def update(self, first: int, rows: torch.Tensor, keep: torch.Tensor | None) -> None:
         other = self.pair.read(first, first + rows.shape[0])
@@ -134,9 +169,14 @@ class PairCompanion:
             row = first + int(bad.nonzero()[0, 0])
             raise InputError(f"row {row} holds NaN or Inf", source=self.pair.label,
                              hint="the paired view must be finite where the input is")
+        if self.blocked is not None:
+            for part, (block_rows, block_other) in self.blocked.split(first, [rows, other],
+                                                                      keep):
+                part.update(block_rows, block_other)
+            return
         if keep is not None:
             rows, other = rows[keep], other[keep.cpu()]
         self.moments.update(rows, other)
 
-    def result(self) -> PairMoments:
-        return self.moments
+    def result(self) -> PairMoments | BlockedStatistic[PairMoments]:
+        return self.blocked if self.blocked is not None else self.moments

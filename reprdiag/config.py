@@ -102,16 +102,17 @@ class AnalysisConfig:
                              self.seed, self.nan)
 
     def stream_for(self, d: int, device: torch.device, label: str,
-                   budget: int | None = None) -> StreamOptions:
+                   budget: int | None = None, extra: int = 0) -> StreamOptions:
         """The stream options of one input of width ``d``: with ``uncertainty``, K jackknife
-        blocks fitted to the memory budget, ``budget`` bytes if given (see
+        blocks fitted to the memory budget, ``budget`` bytes if given, with ``extra`` bytes
+        per block beside the moments (a pair's cross-moments; see
         :func:`reprdiag.stats.blocked.fit_blocks`)."""
         opts = self.stream(device)
         if not self.uncertainty:
             return opts
         from reprdiag.stats.blocked import fit_blocks
 
-        return replace(opts, blocks=fit_blocks(self.blocks, d, device, label, budget))
+        return replace(opts, blocks=fit_blocks(self.blocks, d, device, label, budget, extra))
 
     def to_dict(self, *, model: bool = False) -> dict[str, Any]:
         """The report's ``options``: every option (``blocks`` only with ``uncertainty``);
@@ -149,13 +150,6 @@ def _metrics(c: AnalysisConfig) -> None:
     for_input(c.metrics, c.extras())
 
 
-def _companions(c: AnalysisConfig) -> None:
-    if c.uncertainty and (c.labels or c.pair):
-        raise UsageError("--uncertainty does not cover --labels/--pair yet",
-                         hint="run the jackknife without them, or the label/pair metrics "
-                         "without --uncertainty")
-
-
 def _stream(c: AnalysisConfig) -> None:
     """Options no pass can run with: sample < 2, chunk < 1, unknown names."""
     from reprdiag.engine import NAN_POLICIES
@@ -187,7 +181,7 @@ def _pool(c: AnalysisConfig) -> None:
 
 #: Every check of :class:`AnalysisConfig`, in the order they run.
 CONSTRAINTS: tuple[Callable[[AnalysisConfig], None], ...] = (
-    _kappa, _er_options, _metrics, _companions, _stream, _blocks, _pool)
+    _kappa, _er_options, _metrics, _stream, _blocks, _pool)
 
 
 def analysis_config(metrics: Sequence[str] | None = None, **options: Any) -> AnalysisConfig:

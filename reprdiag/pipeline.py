@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import label_source, pair_source, streamed
+from reprdiag.companions import label_source, pair_block_bytes, pair_source, streamed
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
@@ -56,7 +56,7 @@ from reprdiag.metrics.registry import for_input
 from reprdiag.precision import MATERIAL
 from reprdiag.results import InputResult, Report
 from reprdiag.statistics import Statistics
-from reprdiag.stats.blocked import block_labels
+from reprdiag.stats.blocked import block_labels, blocked_totals
 from reprdiag.uncertainty import BlockMap, check_rows, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
@@ -141,18 +141,27 @@ class FileSources:
 
     def alone(self, config: AnalysisConfig, device: torch.device,
               progress: Progress | None) -> Streamed:
-        return ((s, accumulate(s, stream_for(s, config, device), progress,
-                               companions_for(s, config)))
-                for s in self.open(config))
+        def one(s: ArraySource) -> tuple[ArraySource, Accumulated]:
+            opts = stream_for(s, config, device)
+            return s, accumulate(s, opts, progress, companions_for(s, config, opts.blocks))
+
+        return (one(s) for s in self.open(config))
 
     def across(self, config: AnalysisConfig, ctx: DistributedContext,
                progress: Progress | None) -> Streamed:
         refuse_in_memory(self.inputs)
         budget = ctx.memory_budget() if config.uncertainty else None  # the same K on every rank
+        fitted: dict[int, StreamOptions] = {}  # each input's K, fitted once (one warning)
+
+        def options_of(s: ArraySource) -> StreamOptions:
+            if id(s) not in fitted:
+                fitted[id(s)] = stream_for(s, config, ctx.device, budget)
+            return fitted[id(s)]
+
         return ctx.accumulate_each(
             lambda: self.open(config), config.stream(ctx.device), progress, check=check_shape,
-            stream_for=lambda s: stream_for(s, config, ctx.device, budget),
-            companions_for=lambda s: companions_for(s, config))
+            stream_for=options_of,
+            companions_for=lambda s: companions_for(s, config, options_of(s).blocks))
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:
         return config.to_dict()
@@ -220,23 +229,29 @@ def _join_shards(per_input: list[list[ArraySource]]) -> list[ArraySource]:
 
 def stream_for(source: ArraySource, config: AnalysisConfig, device: torch.device,
                budget: int | None = None) -> StreamOptions:
-    """The stream options of one file input (jackknife blocks fitted to ``budget``); a row
-    count the blocks cannot split fails before anything is read."""
+    """The stream options of one file input (jackknife blocks fitted to ``budget``, with a
+    paired view's blocked cross-moments counted); a row count the blocks cannot split fails
+    before anything is read."""
     n, d = source.shape
-    out = config.stream_for(d, device, source.label, budget)
+    extra = 0
+    if config.uncertainty and config.pair:
+        extra = pair_block_bytes(d, int(pair_source(config.pair, source).shape[1]))
+    out = config.stream_for(d, device, source.label, budget, extra)
     if out.blocks:
         check_rows(n, out.blocks, source.label)
     return out
 
 
-def companions_for(source: ArraySource, config: AnalysisConfig
+def companions_for(source: ArraySource, config: AnalysisConfig, blocks: int = 0
                    ) -> Callable[[torch.device], list[Companion]] | None:
-    """What the pass over ``source`` streams beside its moments, checked before reading."""
+    """What the pass over ``source`` streams beside its moments, checked before reading;
+    ``blocks`` > 0: per jackknife block (the K of the pass's moments)."""
     if not (config.labels or config.pair):
         return None
     label_src = label_source(config.labels, source) if config.labels else None
     pair_src = pair_source(config.pair, source) if config.pair else None
-    return partial(streamed, label_src, pair_src, source.shape[1])
+    return partial(streamed, label_src, pair_src, source.shape[1], blocks=blocks,
+                   seed=config.seed)
 
 
 # ---- statistics → spectra → metrics ----
@@ -268,7 +283,7 @@ def statistics(acc: Accumulated) -> Statistics:
     and companions' statistics (labels, pair); with jackknife blocks, which block each sampled
     row belongs to (one sample pass then serves the plain and the deleted values)."""
     stats = Statistics(acc.moments, acc.reservoir, acc.precision)
-    stats.extras = acc.extras
+    stats.extras = blocked_totals(acc.extras)  # per-block companions: their totals
     if acc.blocks is not None:
         stats.sample_groups = (block_labels(acc.reservoir.index, acc.blocks.seed,
                                             acc.blocks.blocks), acc.blocks.blocks)
@@ -364,7 +379,8 @@ def summarize(source: Described, acc: Accumulated, config: AnalysisConfig,
         t0 = time.perf_counter()
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(config.metrics),
                       config.metric_options(), values, stats.cov_eigenvalues,
-                      progress=progress, label=source.label, block_map=block_map, stats=stats)
+                      progress=progress, label=source.label, block_map=block_map, stats=stats,
+                      extras=acc.extras)
         result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
         result.spectra_se = {"covariance": jk.spectrum_se}
         result.timings["uncertainty_s"] = time.perf_counter() - t0

@@ -96,8 +96,6 @@ def test_refusals(files) -> None:
         reprdiag.analyze(a, keys=["emb"], labels="lables", device="cpu")
     with pytest.raises(UsageError, match="'nc1' needs --labels"):
         reprdiag.analyze(a, keys=["emb"], metrics=["nc1"], device="cpu")
-    with pytest.raises(UsageError, match="--uncertainty does not cover"):
-        reprdiag.analyze(a, keys=["emb"], labels="labels", uncertainty=True, device="cpu")
     with pytest.raises(UsageError, match="not a file"):
         reprdiag.analyze(torch.randn(10, 3), labels="y", device="cpu")
     x = np.random.default_rng(1).standard_normal((600, 8))

@@ -19,7 +19,6 @@ BAD = [
     ({"er_compat": "sloppy"}, "sloppy"),
     ({"metrics": ["vne", "rankmee"]}, "unknown metric 'rankmee'"),
     ({"metrics": ["nc1"]}, "nc1"),  # needs labels, none given
-    ({"uncertainty": True, "labels": "y.npy"}, "--uncertainty does not cover --labels/--pair"),
     ({"sample_size": 1}, "sample size must be at least 2, got 1"),
     ({"chunk_rows": 0}, "chunk size must be at least 1 row, got 0"),
     ({"precision": "float8"}, "float8"),
@@ -37,7 +36,7 @@ def test_each_bad_option_is_one_usage_error(options: dict, needle: str) -> None:
     assert info.value.exit_code == 2
 
 
-@pytest.mark.parametrize(("options", "needle"), BAD[:2] + BAD[7:9])
+@pytest.mark.parametrize(("options", "needle"), BAD[:2] + BAD[6:8])
 def test_the_public_api_refuses_with_the_same_message(options: dict, needle: str) -> None:
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
         reprdiag.analyze(torch.randn(20, 3, dtype=torch.float64), device="cpu", **options)

@@ -27,7 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-from reprdiag.companions import label_source, pair_source, split_spec, streamed
+from reprdiag.companions import (
+    label_source,
+    pair_block_bytes,
+    pair_source,
+    split_spec,
+    streamed,
+)
 from reprdiag.config import AnalysisConfig
 from reprdiag.engine import Companion
 from reprdiag.errors import InputError, UsageError, source_label
@@ -90,9 +96,17 @@ class RunCompanions:
     labels: AlignedRows | CarriedLabels | None = None
     pair: AlignedRows | None = None
 
-    def build(self, d: int, device: torch.device) -> list[Companion]:
-        """Fresh companions for one layer of width ``d``."""
-        return streamed(self.labels, self.pair, d, device)  # type: ignore[arg-type]
+    def build(self, d: int, device: torch.device, blocks: int = 0, seed: int = 0
+              ) -> list[Companion]:
+        """Fresh companions for one layer of width ``d`` (``blocks`` > 0: per jackknife
+        block, the K and seed of the layer's moments)."""
+        return streamed(self.labels, self.pair, d, device, blocks,  # type: ignore[arg-type]
+                        seed)
+
+    def block_bytes(self, d: int) -> int:
+        """Memory of one jackknife block's pair cross-moments beside a layer of width ``d``
+        (0 without a pair), counted when K is fitted to the memory budget."""
+        return 0 if self.pair is None else pair_block_bytes(d, int(self.pair.shape[1]))
 
     def hold(self, batch: Batch) -> None:
         """Called with each batch this process runs, before its rows are fed."""

@@ -164,12 +164,14 @@ class _Pass:
 
     def accumulator(self, model: str, layer: str, d: int, dtype: torch.dtype) -> Accumulator:
         """An empty accumulator for ``layer`` of width ``d`` (with ``uncertainty``, K
-        jackknife blocks fitted to the budget: a function of d and the budget alone)."""
+        jackknife blocks fitted to the budget: a function of d, the budget and the pair's
+        width alone), feeding the companions (per jackknife block with ``uncertainty``)."""
         label = f"{model}[{layer}]"
-        acc = Accumulator(d, dtype, self.config.stream_for(d, self.device, label, self.budget),
-                          label)
+        extra = self.companions.block_bytes(d) if self.companions is not None else 0
+        opts = self.config.stream_for(d, self.device, label, self.budget, extra)
+        acc = Accumulator(d, dtype, opts, label)
         if self.companions is not None:
-            acc.companions = self.companions.build(d, acc.device)
+            acc.companions = self.companions.build(d, acc.device, opts.blocks, opts.seed)
         return acc
 
 

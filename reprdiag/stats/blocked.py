@@ -10,6 +10,10 @@ inverse of the merge). The delete-a-block jackknife (:mod:`reprdiag.uncertainty`
 
 Cost: the same O(N·d²) Gram products as a plain pass (each row is multiplied once, in its
 block), but K times the d×d moment memory: K·2·d²·8 bytes (Σyyᵀ and Σzzᵀ per block).
+
+:class:`BlockedStatistic` does the same for the statistics streamed beside the moments (class
+moments with ``--labels``, the views' cross-moments with ``--pair``): K copies, fed by the same
+block assignment, whose total minus one block is the statistic of the other rows, exactly.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -27,13 +32,14 @@ from reprdiag.defaults import DEFAULT_BLOCKS
 from reprdiag.errors import ReprdiagWarning, ResourceError
 from reprdiag.stats.moments import Scratch, StreamingMoments
 from reprdiag.stats.reservoir import row_hash
-from reprdiag.stats.state import Frame
+from reprdiag.stats.state import Frame, Mergeable
 
 MIN_BLOCKS = 5
 BLOCK_SALT = 0x2545F4914F6CDD1D  # keeps block labels independent of the sample's priorities
 BUDGET_ENV = "REPRDIAG_MEMORY_BUDGET"  # bytes; overrides the device's free memory / 2
 
 _F64 = torch.float64
+S = TypeVar("S", bound=Mergeable)
 
 
 def block_labels(index: torch.Tensor, seed: int, blocks: int) -> torch.Tensor:
@@ -48,13 +54,15 @@ def block_labels(index: torch.Tensor, seed: int, blocks: int) -> torch.Tensor:
     return torch.from_numpy(labels).to(index.device)
 
 
-def moment_bytes(d: int, blocks: int) -> int:
-    """Memory of K blocks' d×d moment matrices: K·2·d²·8 bytes (float64 Σyyᵀ and Σzzᵀ).
+def moment_bytes(d: int, blocks: int, extra: int = 0) -> int:
+    """Memory of K blocks' d×d moment matrices: K·2·d²·8 bytes (float64 Σyyᵀ and Σzzᵀ), plus
+    ``extra`` bytes per block (the blocked statistics streamed beside them, e.g. a pair's
+    cross-moments).
 
     >>> moment_bytes(384, 20) / 2**20
     45.0
     """
-    return blocks * 2 * d * d * 8
+    return blocks * (2 * d * d * 8 + extra)
 
 
 def memory_budget(device: torch.device) -> int:
@@ -80,24 +88,26 @@ def memory_budget(device: torch.device) -> int:
 
 
 def fit_blocks(blocks: int, d: int, device: torch.device, label: str = "<input>",
-               budget: int | None = None) -> int:
+               budget: int | None = None, extra: int = 0) -> int:
     """K, lowered (with a warning) to what the memory budget holds; never below 5.
 
     ``budget`` (bytes) replaces :func:`memory_budget` of ``device`` (e.g. the smallest of
-    several ranks', so they all fit the same K). Raises :class:`ResourceError` (exit 3) when
-    even 5 blocks do not fit.
+    several ranks', so they all fit the same K); ``extra``: bytes per block beside the
+    moments (see :func:`moment_bytes`). Raises :class:`ResourceError` (exit 3) when even 5
+    blocks do not fit.
     """
     budget = memory_budget(device) if budget is None else budget
-    if moment_bytes(d, blocks) <= budget:
+    if moment_bytes(d, blocks, extra) <= budget:
         return blocks
-    fits = budget // moment_bytes(d, 1)
-    need = moment_bytes(d, MIN_BLOCKS) / 2**20
+    fits = budget // moment_bytes(d, 1, extra)
+    need = moment_bytes(d, MIN_BLOCKS, extra) / 2**20
     if fits < MIN_BLOCKS:
         raise ResourceError(f"--uncertainty needs {need:.0f} MiB for {MIN_BLOCKS} blocks of "
-                            f"{d}×{d} moments, over the memory budget of "
-                            f"{budget / 2**20:.0f} MiB", source=label,
+                            f"{d}×{d} moments{' (and --pair cross-moments)' if extra else ''}, "
+                            f"over the memory budget of {budget / 2**20:.0f} MiB", source=label,
                             hint="run without --uncertainty, or on a device with more memory")
-    warnings.warn(f"{label}: --blocks {blocks} needs {moment_bytes(d, blocks) / 2**20:.0f} MiB "
+    warnings.warn(f"{label}: --blocks {blocks} needs "
+                  f"{moment_bytes(d, blocks, extra) / 2**20:.0f} MiB "
                   f"of moments, over the memory budget of {budget / 2**20:.0f} MiB; using "
                   f"{fits} blocks", ReprdiagWarning, stacklevel=2)
     return int(fits)
@@ -212,3 +222,115 @@ class BlockedMoments:
         for part in out.parts:
             part.scratch = shared
         return out
+
+
+class BlockedStatistic(Generic[S]):
+    """K copies of a mergeable statistic (:mod:`reprdiag.stats.state`: class moments, the
+    views' cross-moments), one per jackknife block, fed by the block assignment of
+    :class:`BlockedMoments` (:func:`block_labels` of the global row index and the seed).
+
+    :meth:`split` routes a chunk's rows to their blocks (the caller folds each share into
+    its part, with the statistic's own ``update``); :meth:`total` is the exact merge of the
+    parts (their states summed in one frame) and :meth:`without` the total minus one part's
+    state: the statistic of every row outside that block, exactly, without reading the data
+    again. ``tidy`` is applied to each such deleted statistic (e.g.
+    :meth:`~reprdiag.stats.classes.ClassMoments.nonempty`, dropping classes that lived only
+    in that block). Memory: K times the statistic's own. It merges across processes like
+    any statistic (frame and state per block), so ``torchrun`` ranks sum it exactly.
+
+    >>> from reprdiag.stats.classes import ClassMoments
+    >>> x, y = torch.arange(12.).reshape(6, 2), torch.tensor([0, 0, 1, 1, 2, 2])
+    >>> bs = BlockedStatistic([ClassMoments(2) for _ in range(3)], seed=0)
+    >>> for part, (rows, ids) in bs.split(0, [x, y]):
+    ...     part.update(rows, ids)
+    >>> bs.total().counts.tolist()
+    [2.0, 2.0, 2.0]
+    """
+
+    def __init__(self, parts: Sequence[S], seed: int = 0, tidy: Callable[[S], S] | None = None):
+        self.parts = list(parts)
+        self.seed = seed
+        self.tidy = tidy
+        self._merged: tuple[Frame, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def blocks(self) -> int:
+        """K, the number of blocks."""
+        return len(self.parts)
+
+    def split(self, first: int, arrays: Sequence[torch.Tensor],
+              keep: torch.Tensor | None = None) -> Iterator[tuple[S, list[torch.Tensor]]]:
+        """(part, its rows of every array) for each block holding rows of this chunk.
+
+        ``arrays`` are row-aligned (rows ``first, first+1, …``; each on its own device);
+        ``keep`` drops rows without renumbering the rest. One gather per array, O(n·width).
+        """
+        self._merged = None
+        n = arrays[0].shape[0]
+        labels = block_labels(torch.arange(first, first + n), self.seed, self.blocks)
+        if keep is not None:
+            labels = labels[keep.cpu()]
+            arrays = [a[keep.to(a.device)] for a in arrays]
+        order = torch.argsort(labels, stable=True)
+        counts = torch.bincount(labels, minlength=self.blocks).tolist()
+        pieces = [a.index_select(0, order.to(a.device)).split(counts) for a in arrays]
+        for b, part in enumerate(self.parts):
+            if counts[b]:
+                yield part, [p[b] for p in pieces]
+
+    def merged_state(self) -> tuple[Frame, dict[str, torch.Tensor]]:
+        """The parts' common frame and the sum of their states in it (computed once, kept
+        until the next :meth:`split`). O(K × the statistic's state)."""
+        if self._merged is None:
+            frame = self.parts[0].common_frame([p.frame() for p in self.parts])
+            total: dict[str, torch.Tensor] = {}
+            for part in self.parts:
+                for k, v in part.state(frame).items():
+                    total[k] = total[k] + v if k in total else v.clone()
+            self._merged = frame, total
+        return self._merged
+
+    def total(self) -> S:
+        """The statistic of every row: the exact merge of the K parts."""
+        frame, state = self.merged_state()
+        return self.parts[0].with_state(frame, dict(state))
+
+    def without(self, block: int) -> S:
+        """The statistic of every row outside ``block``: the total's state minus that part's
+        (in the total's frame), then ``tidy``. O(the statistic's state)."""
+        frame, state = self.merged_state()
+        part = self.parts[block].state(frame)
+        out = self.parts[0].with_state(frame, {k: v - part[k] for k, v in state.items()})
+        return self.tidy(out) if self.tidy is not None else out
+
+    # -- merging (the protocol of :mod:`reprdiag.stats.state`) ------------------------------
+    def frame(self) -> Frame:
+        """Every part's frame (``"parts"``, in block order)."""
+        return {"parts": [p.frame() for p in self.parts]}
+
+    def common_frame(self, frames: Sequence[Frame]) -> Frame:
+        """Block by block, the common frame of that block's parts."""
+        return {"parts": [p.common_frame([f["parts"][b] for f in frames])
+                          for b, p in enumerate(self.parts)]}
+
+    def state(self, frame: Frame | None = None) -> dict[str, torch.Tensor]:
+        """Every part's state in its frame of ``frame`` (default: its own), as ``"b/name"``."""
+        frames = frame["parts"] if frame is not None else [None] * self.blocks
+        return {f"{b}/{k}": v for b, (part, f) in enumerate(zip(self.parts, frames, strict=True))
+                for k, v in part.state(f).items()}
+
+    def with_state(self, frame: Frame, state: dict[str, torch.Tensor]) -> BlockedStatistic[S]:
+        """Blocked statistics like these, holding ``state`` in ``frame``."""
+        per: list[dict[str, torch.Tensor]] = [{} for _ in self.parts]
+        for key, value in state.items():
+            b, name = key.split("/", 1)
+            per[int(b)][name] = value
+        parts = [p.with_state(f, s) for p, f, s in zip(self.parts, frame["parts"], per,
+                                                         strict=True)]
+        return BlockedStatistic(parts, self.seed, self.tidy)
+
+
+def blocked_totals(extras: dict[str, Any]) -> dict[str, Any]:
+    """``extras`` (the statistics streamed beside the moments, by name) with every
+    :class:`BlockedStatistic` replaced by its total (what the plain metric values need)."""
+    return {k: v.total() if isinstance(v, BlockedStatistic) else v for k, v in extras.items()}

@@ -185,6 +185,25 @@ class ClassMoments:
         out.squares = state["squares"].to(self.device, _F64) if frame["squares"] else None
         return out
 
+    def nonempty(self) -> ClassMoments:
+        """These class moments without the classes that hold no row (what is left of a class
+        whose rows were all removed, e.g. the jackknife's "all rows but block b"); ``self``
+        when every class has rows.
+
+        >>> c = ClassMoments(1)
+        >>> c.update(torch.tensor([[1.], [2.]]), torch.tensor([4, 9]))
+        >>> c.counts[1] = 0
+        >>> c.nonempty().ids
+        [4]
+        """
+        have = self.counts > 0
+        if bool(have.all()):
+            return self
+        rows = torch.nonzero(have).flatten()
+        frame = {**self.frame(), "ids": [self.ids[i] for i in rows.tolist()]}
+        state = {k: v[rows] for k, v in self.state().items()}
+        return self.with_state(frame, state)
+
     def means(self) -> torch.Tensor:
         """μ_c, one row per class (C × d, float64)."""
         return self.shift + self.sums / self.counts.unsqueeze(1)

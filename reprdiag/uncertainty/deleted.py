@@ -2,19 +2,28 @@
 
 The K blocks are those of :class:`~reprdiag.stats.blocked.BlockedMoments` (a seeded hash of
 the global row index); the moments of "every row except block b" are the total minus block b
-(:func:`~reprdiag.stats.blocked.remove`), and the row sample drops the same rows
-(:func:`without_block`). :mod:`reprdiag.uncertainty.estimator` recomputes every metric on
-them.
+(:func:`~reprdiag.stats.blocked.remove`), the row sample drops the same rows
+(:func:`without_block`), and the statistics streamed beside the moments (class moments with
+``--labels``, cross-moments with ``--pair``), kept per block as
+:class:`~reprdiag.stats.blocked.BlockedStatistic`, are their total minus that block's part.
+:mod:`reprdiag.uncertainty.estimator` recomputes every metric on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from reprdiag.errors import InputError
 from reprdiag.statistics import Statistics
 from reprdiag.stats import Reservoir, StreamingMoments
-from reprdiag.stats.blocked import MIN_BLOCKS, BlockedMoments, block_labels, remove
+from reprdiag.stats.blocked import (
+    MIN_BLOCKS,
+    BlockedMoments,
+    BlockedStatistic,
+    block_labels,
+    remove,
+)
 
 
 def without_block(sample: Reservoir, block: int, seed: int, blocks: int) -> Reservoir:
@@ -24,23 +33,32 @@ def without_block(sample: Reservoir, block: int, seed: int, blocks: int) -> Rese
                      sample.index[keep], sample.seen - int((~keep).sum()))
 
 
-def deleted_statistics(bm: BlockedMoments, total: StreamingMoments,
-                       sample: Reservoir) -> Iterator[Statistics]:
-    """:class:`Statistics` of every row outside block b (moments and sample), b = 0 … K−1.
+def deleted_statistics(bm: BlockedMoments, total: StreamingMoments, sample: Reservoir,
+                       extras: Mapping[str, Any] | None = None) -> Iterator[Statistics]:
+    """:class:`Statistics` of every row outside block b (moments, sample and the blocked
+    ``extras``), b = 0 … K−1.
 
     When the sample holds every row, so does each delete-one-block sample (so the N < d Gram
     path of the spectra stays available).
     """
     for b in range(bm.blocks):
-        yield deleted_statistic(bm, total, sample, b)
+        yield deleted_statistic(bm, total, sample, b, extras)
 
 
 def deleted_statistic(bm: BlockedMoments, total: StreamingMoments, sample: Reservoir,
-                      block: int) -> Statistics:
+                      block: int, extras: Mapping[str, Any] | None = None) -> Statistics:
     """:class:`Statistics` of every row outside ``block``: O(d²) for the moments, O(M) for
-    the sample (see :func:`deleted_statistics`)."""
-    return Statistics(remove(total, bm.parts[block]),
-                      without_block(sample, block, bm.seed, bm.blocks))
+    the sample, O(state) for each :class:`BlockedStatistic` of ``extras`` (by name:
+    ``classes``, ``pair``; others are left out) (see :func:`deleted_statistics`)."""
+    stats = Statistics(remove(total, bm.parts[block]),
+                       without_block(sample, block, bm.seed, bm.blocks))
+    for name, blocked in (extras or {}).items():
+        if isinstance(blocked, BlockedStatistic):
+            if blocked.blocks != bm.blocks or blocked.seed != bm.seed:
+                raise ValueError(f"{name}: {blocked.blocks} blocks of seed {blocked.seed}, "
+                                 f"not the moments' {bm.blocks} of seed {bm.seed}")
+            stats.extras[name] = blocked.without(block)
+    return stats
 
 
 def check_rows(n: int, blocks: int, label: str = "<input>") -> None:

@@ -1,7 +1,8 @@
 """Jackknife standard errors, bias and intervals of every continuous metric.
 
 Every metric is recomputed on the K delete-one-block statistics of
-:mod:`reprdiag.uncertainty.deleted` (moments and row sample without block b), or, for metrics
+:mod:`reprdiag.uncertainty.deleted` (moments, row sample, and with ``--labels``/``--pair`` the
+class and cross-moments, without block b), or, for metrics
 with a one-pass ``deleted`` function (ER entropy, uniformity), all K at once. Blocks are
 random, so their sizes m_b differ a little; the estimator is the weighted delete-m_b jackknife
 of Busing, Meijer & van der Leeden (Statistics and Computing 9, 1999), which is the textbook
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ from reprdiag.engine import Progress
 from reprdiag.metrics import MetricInfo, Statistics, compute
 from reprdiag.metrics.registry import option_kwargs
 from reprdiag.stats import Reservoir, StreamingMoments
-from reprdiag.stats.blocked import BlockedMoments, block_labels
+from reprdiag.stats.blocked import BlockedMoments, BlockedStatistic, block_labels
 from reprdiag.uncertainty.deleted import deleted_statistic
 
 T = TypeVar("T")
@@ -162,8 +163,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
              infos: Sequence[MetricInfo], options: dict[str, object],
              values: dict[str, float], eigenvalues: torch.Tensor, level: float = LEVEL,
              progress: Progress | None = None, label: str = "<input>",
-             block_map: BlockMap | None = None, stats: Statistics | None = None
-             ) -> JackknifeResult:
+             block_map: BlockMap | None = None, stats: Statistics | None = None,
+             extras: Mapping[str, Any] | None = None) -> JackknifeResult:
     """Recompute every continuous metric (not ``discrete`` ones) and the covariance spectrum
     on the K delete-one-block statistics and turn them into jackknife estimates.
 
@@ -175,12 +176,19 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     blocks over the ranks, K/W each). ``stats``: the statistics the plain values came from
     (of ``total`` and ``sample``); metrics with a one-pass ``deleted`` then reuse what they
     cached there (the sample's pairwise pass, split by block when ``stats.sample_groups``
-    was set before the plain values were computed).
+    was set before the plain values were computed). ``extras``: the statistics streamed
+    beside the moments, by name; those kept per block
+    (:class:`~reprdiag.stats.blocked.BlockedStatistic`: class moments, cross-moments) give
+    the label and paired-view metrics their deleted values, with the moments' block sizes
+    (metrics of extras streamed whole get no estimate).
     """
-    continuous = [i for i in infos if not i.discrete and i.name in values]
+    full = stats if stats is not None else Statistics(total, sample)
+    per_block = {k for k, v in (extras or {}).items() if isinstance(v, BlockedStatistic)}
+    unblocked = set(full.extras) - per_block  # streamed whole: no deleted values to give
+    continuous = [i for i in infos if not i.discrete and i.name in values
+                  and i.needs not in unblocked]
     deleted: dict[str, list[float]] = {i.name: [] for i in continuous}
     labels = block_labels(sample.index, blocked.seed, blocked.blocks)
-    full = stats if stats is not None else Statistics(total, sample)
     if full.sample_groups is None:
         full.sample_groups = (labels, blocked.blocks)
     for info in continuous:  # metrics that compute all K deletions in one pass
@@ -189,9 +197,12 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
                                               **option_kwargs(info, options))
     one_by_one = [i for i in continuous if i.deleted is None]
     advancing = threading.Lock()
+    for part in (extras or {}).values():  # merge each one's blocks once, before the threads
+        if isinstance(part, BlockedStatistic):
+            part.merged_state()
 
     def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
-        stats = deleted_statistic(blocked, total, sample, b)
+        stats = deleted_statistic(blocked, total, sample, b, extras)
         found = compute(stats, one_by_one, options)  # XᵀX decomposed once (metrics.prepare)
         if progress:
             with advancing:  # blocks may run on several threads

@@ -75,3 +75,43 @@ def test_memory_budget_too_small_is_resource_error(emb: Path) -> None:
     assert proc.returncode == 3
     assert proc.stderr.startswith("reprdiag: error:") and proc.stderr.count("\n") == 1
     assert "memory budget" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 500)
+    x = (rng.standard_normal((4, 8)) * 2)[y] + rng.standard_normal((500, 8))
+    path = tmp_path_factory.mktemp("lp") / "emb.safetensors"
+    save_file({"emb": x.astype("f4"), "y": y,
+               "view": (x + 0.3 * rng.standard_normal(x.shape)).astype("f4")}, str(path))
+    return path
+
+
+LABEL_PAIR = {"nc1", "lidar", "nc2_equinorm", "nc2_equiangularity", "class_balance",
+              "class_erank_min", "class_erank_median", "alignment", "barlow_ondiag",
+              "barlow_offdiag", "pair_cka"}
+
+
+def test_uncertainty_with_labels_and_pair(labelled: Path, tmp_path: Path) -> None:
+    """--uncertainty --labels KEY --pair KEY: every label and paired-view metric has its SE
+    in the JSON, report.json, metrics.csv and the table."""
+    out = tmp_path / "run"
+    args = ["analyze", f"{labelled}", "--key", "emb", "--labels", "y", "--pair", "view",
+            "--uncertainty", "--blocks", "6"]
+    proc = run(*args, "--out", str(out), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    entry = json.loads(proc.stdout)["inputs"][0]
+    assert set(entry["uncertainty"]) >= LABEL_PAIR | CONTINUOUS
+    for name in LABEL_PAIR:
+        est, value = entry["uncertainty"][name], entry["metrics"][name]
+        assert est["se"] > 0 and est["ci_low"] < value < est["ci_high"], name
+    csv = pd.read_csv(out / "metrics.csv")
+    for name in ("nc1", "lidar", "pair_cka", "alignment"):
+        assert csv.loc[0, f"{name}_se"] == pytest.approx(entry["uncertainty"][name]["se"])
+    table = run(*args, "-m", "nc1,pair_cka")
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if "nc1" in line or "pair_cka" in line]
+    assert len(rows) == 2 and all("±" in line for line in rows), table.stdout

@@ -64,11 +64,17 @@ COMPANIONS: dict[str, Any] = {
                              "options": {**F64, "labels": "batch"}},
     "batch_labels_ready": {"world": 3, "model": {**_data("ready_labelled"), "layers": ["head"]},
                            "options": {**F64, "labels": "batch"}},
+    "labels_pair_uncertainty_w3": {"world": 3, "model": {**DIGITS, "limit": 900,
+                                                         "layers": ["fc2", "head"]},
+                                   "options": {**F64, "labels": LABELS, "pair": DIGITS["data"],
+                                               "uncertainty": True, "blocks": 6, "metrics": [
+                                                   "er_entropy", "vne", "nc1", "lidar",
+                                                   "pair_cka"]}},
 }
 SCENARIOS.update(COMPANIONS)
-UNCERTAINTY = ["uncertainty_w3", "uncertainty_rank0_empty"]
+UNCERTAINTY = ["uncertainty_w3", "uncertainty_rank0_empty", "labels_pair_uncertainty_w3"]
 EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "dataset",
-         *UNCERTAINTY, *COMPANIONS]
+         *dict.fromkeys([*UNCERTAINTY, *COMPANIONS])]
 
 
 @pytest.fixture(scope="module")

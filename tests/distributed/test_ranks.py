@@ -241,6 +241,9 @@ def scenario_results(tmp_path_factory: pytest.TempPathFactory
         "labels_pair_shards_w2": {"world": 2, "files": many["files"], "options": other_files},
         "labels_nan_drop": {"world": 3, "files": holed["files"],
                             "options": {**same_file, "nan": "drop"}},
+        "labels_pair_uncertainty_w3": {"world": 3, "files": many["files"],
+                                       "options": {**other_files, "uncertainty": True,
+                                                   "blocks": 6}},
         "huge_on_one_rank": {"world": 3, "files": _write_huge(tmp / "huge"),
                              "options": shards},
         "faulty_input": {"world": 3, "faulty": {"n": 90, "bad_from": 60, "kind": "input"}},
@@ -327,6 +330,25 @@ def test_labels_and_pair_under_ranks_equal_single_process(name: str, scenario_re
     for other in ranks[1:spec[name]["world"]]:
         assert [r["metrics"] for r in other[name]["inputs"]] == [
             r["metrics"] for r in multi["inputs"]]
+
+
+def test_label_and_pair_jackknife_under_ranks_equals_single_process(scenario_results: Any
+                                                                    ) -> None:
+    """The per-block class and cross-moments all-reduce block by block in a common frame
+    (each rank sees other classes in each block): every label and paired-view metric's SE,
+    bias and interval are one process's."""
+    spec, ranks = scenario_results
+    name = "labels_pair_uncertainty_w3"
+    single = _single(spec[name])
+    multi = ranks[0][name]
+    assert "error" not in multi, multi
+    assert {"nc1", "lidar", "class_erank_min", "alignment", "pair_cka"} <= set(
+        single.inputs[0].uncertainty)
+    assert single.inputs[0].uncertainty["nc1"]["se"] > 0
+    assert_same(single, multi, rtol=1e-10)
+    assert_same_uncertainty(single, multi)
+    for other in ranks[1:3]:
+        assert other[name]["inputs"][0]["uncertainty"] == multi["inputs"][0]["uncertainty"]
 
 
 def test_rank_split_does_not_change_label_and_pair_metrics(scenario_results: Any) -> None:

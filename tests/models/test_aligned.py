@@ -132,6 +132,21 @@ def test_labels_and_pair_together_on_every_layer_width(files: dict[str, Path]) -
                               pair=str(files["view"])), names)
 
 
+def test_uncertainty_with_labels_and_pair_equals_the_extracted_file(
+        files: dict[str, Path]) -> None:
+    """The jackknife blocks hash global row indices: the model run's class and cross moments
+    per block are the file run's, so every SE, bias and interval is."""
+    run = _run(files, "tests.model_data:tiny_tuples", layers=["output"])
+    names = ["nc1", "lidar", "alignment", "pair_cka", "vne"]
+    options = {"uncertainty": True, "blocks": 5, "pair": str(files["view"])}
+    report = analyze_model(run, labels="batch", metrics=names, **options, **F64)
+    expected = _extracted(run, files, names, labels=str(files["labels"]), **options)["output"]
+    got, want = report.uncertainty.droplevel(0), expected.uncertainty.droplevel(0)
+    assert set(got.index) == set(names) and got["se"].gt(0).all()
+    np.testing.assert_allclose(got.loc[names].to_numpy(), want.loc[names].to_numpy(),
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("data", [None, "tests.model_data:tiny_ready"])
 def test_limit_trims_the_labels_and_pair_to_the_rows_used(files: dict[str, Path],
                                                            data: str | None) -> None:
