@@ -75,9 +75,17 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
                   kappa: float = 10.0, er_estimator: str = "plugin", er_compat: str = "exact",
                   nan: str = "error", uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
                   progress: Progress | None = None, backend: str = "auto",
-                  distributed: bool | DistributedContext | None = None) -> Report:
+                  distributed: bool | DistributedContext | None = None,
+                  labels: str | None = None, pair: str | None = None) -> Report:
     """Run ``run.model`` over ``run.data`` and analyze each layer: one report row per layer,
     in the order asked for. The metric options mirror :func:`analyze`.
+
+    ``labels``: ``"batch"`` (the labels the batches carry: a tuple's second item, a dict's
+    ``labels``/``label`` entry), ``KEY`` (an array of the tensor file ``run.data``, or an
+    entry of dict batches) or ``PATH[:KEY]`` (another file, one row per example of the
+    data); ``pair``: ``KEY`` of the data file or ``PATH[:KEY]``, a second view compared with
+    every layer. Both are streamed beside each layer (:mod:`reprdiag.models.aligned`); with
+    ``run.limit`` their first ``limit`` rows are used.
 
     Under ``torchrun`` (``distributed``, ``backend``: see :func:`reprdiag.distributed.session`)
     every rank loads the model on its device (``cuda:LOCAL_RANK`` for CUDA) and runs it on its
@@ -94,6 +102,6 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     config = AnalysisConfig(
         kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, sample_size=sample_size,
         seed=seed, precision=precision, nan=nan, metrics=metrics, uncertainty=uncertainty,
-        blocks=blocks)
+        blocks=blocks, labels=labels, pair=pair)
     return run_pipeline(ModelSources(run), config, device=run.device, progress=progress,
                         backend=backend, distributed=distributed)

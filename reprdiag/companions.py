@@ -45,15 +45,16 @@ def split_spec(spec: str) -> tuple[Path | None, str | None]:
     return None, spec
 
 
-def resolve_companion(spec: str, source: ArraySource, what: str) -> ArraySource:
+def resolve_companion(spec: str, source: ArraySource | None, what: str) -> ArraySource:
     """The array ``spec`` names for ``source`` (a key of the same file, or another file).
 
     Refuses, before any row is read: a key in a tensor input (no file to look in), a missing
-    key, and a row count other than the input's.
+    key, and a row count other than the input's. ``source=None``: rows not known before the
+    pass (a model run over batches; its pass checks the count), so ``spec`` must name a file.
     """
     path, key = split_spec(spec)
     if path is None:
-        if source.path is None:
+        if source is None or source.path is None:
             raise UsageError(f"{what} {spec!r} names a key, but the input is not a file",
                              hint=f"pass {what} PATH[:KEY]")
         path = Path(source.path)
@@ -65,14 +66,14 @@ def resolve_companion(spec: str, source: ArraySource, what: str) -> ArraySource:
         chosen = arrays[0]
     else:
         chosen = select_arrays(arrays, [key], path)[0]
-    if chosen.shape[0] != source.shape[0]:
+    if source is not None and chosen.shape[0] != source.shape[0]:
         raise InputError(f"has {chosen.shape[0]:,} rows for the {source.shape[0]:,} rows of "
                          f"{source.label} ({what})", source=chosen.label,
                          hint="the two must be row-aligned: same rows, same order")
     return chosen
 
 
-def label_source(spec: str, source: ArraySource) -> ArraySource:
+def label_source(spec: str, source: ArraySource | None) -> ArraySource:
     """The labels ``--labels spec`` names for ``source``: one id per row ((N,) or (N, 1))."""
     labels = resolve_companion(spec, source, "--labels")
     if len(labels.shape) > 2 or (len(labels.shape) == 2 and labels.shape[1] != 1):
@@ -81,7 +82,7 @@ def label_source(spec: str, source: ArraySource) -> ArraySource:
     return labels
 
 
-def pair_source(spec: str, source: ArraySource) -> ArraySource:
+def pair_source(spec: str, source: ArraySource | None) -> ArraySource:
     """The second view ``--pair spec`` names for ``source``: a 2-D array of the same rows."""
     pair = resolve_companion(spec, source, "--pair")
     if len(pair.shape) != 2:

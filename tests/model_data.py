@@ -26,6 +26,14 @@ def ready_batches() -> Iterator[torch.Tensor]:
         lo += size
 
 
+def ready_labelled() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`ready_batches` as ``(x, y)`` tuples, example i of class i mod 10."""
+    lo = 0
+    for x in ready_batches():
+        yield x, torch.arange(lo, lo + len(x)) % 10
+        lo += len(x)
+
+
 class Examples(torch.utils.data.Dataset):
     """The first ``ROWS`` sample digits with labels; example ``bad`` (if any) fails to load."""
 
@@ -54,3 +62,64 @@ def failing() -> Examples:
 def texts() -> list[str]:
     """100 texts, text i reading ``str(i)``."""
     return [str(i) for i in range(100)]
+
+
+# ---- a tiny model over labelled examples (tests/models/test_aligned.py) ----
+
+TINY_ROWS = 120
+TINY_READY = (50, 7, 33, 30)  # sizes of the ready batches of :func:`tiny_ready`
+
+
+class Tiny(torch.nn.Module):
+    """6 → 5 → 4 (Linear, tanh, Linear); extra keyword inputs (a dict batch's labels) are
+    ignored, so dict batches reach it whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor, **_: object) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def tiny() -> Tiny:
+    """The model factory (its weights come from ``--weights``)."""
+    return Tiny()
+
+
+def tiny_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    """``TINY_ROWS`` float32 inputs (6 wide) around 4 class means, and their unbalanced class
+    ids 0–3."""
+    g = torch.Generator().manual_seed(0)
+    y = (torch.arange(TINY_ROWS) * 7 % 11) % 4
+    x = 2 * torch.randn(4, 6, generator=g)[y] + torch.randn(TINY_ROWS, 6, generator=g)
+    return x, y
+
+
+class Labelled(torch.utils.data.Dataset):
+    """:func:`tiny_rows` as ``(x, y)`` tuples or ``{"x": x, "label": y}`` dicts."""
+
+    def __init__(self, dicts: bool = False):
+        (self.x, self.y), self.dicts = tiny_rows(), dicts
+
+    def __len__(self) -> int:
+        return TINY_ROWS
+
+    def __getitem__(self, i: int) -> object:
+        return {"x": self.x[i], "label": self.y[i]} if self.dicts else (self.x[i], self.y[i])
+
+
+def tiny_tuples() -> Labelled:
+    return Labelled()
+
+
+def tiny_dicts() -> Labelled:
+    return Labelled(dicts=True)
+
+
+def tiny_ready() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Ready ``(x, y)`` batches of uneven sizes, of unknown length (a generator)."""
+    (x, y), lo = tiny_rows(), 0
+    for size in TINY_READY:
+        yield x[lo:lo + size], y[lo:lo + size]
+        lo += size

@@ -118,8 +118,8 @@ _PARAMETERS = (
     _option("backend", str, "--backend", metavar="auto|nccl|gloo", help="Under torchrun: "
             "auto is NCCL when every rank has a GPU, else gloo."),
     _option("labels", str | None, "--labels", metavar="KEY|PATH[:KEY]", help="Class ids, one "
-            "per row (a key of the same file, or another file); adds nc1, lidar, NC2 and "
-            "per-class metrics."),
+            "per row (a key of the same file, or another file; with --model also batch: the "
+            "labels the batches carry); adds nc1, lidar, NC2 and per-class metrics."),
     _option("pair", str | None, "--pair", metavar="KEY|PATH[:KEY]", help="A second, "
             "row-aligned view; adds alignment, Barlow Twins terms and CKA between the views."),
     _option("quiet", bool, "--quiet", "-q", help="No progress bar."),

@@ -9,8 +9,9 @@ ER entropy's von Mises-Fisher normalizer uses the float64 ``ln I_nu(kappa)`` of
 
 Dtype policy of the pairwise functions: float64 inputs are computed in float64 throughout;
 any other input is multiplied in float32 (the input's own precision at best). ER entropy's
-exponentials stay in float32 on samples of 2048 rows or more when a fixed shift bounds them
-(unit rows, kappa <= 40; per-row sums accumulated in float64, error at most about 1e-7 nats);
+exponentials stay in float32 on samples of 2048 rows or more when the logits are bounded
+(unit rows, kappa <= 40: no shift needed; per-row sums accumulated in float64, error at most
+about 1e-7 nats);
 otherwise logits are promoted to float64 for every log-sum-exp (:func:`er_solver` says which
 path an input takes; reports record it). The jackknife's :func:`er_entropy_deleted` takes the
 same two paths. Partition isotropy exponentiates its projections in the compute dtype after a
@@ -63,14 +64,13 @@ def _check_block_rows(block_rows: int) -> int:
     return block_rows
 
 
-def _fixed_shift(e: torch.Tensor, kappa: float) -> float | None:
-    """The fixed shift kappa max_i |e_i|^2 of the float32 symmetric path, or ``None`` when
-    that path does not apply: a float64 input (computed in float64 throughout), fewer than
-    2048 rows (there a float64 log-sum-exp is cheap), or logits not bounded by 40."""
+def _symmetric_applies(e: torch.Tensor, kappa: float) -> bool:
+    """Whether the float32 symmetric path applies: float32 rows (float64 inputs are computed
+    in float64 throughout), at least 2048 of them (below, a float64 log-sum-exp is cheap), and
+    every logit bounded, |kappa e_i^T e_j| <= kappa max_i |e_i|^2 <= 40."""
     if e.dtype != torch.float32 or e.shape[0] < _FAST_MIN_ROWS:
-        return None
-    shift = kappa * float(torch.linalg.vector_norm(e, dim=1).max()) ** 2
-    return shift if shift <= _FIXED_SHIFT_MAX else None
+        return False
+    return kappa * float(torch.linalg.vector_norm(e, dim=1).max()) ** 2 <= _LOGIT_MAX
 
 
 def er_solver(e: torch.Tensor, kappa: float = 10.0) -> str:
@@ -82,14 +82,15 @@ def er_solver(e: torch.Tensor, kappa: float = 10.0) -> str:
     """
     x = e.detach().to(_compute_dtype(e))
     size = f"{x.shape[0]}×{x.shape[1]}, {x.device.type}"
-    if _fixed_shift(x, kappa) is not None:
+    if _symmetric_applies(x, kappa):
         return f"symmetric float32 blocks, float64 row sums ({size})"
     return f"generic {'float64' if x.dtype == torch.float64 else 'float32 matmul, float64'} " \
            f"log-sum-exp blocks ({size})"
 
 
-# exp(-2 * 40) = 1.8e-35 is a normal float32, so no term underflows with a fixed shift <= 40.
-_FIXED_SHIFT_MAX = 40.0
+# exp(+-40) = 2.4e17 / 4.2e-18 are normal float32 values, and a row sum of 2^20 such terms is
+# still far below float32's 3.4e38: with logits bounded by 40 no term needs a shift.
+_LOGIT_MAX = 40.0
 # Below this many rows the float64 path costs little; above it float32 blocks are ~4x faster.
 _FAST_MIN_ROWS = 2048
 
@@ -155,7 +156,7 @@ class PairSums:
 
 def pair_sums(e: torch.Tensor, kappa: float = 10.0, labels: torch.Tensor | None = None,
               groups: int = 1, t: float | None = UNIFORMITY_T,
-              block_rows: int = 4096) -> PairSums:
+              block_rows: int = 1024) -> PairSums:
     r"""One blockwise pass over the Gram matrix G = E E^T of unit rows e_i, feeding both pair
     reductions of the sample metrics: ER entropy's row log-sum-exps of kappa G_ij and
     uniformity's row sums of exp(2t (G_ij - 1)) (``t=None`` leaves the latter out), each split
@@ -163,13 +164,16 @@ def pair_sums(e: torch.Tensor, kappa: float = 10.0, labels: torch.Tensor | None 
 
     Paths (:func:`er_solver` names them): float32 rows, at least 2048 of them, with logits
     bounded by 40 take the symmetric path: blocks I <= J only (block (I, J) adds its row sums
-    to rows I and its column sums to rows J: half the matmul and exp work), one fixed shift
-    kappa max|e_i|^2 in place of per-row maxima (every term exp(logit - shift) lies in
-    [e^-80, 1]: no overflow, no underflow), float32 block sums accumulated in float64 (about
-    1e-7 relative). Anything else takes the generic path: every block, logits in float64,
-    log-sum-exps combined with logaddexp (stable at any scale). Uniformity's terms lie in
-    [e^-4t, 1] and need no shift on either path; they are exponentiated in the rows' dtype.
-    Each Gram block is formed once for both reductions.
+    to rows I and its column sums to rows J: half the matmul and exp work), no shift at all
+    (every term exp(logit) lies in [e^-40, e^40], normal float32 numbers, and a row sum stays
+    far below float32's range), float32 block sums accumulated in float64 (about 1e-7
+    relative). Anything else takes the generic path: every block, logits in float64,
+    log-sum-exps combined with logaddexp (stable at any scale). Uniformity's terms
+    exp(2t g_ij) lie in [e^-2t, e^2t] and need no shift on either path; they are
+    exponentiated in the rows' dtype and the constant factor exp(-2t) is applied to the
+    float64 sums. Each Gram block is formed once for both reductions, into a buffer allocated
+    once; 1024-row blocks keep each 4 MiB float32 block in cache for the element-wise passes
+    (measured at 16,384 x 384 on 2 cores: 0.74x the time of 4096-row blocks).
 
     Complexity: O(M^2 d / 2) multiply-adds on the symmetric path (M^2 d on the generic one)
     plus O(M^2) exponentials per reduction; memory two block_rows^2 blocks plus O(M G).
@@ -188,42 +192,42 @@ def pair_sums(e: torch.Tensor, kappa: float = 10.0, labels: torch.Tensor | None 
     counts = torch.bincount(labels, minlength=groups).tolist()
     ends = [sum(counts[: g + 1]) for g in range(groups)]
     bounds = [(end - c, end) for end, c in zip(ends, counts, strict=True)]
-    shift = _fixed_shift(x, kappa)
-    if shift is not None:
-        lse, near = _pass_symmetric(x, kappa, shift, block_rows, bounds, t)
+    if _symmetric_applies(x, kappa):
+        lse, near = _pass_symmetric(x, kappa, block_rows, bounds, t)
     else:
         lse, near = _pass_generic(x, kappa, block_rows, bounds, t)
     return PairSums(lse, near, labels, float(kappa), x.shape[1], er_solver(x, kappa))
 
 
-def _pass_symmetric(e: torch.Tensor, kappa: float, shift: float, block_rows: int,
+def _pass_symmetric(e: torch.Tensor, kappa: float, block_rows: int,
                     bounds: list[tuple[int, int]], t: float | None
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The float32 path of :func:`pair_sums`: blocks I <= J, fixed shift, float64 sums."""
+    """The float32 path of :func:`pair_sums`: blocks I <= J, no shift (logits bounded by 40),
+    float64 sums; the Gram block and its exponentials live in two buffers allocated once."""
     m = e.shape[0]
     lse = torch.zeros(m, len(bounds), dtype=torch.float64, device=e.device)
     near = None if t is None else torch.zeros_like(lse)
-    kernel = None if t is None else torch.empty(min(block_rows, m), min(block_rows, m),
-                                                dtype=e.dtype, device=e.device)
+    size = min(block_rows, m) ** 2
+    gram = torch.empty(size, dtype=e.dtype, device=e.device)
+    kernel = torch.empty(size, dtype=e.dtype, device=e.device)
     starts = range(0, m, block_rows)
     for i0 in starts:
         rows = e[i0 : i0 + block_rows]
-        for j0 in starts:
-            if j0 < i0:
-                continue
-            block = rows @ e[j0 : j0 + block_rows].T
-            if kernel is None:
-                block.mul_(kappa).sub_(shift).exp_()
-                _add_block_sums(lse, block, bounds, i0, j0)
-                continue
-            k = kernel[: block.shape[0], : block.shape[1]]
-            torch.mul(block, kappa, out=k).sub_(shift).exp_()
+        for j0 in starts[i0 // block_rows :]:
+            cols = e[j0 : j0 + block_rows]
+            shape = (rows.shape[0], cols.shape[0])
+            block = torch.mm(rows, cols.T, out=gram[: shape[0] * shape[1]].view(shape))
+            k = torch.mul(block, kappa, out=kernel[: block.numel()].view(shape)).exp_()
             _add_block_sums(lse, k, bounds, i0, j0)
-            block.mul_(2 * t).sub_(2 * t).exp_()
+            if near is None:
+                continue
+            block.mul_(2 * t).exp_()  # exp(2t g); the factor exp(-2t) is applied to the sums
             if j0 == i0:
                 block.diagonal().zero_()  # pairs j != i only
             _add_block_sums(near, block, bounds, i0, j0)
-    return lse.log_() + shift, near
+    if near is not None:
+        near.mul_(math.exp(-2 * t))
+    return lse.log_(), near
 
 
 def _add_block_sums(sums: torch.Tensor, block: torch.Tensor, bounds: list[tuple[int, int]],
@@ -280,7 +284,7 @@ def er_entropy(
     kappa: float = 10.0,
     estimator: str = "plugin",
     compat: str = "exact",
-    block_rows: int = 4096,
+    block_rows: int = 1024,
 ) -> float:
     r"""ER entropy: von Mises-Fisher kernel-density entropy of L2-normalized rows.
 
@@ -386,7 +390,7 @@ def er_entropy_deleted(
     kappa: float = 10.0,
     estimator: str = "plugin",
     compat: str = "exact",
-    block_rows: int = 4096,
+    block_rows: int = 1024,
 ) -> list[float]:
     r"""ER entropy of the rows outside each group: ``er_entropy(e[labels != g])`` for every g.
 
@@ -394,7 +398,7 @@ def er_entropy_deleted(
     group g of kappa e_i^T e_j, an (M, G) matrix; the entropy without group g then needs only
     logsumexp_{g' != g} lse_ig' for the rows i outside g, with M_g = #{i: labels_i != g} in
     place of M. Complexity: O(M^2 d) in all (one evaluation's cost, not G of them: on float32
-    samples the upper block triangle with a fixed shift, as :func:`er_entropy`) plus
+    samples the upper block triangle in float32, as :func:`er_entropy`) plus
     O(M G^2); memory O(M G + block_rows^2).
 
     Args:

@@ -84,12 +84,17 @@ class Batches:
 
     ``items`` is what one process iterates. ``access`` (when the data allows it, with
     ``--limit`` applied) reads any run of whole batches alone, so ranks can split the data.
+    ``rows`` is the number of examples before ``--limit`` when known in advance, ``source``
+    the array read when the data is one (a tensor file or folder, a function's tensor): what
+    a row-aligned ``--labels``/``--pair`` is checked against and looks its keys up in.
     """
 
     label: str
     items: Iterable[Batch]
     total: int | None = None
     access: RowAccess | None = None
+    rows: int | None = None
+    source: ArraySource | None = None
 
     def __iter__(self) -> Iterator[Batch]:
         return iter(self.items)
@@ -146,6 +151,43 @@ def examples(batch: Batch) -> int:
         return len(batch) if isinstance(batch[0], str) else examples(batch[0])
     raise InputError(f"a batch of type {type(batch).__name__} is not understood",
                      hint="yield tensors, (inputs, labels) tuples, dicts of tensors or texts")
+
+
+def batch_labels(batch: Batch, key: str | None, data: str) -> torch.Tensor:
+    """The class ids a batch carries, on the CPU: ``key=None`` takes a tuple's second item or
+    a dict's ``labels`` (else ``label``) entry, a ``key`` that entry of a dict batch.
+
+    >>> batch_labels((torch.zeros(2, 3), torch.tensor([4, 5])), None, "d").tolist()
+    [4, 5]
+    >>> batch_labels({"x": torch.zeros(2, 3), "y": [1, 0]}, "y", "d").tolist()
+    [1, 0]
+    >>> batch_labels(torch.zeros(2, 3), None, "d")
+    Traceback (most recent call last):
+    reprdiag.errors.InputError: d: its batches are tensors, which carry no labels; yield \
+(inputs, labels) tuples or dicts with a 'labels' entry, or pass --labels PATH[:KEY]
+    """
+    hint = ("yield (inputs, labels) tuples or dicts with a 'labels' entry, or pass --labels "
+            "PATH[:KEY]")
+    if isinstance(batch, Mapping):
+        names = [key] if key else ["labels", "label"]
+        found = next((n for n in names if n in batch), None)
+        if found is None:
+            wanted = " or ".join(repr(n) for n in names)
+            raise InputError(f"its batches have no {wanted} entry (they hold "
+                             f"{', '.join(map(repr, batch))})", source=data, hint=hint)
+        value = batch[found]
+    elif isinstance(batch, list | tuple) and len(batch) > 1 and not isinstance(batch[0], str):
+        if key is not None:
+            raise InputError(f"--labels {key!r} names a dict entry, but its batches are "
+                             "tuples", source=data, hint="pass --labels batch to take their "
+                             "second item")
+        value = batch[1]
+    else:
+        kind = ("tensors" if isinstance(batch, torch.Tensor) else "texts" if isinstance(
+            batch, list) else f"{type(batch).__name__} objects")
+        raise InputError(f"its batches are {kind}, which carry no labels", source=data,
+                         hint=hint)
+    return torch.as_tensor(value).cpu()
 
 
 def take(batch: Batch, k: int) -> Batch:
@@ -214,7 +256,8 @@ def _source_batches(source: ArraySource, data: DataSpec) -> Batches:
     sizes = ([p.shape[0] for p in source.parts] if isinstance(source, ConcatSource)
              else [source.shape[0]])  # ConcatSource's chunks restart at each shard
     access = RowAccess(tuple(sizes), data.batch_size, read).limited(n)
-    return Batches(source.label, read(0, n), math.ceil(n / data.batch_size), access)
+    return Batches(source.label, read(0, n), math.ceil(n / data.batch_size), access,
+                   source.shape[0], source)
 
 
 def _text_batches(path: Path, data: DataSpec) -> Batches:
@@ -231,7 +274,7 @@ def _text_batches(path: Path, data: DataSpec) -> Batches:
     access = RowAccess((n,), data.batch_size,
                        lambda a, b: _chunked(lines(a, b), data.batch_size))
     return Batches(str(path), _chunked(lines(), data.batch_size),
-                   math.ceil(n / data.batch_size), access)
+                   math.ceil(n / data.batch_size), access, n)
 
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -244,7 +287,7 @@ def _texts(texts: list[str], data: DataSpec) -> Batches:
     access = RowAccess((len(texts),), data.batch_size,
                        lambda a, b: _chunked(texts[a:b], data.batch_size))
     return Batches(data.spec, _chunked(texts, data.batch_size),
-                   math.ceil(len(texts) / data.batch_size), access)
+                   math.ceil(len(texts) / data.batch_size), access, len(texts))
 
 
 def _dataset(dataset: torch.utils.data.Dataset, data: DataSpec) -> Batches:
@@ -255,7 +298,8 @@ def _dataset(dataset: torch.utils.data.Dataset, data: DataSpec) -> Batches:
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size)
     access = RowAccess((len(dataset),), data.batch_size, read)  # type: ignore[arg-type]
-    return Batches(data.spec, _guarded(loader, data.spec), len(loader), access)
+    return Batches(data.spec, _guarded(loader, data.spec), len(loader), access,
+                   len(dataset))  # type: ignore[arg-type]
 
 
 def _guarded(items: Iterable[Batch], spec: str) -> Iterator[Batch]:
@@ -306,5 +350,6 @@ def open_data(data: DataSpec, text: bool = False) -> Batches:
         total = None if batches.total is None else min(
             batches.total, math.ceil(data.limit / data.batch_size))
         access = None if batches.access is None else batches.access.limited(data.limit)
-        batches = Batches(batches.label, limited(batches.items, data.limit), total, access)
+        batches = replace(batches, items=limited(batches.items, data.limit), total=total,
+                          access=access)
     return batches

@@ -5,6 +5,8 @@ for TorchScript, a rewritten graph) hand each named layer's output to the caller
 more than two axes are pooled to rows (:func:`reprdiag.loaders.base.pool_rows`), and each
 layer's rows go into its own :class:`~reprdiag.engine.Accumulator`. Nothing N×d is held: memory
 is O(batch·d + d²) per layer. :func:`extract` writes the rows instead, incrementally.
+With ``--labels``/``--pair`` every layer's accumulator streams the file mode's companions
+beside its moments, their rows aligned with the batches' (:mod:`reprdiag.models.aligned`).
 
 Under ``torchrun`` every rank loads the model and opens the data, runs the model on its share
 of the batches (:func:`reprdiag.models.data.assigned`), and the per-layer accumulators are
@@ -29,8 +31,9 @@ from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
 from reprdiag.distributed import session as ranks_session
 from reprdiag.engine import Accumulated, Accumulator, Progress
-from reprdiag.errors import InputError, UsageError
+from reprdiag.errors import InputError
 from reprdiag.loaders.base import check_pool, pool_method, pool_rows
+from reprdiag.models.aligned import RunCompanions, run_companions
 from reprdiag.models.data import Batches, DataSpec, assigned, open_data, to_device
 from reprdiag.models.hf import HFProbe
 from reprdiag.models.load import ModelSpec, load_model, spec_kind
@@ -116,15 +119,19 @@ def layer_rows(name: str, output: torch.Tensor, pool: str | None, spec: str) -> 
 
 
 def stream(session: Session, progress: Progress | None = None, rank: int = 0,
-           world_size: int = 1) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+           world_size: int = 1, companions: RunCompanions | None = None
+           ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """Yield ``(first_row_index, {layer: rows})`` per batch, rows pooled to 2-D; with
-    ``world_size`` > 1, only rank ``rank``'s batches (global row indices kept)."""
+    ``world_size`` > 1, only rank ``rank``'s batches (global row indices kept).
+    ``companions`` hold each batch before its rows are yielded (labels the batches carry)."""
     run, probe, widths = session.run, session.probe, {}
     batches, total = assigned(session.batches, rank, world_size)
     if progress:
         progress.start(session.batches.label, total or 0)
     try:
         for first, batch in batches:
+            if companions is not None:
+                companions.hold(batch)
             with torch.inference_mode():
                 outs = probe.run(to_device(batch, session.device, probe.float_dtype),
                                  session.layers)
@@ -149,6 +156,7 @@ class _Pass:
     config: AnalysisConfig
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     budget: int | None = None  # bytes for jackknife blocks (None: this device's budget)
+    companions: RunCompanions | None = None  # --labels / --pair, fed beside every layer
 
     def on(self, device: torch.device) -> _Pass:
         """The same pass computing on ``device``."""
@@ -156,25 +164,33 @@ class _Pass:
 
     def accumulator(self, model: str, layer: str, d: int, dtype: torch.dtype) -> Accumulator:
         """An empty accumulator for ``layer`` of width ``d`` (with ``uncertainty``, K
-        jackknife blocks fitted to the budget: a function of d and the budget alone)."""
+        jackknife blocks fitted to the budget: a function of d, the budget and the pair's
+        width alone), feeding the companions (per jackknife block with ``uncertainty``)."""
         label = f"{model}[{layer}]"
-        return Accumulator(d, dtype, self.config.stream_for(d, self.device, label, self.budget),
-                           label)
+        extra = self.companions.block_bytes(d) if self.companions is not None else 0
+        opts = self.config.stream_for(d, self.device, label, self.budget, extra)
+        acc = Accumulator(d, dtype, opts, label)
+        if self.companions is not None:
+            acc.companions = self.companions.build(d, acc.device, opts.blocks, opts.seed)
+        return acc
 
 
 def _accumulate(session: Session, how: _Pass, progress: Progress | None, rank: int = 0,
-                world_size: int = 1) -> tuple[dict[str, Accumulator], Shapes]:
+                world_size: int = 1) -> tuple[dict[str, Accumulator], Shapes, int]:
     """Run the model over this rank's batches into one accumulator per layer (created on a
-    layer's first batch, so a rank without batches returns none)."""
+    layer's first batch, so a rank without batches returns none); the last is the end of the
+    rows seen (the global index past this rank's last example, 0 without batches)."""
     accs: dict[str, Accumulator] = {}
     shapes: Shapes = {}
-    for first, rows in stream(session, progress, rank, world_size):
+    seen = 0
+    for first, rows in stream(session, progress, rank, world_size, how.companions):
         for name, r in rows.items():
             if name not in accs:
                 shapes[name] = (r.shape[1], r.dtype)
                 accs[name] = how.accumulator(session.run.model, name, r.shape[1], r.dtype)
             accs[name].add(first, r)
-    return accs, shapes
+            seen = max(seen, first + r.shape[0])
+    return accs, shapes, seen
 
 
 def agreed_shapes(per_rank: Sequence[Mapping[str, tuple[int, D]]], layers: Sequence[str],
@@ -207,9 +223,12 @@ def _alone(run: ModelRun, how: _Pass, device: torch.device, progress: Progress |
            ) -> tuple[Session, Iterator[tuple[LayerInfo, Accumulated]]]:
     """One process: every batch, then each layer's finished statistics."""
     session = open_session(run, device)
-    accs, shapes = _accumulate(session, how.on(session.device), progress)
+    how = replace(how, companions=run_companions(how.config, session.batches))
+    accs, shapes, seen = _accumulate(session, how.on(session.device), progress)
     if not accs:
         raise InputError("gave no batches", source=run.data, hint="check --data and --limit")
+    if how.companions is not None:
+        how.companions.check_seen(seen, run.limit)
     return session, ((_layer_info(run, name, shapes[name]), accs[name].finish())
                      for name in session.layers)
 
@@ -224,12 +243,15 @@ def _across_ranks(run: ModelRun, how: _Pass, ctx: DistributedContext,
         how = replace(how, budget=ctx.memory_budget())
     with ctx.agree():
         session = open_session(run, ctx.device)
-        how = how.on(session.device)
-        accs, shapes = _accumulate(session, how, progress if ctx.rank == 0 else None,
-                                   ctx.rank, ctx.world_size)
-    per_rank = ctx.all_gather(shapes)
+        how = replace(how.on(session.device),
+                      companions=run_companions(how.config, session.batches))
+        accs, shapes, seen = _accumulate(session, how, progress if ctx.rank == 0 else None,
+                                         ctx.rank, ctx.world_size)
+    per_rank = ctx.all_gather((shapes, seen))
     with alike():
-        agreed = agreed_shapes(per_rank, session.layers, run.data)
+        agreed = agreed_shapes([s for s, _ in per_rank], session.layers, run.data)
+        if how.companions is not None:
+            how.companions.check_seen(max(n for _, n in per_rank), run.limit)
     for name, (d, dtype) in agreed.items():
         if name not in accs:  # this rank ran no batches
             accs[name] = how.accumulator(run.model, name, d, dtype)
@@ -242,15 +264,6 @@ def _layer_info(run: ModelRun, layer: str, shape: tuple[int, torch.dtype]) -> La
     return LayerInfo(layer, run.model, layer, str(shape[1]).removeprefix("torch."))
 
 
-def refuse_companions(config: AnalysisConfig) -> None:
-    """Labels and paired views are not streamed beside a model's layers yet: say so before
-    the model runs (rather than leave them out or fail on a label metric later)."""
-    if config.labels or config.pair:
-        raise UsageError("--labels/--pair do not apply to --model runs yet",
-                         hint="write the layers with reprdiag extract, then run reprdiag "
-                         "analyze FILE --labels/--pair")
-
-
 @dataclass(frozen=True)
 class ModelSources:
     """A model run as the pipeline's sources (:class:`reprdiag.pipeline.Sources`): one input
@@ -261,12 +274,10 @@ class ModelSources:
 
     def alone(self, config: AnalysisConfig, device: torch.device, progress: Progress | None
               ) -> Iterator[tuple[LayerInfo, Accumulated]]:
-        refuse_companions(config)
         return _alone(self.run, _Pass(config), device, progress)[1]
 
     def across(self, config: AnalysisConfig, ctx: DistributedContext,
                progress: Progress | None) -> Iterator[tuple[LayerInfo, Accumulated]]:
-        refuse_companions(config)
         return _across_ranks(self.run, _Pass(config), ctx, progress)[1]
 
     def options(self, config: AnalysisConfig) -> dict[str, Any]:

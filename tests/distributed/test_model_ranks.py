@@ -49,9 +49,32 @@ SCENARIOS: dict[str, Any] = {
     "uncertainty_rank0_empty": {"world": 3, "model": {**DIGITS, "limit": 100},  # 2 batches
                                 "options": {**F64, "uncertainty": True, "blocks": 5}},
 }
-UNCERTAINTY = ["uncertainty_w3", "uncertainty_rank0_empty"]
+LABELS = str(SAMPLE / "digits-labels.safetensors")
+#: --labels / --pair on model runs: a file (contiguous shares of the rows, --limit trims it),
+#: and the labels the batches carry (split as the batches are: contiguous, or round-robin).
+#: Layers whose classes have more rows than dimensions: the per-class effective rank takes √
+#: of eigenvalues, which rounding puts at ~1e-8 relative in a rank-deficient class.
+COMPANIONS: dict[str, Any] = {
+    "labels_pair_w3": {"world": 3, "model": {**DIGITS, "limit": 1000,
+                                             "layers": ["fc2", "head"]}, "options": {
+        **F64, "labels": LABELS, "pair": DIGITS["data"],
+        "metrics": ["er_entropy", "nc1", "lidar", "class_balance", "class_erank_min",
+                    "nc2_equiangularity", "pair_cka"]}},
+    "batch_labels_dataset": {"world": 3, "model": {**_data("dataset"), "layers": ["head"]},
+                             "options": {**F64, "labels": "batch"}},
+    "batch_labels_ready": {"world": 3, "model": {**_data("ready_labelled"), "layers": ["head"]},
+                           "options": {**F64, "labels": "batch"}},
+    "labels_pair_uncertainty_w3": {"world": 3, "model": {**DIGITS, "limit": 900,
+                                                         "layers": ["fc2", "head"]},
+                                   "options": {**F64, "labels": LABELS, "pair": DIGITS["data"],
+                                               "uncertainty": True, "blocks": 6, "metrics": [
+                                                   "er_entropy", "vne", "nc1", "lidar",
+                                                   "pair_cka"]}},
+}
+SCENARIOS.update(COMPANIONS)
+UNCERTAINTY = ["uncertainty_w3", "uncertainty_rank0_empty", "labels_pair_uncertainty_w3"]
 EQUAL = ["digits_w3", "digits_w2", "fewer_rows_than_ranks", "ready_batches", "dataset",
-         *UNCERTAINTY]
+         *dict.fromkeys([*UNCERTAINTY, *COMPANIONS])]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +110,8 @@ def test_ranks_equal_one_process_in_float64(name: str, ranks: list[dict[str, Any
             i["metrics"] for i in reports[0]["inputs"]]
     if name in UNCERTAINTY:  # blocks hash global row indices: the same jackknife
         assert_same_uncertainty(single, reports[0])
+    if name in COMPANIONS:  # the label metrics were compared above
+        assert all("nc1" in r.metrics for r in single.inputs)
 
 
 def test_a_data_error_on_one_rank_is_raised_by_every_rank(ranks: list[dict[str, Any]]

@@ -319,13 +319,15 @@ def test_hugging_face_hidden_states(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         analyze_model(_run(f"hf:{folder}", tmp_path / "t.txt", layers=["hidden6"]))
 
 
-def test_labels_and_pair_are_refused_for_model_runs(data_file: Path) -> None:
-    """Not streamed beside a model's layers yet: a one-line usage error before the model
-    runs, not a silently missing metric."""
+def test_labels_and_pair_of_a_model_run_are_looked_up_before_it_runs(data_file: Path) -> None:
+    """No longer refused (see tests/models/test_aligned.py): a KEY is an array of the --data
+    file, as a file run's KEY is of its file; one missing is a one-line usage error before
+    the model runs, not a silently missing metric."""
     from reprdiag.config import AnalysisConfig
     from reprdiag.models.extract import ModelSources
     from reprdiag.pipeline import run
 
     for option in ({"labels": "y.npy"}, {"pair": "v.npy"}):
-        with pytest.raises(UsageError, match="do not apply to --model runs"):
+        with pytest.raises(UsageError, match=rf"has no key '{next(iter(option.values()))}'; "
+                           "valid keys: inputs"):
             run(ModelSources(_run(FACTORY, data_file)), AnalysisConfig(**option), device="cpu")
