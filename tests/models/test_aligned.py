@@ -50,9 +50,10 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def _run(files: dict[str, Path], data: str | None = None, **kw: object) -> ModelRun:
-    kw = {"layers": LAYERS, "batch_size": 32, "device": "cpu", **kw}
+    kw = {"layers": LAYERS, "batch_size": 32, "device": "cpu",
+          "data_key": None if data else "inputs", **kw}
     return ModelRun("tests.model_data:tiny", data or str(files["data"]),
-                    weights=str(files["weights"]), data_key=None if data else "inputs", **kw)
+                    weights=str(files["weights"]), **kw)
 
 
 def _extracted(run: ModelRun, files: dict[str, Path], names: list[str], **options: object
@@ -105,6 +106,20 @@ def test_labels_of_the_data_file_or_another_file(files: dict[str, Path], labels:
     run = _run(files)
     spec = labels.format(labels=files["labels"])
     report = analyze_model(run, labels=spec, metrics=LABEL_METRICS, **F64)
+    _equal(report, _extracted(run, files, LABEL_METRICS, labels=str(files["labels"])),
+           LABEL_METRICS)
+
+
+def test_labels_key_of_a_folder_of_shards_is_read_shard_by_shard(files: dict[str, Path]
+                                                                  ) -> None:
+    """A folder --data: KEY is the array of each shard (rows 0–69 and 70–119)."""
+    folder = files["tmp"] / "shards"
+    folder.mkdir()
+    x, y = tiny_rows()
+    for name, rows in (("a", slice(0, 70)), ("b", slice(70, None))):
+        save_file({"inputs": x[rows], "labels": y[rows]}, str(folder / f"{name}.safetensors"))
+    run = _run(files, str(folder), data_key="inputs")
+    report = analyze_model(run, labels="labels", metrics=LABEL_METRICS, **F64)
     _equal(report, _extracted(run, files, LABEL_METRICS, labels=str(files["labels"])),
            LABEL_METRICS)
 
