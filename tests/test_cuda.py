@@ -51,3 +51,25 @@ def test_cuda_uncertainty_matches_cpu() -> None:
     gpu = reprdiag.analyze(x, device="cuda", **kw).inputs[0].uncertainty
     for name, est in cpu.items():
         assert gpu[name]["se"] == pytest.approx(est["se"], rel=1e-8, abs=1e-12), name
+
+
+def test_cuda_uncertainty_with_labels_and_pair_matches_cpu(tmp_path) -> None:
+    """Blocked class and cross-moments on the GPU (labels read on the CPU, rows on the
+    device, --nan drop masks from the device) give the CPU's values and standard errors."""
+    from safetensors.torch import save_file
+
+    x = _rows(1500, 12).double()
+    y = torch.arange(1500) % 4
+    x += torch.randn(4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))[y]
+    x[7] = float("nan")
+    save_file({"emb": x, "y": y, "view": 2 * x.nan_to_num() + 1}, str(tmp_path / "a.safetensors"))
+    kw = {"keys": ["emb"], "labels": "y", "pair": "view", "precision": "float64",
+          "uncertainty": True, "blocks": 5, "nan": "drop",
+          "metrics": ["nc1", "lidar", "class_erank_min", "alignment", "pair_cka", "vne"]}
+    cpu = reprdiag.analyze(tmp_path / "a.safetensors", device="cpu", **kw).inputs[0]
+    gpu = reprdiag.analyze(tmp_path / "a.safetensors", device="cuda", **kw).inputs[0]
+    assert set(gpu.uncertainty) == set(cpu.uncertainty) == set(kw["metrics"])
+    for name, est in cpu.uncertainty.items():
+        assert gpu.metrics[name] == pytest.approx(cpu.metrics[name], rel=1e-10), name
+        assert gpu.uncertainty[name]["se"] == pytest.approx(est["se"], rel=1e-8,
+                                                            abs=1e-12), name
