@@ -36,7 +36,7 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
             precision: str = "auto", chunk_rows: int | None = None,
             sample_size: int = 16384, seed: int = 0, kappa: float = 10.0,
             er_estimator: str = "plugin", er_compat: str = "exact", nan: str = "error",
-            uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
+            uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS, jackknife: str = "auto",
             progress: Progress | None = None, backend: str = "auto",
             distributed: bool | DistributedContext | None = None,
             labels: str | None = None, pair: str | None = None) -> Report:
@@ -50,7 +50,10 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     returns the same report.
     ``uncertainty=True`` adds delete-a-block jackknife standard errors, bias and 95% intervals
     (``blocks`` K ≥ 5, default 20; costs K more metric evaluations and K·2·d²·8 bytes of
-    moments): see :attr:`Report.uncertainty` and :mod:`reprdiag.uncertainty`.
+    moments): see :attr:`Report.uncertainty` and :mod:`reprdiag.uncertainty`. ``jackknife``:
+    how the K deleted spectra are computed, ``"first-order"`` updates of the full
+    decompositions, ``"exact"`` eigendecompositions, or ``"auto"`` (first order when every
+    block holds at least d rows; docs/uncertainty.md).
     ``labels`` (``KEY`` of the same file or ``PATH[:KEY]``: one class id per row) adds the
     label metrics (nc1, lidar, ...), ``pair`` (a second, row-aligned set of embeddings) the
     paired-view metrics (alignment, Barlow Twins terms, CKA); both are streamed in the same
@@ -64,8 +67,8 @@ def analyze(inputs: Input | Sequence[Input], *, keys: Sequence[str] | None = Non
     config = AnalysisConfig(
         kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, sample_size=sample_size,
         seed=seed, precision=precision, pool=pool, nan=nan, chunk_rows=chunk_rows,
-        concat=concat, metrics=metrics, uncertainty=uncertainty, blocks=blocks, labels=labels,
-        pair=pair)
+        concat=concat, metrics=metrics, uncertainty=uncertainty, blocks=blocks,
+        jackknife=jackknife, labels=labels, pair=pair)
     return run_pipeline(FileSources(inputs, keys), config, device=device, progress=progress,
                         backend=backend, distributed=distributed)
 
@@ -74,7 +77,8 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
                   precision: str = "auto", sample_size: int = 16384, seed: int = 0,
                   kappa: float = 10.0, er_estimator: str = "plugin", er_compat: str = "exact",
                   nan: str = "error", uncertainty: bool = False, blocks: int = DEFAULT_BLOCKS,
-                  progress: Progress | None = None, backend: str = "auto",
+                  jackknife: str = "auto", progress: Progress | None = None,
+                  backend: str = "auto",
                   distributed: bool | DistributedContext | None = None,
                   labels: str | None = None, pair: str | None = None) -> Report:
     """Run ``run.model`` over ``run.data`` and analyze each layer: one report row per layer,
@@ -102,6 +106,6 @@ def analyze_model(run: ModelRun, *, metrics: Sequence[str] | None = None,
     config = AnalysisConfig(
         kappa=kappa, er_estimator=er_estimator, er_compat=er_compat, sample_size=sample_size,
         seed=seed, precision=precision, nan=nan, metrics=metrics, uncertainty=uncertainty,
-        blocks=blocks, labels=labels, pair=pair)
+        blocks=blocks, jackknife=jackknife, labels=labels, pair=pair)
     return run_pipeline(ModelSources(run), config, device=run.device, progress=progress,
                         backend=backend, distributed=distributed)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from reprdiag.defaults import DEFAULT_BLOCKS
+from reprdiag.defaults import DEFAULT_BLOCKS, DELETED_SPECTRA
 from reprdiag.errors import UsageError, check_choice
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class AnalysisConfig:
     metrics: tuple[str, ...] | None = None
     uncertainty: bool = False
     blocks: int = DEFAULT_BLOCKS
+    jackknife: str = "auto"
     labels: str | None = None
     pair: str | None = None
 
@@ -121,6 +122,7 @@ class AnalysisConfig:
         out = asdict(self)
         out["metrics"] = list(self.metrics) if self.metrics else None
         out["blocks"] = self.blocks if self.uncertainty else None
+        out["jackknife"] = self.jackknife if self.uncertainty else None
         if model:
             for name in FILE_OPTIONS:
                 del out[name]
@@ -164,6 +166,11 @@ def _stream(c: AnalysisConfig) -> None:
     check_choice(c.nan, NAN_POLICIES, "NaN policy")
 
 
+def _jackknife(c: AnalysisConfig) -> None:
+    """Refuse a ``jackknife`` (deleted-spectra path) other than auto, first-order, exact."""
+    check_choice(c.jackknife, DELETED_SPECTRA, "--jackknife path")
+
+
 def _blocks(c: AnalysisConfig) -> None:
     """Refuse ``blocks`` < 5 when ``uncertainty`` asks for the jackknife."""
     from reprdiag.stats.blocked import MIN_BLOCKS
@@ -181,7 +188,7 @@ def _pool(c: AnalysisConfig) -> None:
 
 #: Every check of :class:`AnalysisConfig`, in the order they run.
 CONSTRAINTS: tuple[Callable[[AnalysisConfig], None], ...] = (
-    _kappa, _er_options, _metrics, _stream, _blocks, _pool)
+    _kappa, _er_options, _metrics, _stream, _blocks, _jackknife, _pool)
 
 
 def analysis_config(metrics: Sequence[str] | None = None, **options: Any) -> AnalysisConfig:

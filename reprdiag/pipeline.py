@@ -63,7 +63,7 @@ from reprdiag.precision import MATERIAL
 from reprdiag.results import InputResult, Report
 from reprdiag.statistics import Statistics
 from reprdiag.stats.blocked import block_labels, blocked_totals, memory_budget
-from reprdiag.uncertainty import BlockMap, check_rows, estimate
+from reprdiag.uncertainty import BlockMap, check_rows, deleted_spectra_path, estimate
 
 Input = str | os.PathLike[str] | torch.Tensor | np.ndarray
 Measured = tuple[Statistics, dict[str, list[float]], dict[str, float], float, float]
@@ -309,6 +309,9 @@ def statistics(acc: Accumulated) -> Statistics:
 def _measure(acc: Accumulated, config: AnalysisConfig,
              step: Callable[[str], None] = lambda _: None) -> Measured:
     stats = statistics(acc)
+    if acc.blocks is not None and deleted_spectra_path(
+            config.jackknife, acc.moments.n, acc.moments.d, acc.blocks.blocks) == "first-order":
+        stats.spectra.all_vectors = True  # the jackknife will update these decompositions
     infos = for_input(config.metrics, acc.extras)
     step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
@@ -396,7 +399,7 @@ def summarize(source: Described, acc: Accumulated, config: AnalysisConfig,
         jk = estimate(acc.blocks, acc.moments, acc.reservoir, resolve(config.metrics),
                       config.metric_options(), values, stats.cov_eigenvalues,
                       progress=progress, label=source.label, block_map=block_map, stats=stats,
-                      extras=acc.extras)
+                      extras=acc.extras, deleted_spectra=config.jackknife)
         result.uncertainty, result.uncertainty_method = jk.metrics, jk.method
         result.spectra_se = {"covariance": jk.spectrum_se}
         result.timings["uncertainty_s"] = time.perf_counter() - t0

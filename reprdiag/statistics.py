@@ -52,6 +52,12 @@ class Statistics:
         #: sample passes then split their sums by block, so that one pass serves the plain
         #: values and the deleted ones
         self.sample_groups: tuple[torch.Tensor, int] | None = None
+        #: the full data's statistics, when these are its first-order jackknife deletion
+        #: ``block`` (see :mod:`reprdiag.uncertainty.estimator`): the spectra are then
+        #: updated from the base's (:attr:`reprdiag.spectrum.Spectra.base`) instead of
+        #: decomposed again, and sample metrics may read the base's per-block sums
+        self.base: Statistics | None = None
+        self.block: int | None = None
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:
@@ -96,7 +102,8 @@ class Statistics:
 
     @cached_property
     def spectra(self) -> Spectra:
-        return Spectra(self.moments, self.all_rows, self.precision)
+        base = self.base.spectra if self.base is not None else None
+        return Spectra(self.moments, self.all_rows, self.precision, base)
 
     def z_variance(self) -> torch.Tensor:
         """Unbiased per-coordinate variance of the normalized rows z (float64, d): two-pass

@@ -94,10 +94,23 @@ def test_uncertainty_decomposes_each_matrix_once_per_block(
         monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_solves(monkeypatch)
     reprdiag.analyze(_rows(400, 10).double(), device="cpu", uncertainty=True, blocks=5,
+                     jackknife="exact",
                      metrics=["rankme", "partition_isotropy", "vne", "effective_rank"])
     names = [name for name, _ in calls]
     assert (names.count("eigh"), names.count("eigvalsh")) == (6, 12)  # (K + 1) × (1, 2)
     assert _all_distinct(calls)
+
+
+def test_first_order_uncertainty_decomposes_only_the_full_matrices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """First order (auto at N/K = 80 ≥ d = 10): three eigh of the full data, none per block."""
+    calls = _count_solves(monkeypatch)
+    rep = reprdiag.analyze(_rows(400, 10).double(), device="cpu", uncertainty=True, blocks=5,
+                           metrics=["rankme", "partition_isotropy", "vne", "effective_rank"])
+    names = [name for name, _ in calls]
+    assert (names.count("eigh"), names.count("eigvalsh")) == (3, 0)
+    assert _all_distinct(calls)
+    assert rep.inputs[0].uncertainty_method["deleted_spectra"] == "first-order"
 
 
 def test_small_cpu_eigensolves_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,6 +115,9 @@ _PARAMETERS = (
             help="Jackknife standard errors, bias and 95% intervals of every metric."),
     _option("blocks", int, "--blocks", metavar="K", help="Jackknife blocks K (≥ 5; costs K more "
             "eigendecompositions and K×2 d×d moment matrices)."),
+    _option("jackknife", str, "--jackknife", metavar="auto|first-order|exact",
+            help="Deleted spectra: first-order updates of the full decompositions, or exact "
+            "(K eigendecompositions); auto = first-order when N/K ≥ d."),
     _option("backend", str, "--backend", metavar="auto|nccl|gloo", help="Under torchrun: "
             "auto is NCCL when every rank has a GPU, else gloo."),
     _option("labels", str | None, "--labels", metavar="KEY|PATH[:KEY]", help="Class ids, one "

@@ -29,7 +29,8 @@ def spectral_entropy(p: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     return torch.where(p > floor, terms, torch.zeros_like(terms)).sum(dim=-1)
 
 
-@metric("vne", summary="von Neumann entropy −Σ η ln η of ρ = ZᵀZ/N (rows normalized, no centring)",
+@metric("vne", spectral=True,
+        summary="von Neumann entropy −Σ η ln η of ρ = ZᵀZ/N (rows normalized, no centring)",
         range="[0, ln min(N,d)]", direction="higher", citation=KIM_2023,
         bounds=lambda n, d: (0.0, math.log(min(n, d))))
 def vne(stats: Statistics) -> float:
@@ -52,7 +53,8 @@ def vne(stats: Statistics) -> float:
     return float(spectral_entropy(eta / total)) if total > 0 else 0.0
 
 
-@metric("vne_normalized", summary="vne / ln min(N,d)", range="[0, 1]", direction="higher",
+@metric("vne_normalized", spectral=True,
+        summary="vne / ln min(N,d)", range="[0, 1]", direction="higher",
         citation=KIM_2023, bounds=lambda n, d: (0.0, 1.0))
 def vne_normalized(stats: Statistics) -> float:
     """VNE divided by its maximum ln min(N, d); in [0, 1], higher is healthier.

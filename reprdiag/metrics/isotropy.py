@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from reprdiag.metrics import pairwise
+from reprdiag.metrics import pairwise, sample
 from reprdiag.metrics.rank import participation_ratio
 from reprdiag.metrics.registry import metric
 from reprdiag.statistics import Statistics
 
 
-@metric("isoscore", summary="(PR − 1)/(d − 1), PR the covariance participation ratio",
+@metric("isoscore", spectral=True,
+        summary="(PR − 1)/(d − 1), PR the covariance participation ratio",
         range="[0, 1]", direction="higher",
         citation="Rudman et al., Findings of ACL 2022 (IsoScore 2.0.1)",
         bounds=lambda n, d: (0.0, 1.0 + 1e-12))
@@ -33,16 +36,19 @@ def isoscore(stats: Statistics) -> float:
     return (participation_ratio(stats) - 1.0) / (stats.d - 1.0)
 
 
+def _kept_eigenvectors(stats: Statistics) -> torch.Tensor:
+    """Which eigenvectors of XᵀX have a non-zero eigenvalue (boolean mask)."""
+    vals = stats.spectra.raw.values
+    return vals > vals[0] * stats.d * torch.finfo(torch.float64).eps * 16
+
+
 def _candidate_directions(stats: Statistics) -> torch.Tensor:
     """Eigenvectors of XᵀX with non-zero eigenvalue, plus one null-space direction if any.
 
     Every null-space direction c has cᵀx_i = 0, so Z(c) = N for all of them: one represents
     them all, whichever solver path produced the vectors.
     """
-    raw = stats.spectra.raw
-    vals, vecs = raw.values, raw.vectors
-    keep = vals > vals[0] * stats.d * torch.finfo(torch.float64).eps * 16
-    vecs = vecs[:, keep]
+    vecs = stats.spectra.raw.vectors[:, _kept_eigenvectors(stats)]
     if vecs.shape[1] < stats.d:
         gen = torch.Generator().manual_seed(0)
         v = torch.randn(stats.d, 1, dtype=torch.float64, generator=gen)
@@ -52,7 +58,8 @@ def _candidate_directions(stats: Statistics) -> torch.Tensor:
     return vecs
 
 
-@metric("partition_isotropy", summary="min_c Z(c)/max_c Z(c), Z(c)=Σ exp(cᵀx), c = ±eigvecs of XᵀX",
+@metric("partition_isotropy", spectral=True,
+        summary="min_c Z(c)/max_c Z(c), Z(c)=Σ exp(cᵀx), c = ±eigvecs of XᵀX",
         range="(0, 1]", direction="higher", citation="Mu & Viswanath, ICLR 2018",
         bounds=lambda n, d: (0.0, 1.0 + 1e-12), uses_sample=True, eigenvectors=True)
 def partition_isotropy(stats: Statistics) -> float:
@@ -65,15 +72,45 @@ def partition_isotropy(stats: Statistics) -> float:
     the solver's sign, which gives other values (0.722 vs 0.541 here on the MiniLM sample).
     Range (0, 1]; 1 is isotropic. Higher is healthier. Not scale-free (it depends on ‖x‖):
     for rows of large norm the ratio can fall below the smallest float and reads 0.
-    Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise.
+    Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise. In the
+    first-order jackknife (:mod:`reprdiag.uncertainty.estimator`) one pass also keeps the
+    sums per block and their gradients (O(M·d²) more, once), and each deleted value costs
+    O(d³) (one rotation of the block's moments), not a new eigh and projection.
     Citation: Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word
     Representations", ICLR 2018.
 
     >>> round(partition_isotropy(torch.cat([torch.eye(3), -torch.eye(3)])), 9)
     1.0
     """
+    if stats.base is not None and stats.block is not None:
+        return _first_order_deleted(stats)
+    if stats.sample_groups is not None and stats.spectra.all_vectors:  # first-order jackknife
+        return math.exp(sample.partition_sums(stats, _candidate_directions(stats)).log_ratio())
     return pairwise.partition_isotropy(stats.sample.to(torch.float64),
                                        _candidate_directions(stats))
+
+
+def _first_order_deleted(stats: Statistics) -> float:
+    """Partition isotropy without jackknife block ``stats.block``, to first order: the base's
+    per-block sums without that block, each probe direction c_k = v_k moved by its first-order
+    rotation δv_k = Σ_j v_j A_jk/(λ_k − λ_j), A = Vᵀ(M_b − M)V (M = XᵀX, M_b without the
+    block; pairs whose gap is not at least twice |A_jk| are left unrotated: there first
+    order does not hold), lnZ changed by ∇lnZ·δv_k."""
+    base = stats.base
+    probes = _candidate_directions(base)
+    sums = sample.partition_sums(base, probes)
+    raw = base.spectra.raw
+    v, lam = raw.vectors, raw.values
+    delta = stats.moments.second_moment().to(v.device) - base.moments.second_moment().to(v.device)
+    a = v.T @ delta @ v
+    gap = lam[None, :] - lam[:, None]  # gap[j, k] = λ_k − λ_j
+    rotation = torch.where(gap.abs() > 2 * a.abs(), a / gap, torch.zeros_like(a))
+    rotation.fill_diagonal_(0.0)
+    keep = _kept_eigenvectors(base)
+    columns = rotation[:, keep]
+    if probes.shape[1] > columns.shape[1]:  # the null-space probe: no rotation
+        columns = torch.cat([columns, torch.zeros_like(columns[:, :1])], dim=1)
+    return math.exp(sums.log_ratio(without=stats.block, shift=sums.rotation_shift(columns)))
 
 
 @metric("avg_cosine", summary="mean cosine similarity over pairs i≠j, exact from streaming sums",

@@ -32,6 +32,7 @@ __all__ = [
     "ER_ESTIMATORS",
     "UNIFORMITY_T",
     "PairSums",
+    "PartitionSums",
     "er_constant",
     "er_entropy",
     "er_entropy_deleted",
@@ -39,6 +40,7 @@ __all__ = [
     "er_solver",
     "pair_sums",
     "partition_isotropy",
+    "partition_sums",
 ]
 
 #: ``estimator`` values of :func:`er_entropy` (first = default).
@@ -468,3 +470,88 @@ def partition_isotropy(x: torch.Tensor, eigvecs: torch.Tensor, block_rows: int =
                       - lo[:, 0].to(torch.float64))
     lz = torch.cat([torch.stack(lz_pos).logsumexp(dim=0), torch.stack(lz_neg).logsumexp(dim=0)])
     return float(torch.exp(lz.min() - lz.max()))
+
+
+@dataclass(frozen=True)
+class PartitionSums:
+    r"""Partition isotropy's sums over the sample, split by group, with their first-order
+    sensitivity to a rotation of the probe directions (:func:`partition_sums`).
+
+    - ``pos[g, k]`` / ``neg[g, k]``: logsumexp over the rows i of group g of +c_k^T x_i /
+      -c_k^T x_i (float64, -inf for an empty group);
+    - ``grad_pos[j, k]`` / ``grad_neg[j, k]``: v_j^T d lnZ(+-c_k)/dc_k over the whole sample
+      = +-sum_i w_ik (v_j^T x_i), w the softmax weights of lnZ(+-c_k), v_j the columns of
+      ``basis`` (the eigenvectors the probe directions rotate within);
+    """
+
+    pos: torch.Tensor
+    neg: torch.Tensor
+    grad_pos: torch.Tensor
+    grad_neg: torch.Tensor
+
+    def log_ratio(self, without: int | None = None,
+                  shift: torch.Tensor | None = None) -> float:
+        """ln I = min - max over the 2k values lnZ(+-c_k), from the rows outside group
+        ``without``, each direction's lnZ moved by ``shift`` (k values for +c, k for -c)."""
+        keep = slice(None) if without is None else \
+            torch.arange(self.pos.shape[0], device=self.pos.device) != without
+        z = torch.cat([self.pos[keep].logsumexp(dim=0), self.neg[keep].logsumexp(dim=0)])
+        if shift is not None:
+            z = z + shift
+        return float(z.min() - z.max())
+
+    def rotation_shift(self, rotation: torch.Tensor) -> torch.Tensor:
+        """First-order change of every lnZ(+-c_k) when c_k moves by sum_j v_j R_jk
+        (``rotation`` R, basis x probes): sum_j grad_jk R_jk."""
+        return torch.cat([(self.grad_pos * rotation).sum(dim=0),
+                          (self.grad_neg * rotation).sum(dim=0)])
+
+
+def partition_sums(x: torch.Tensor, directions: torch.Tensor, basis: torch.Tensor,
+                   labels: torch.Tensor, groups: int, block_rows: int = 4096) -> PartitionSums:
+    r"""One blockwise pass for partition isotropy and all its delete-a-group values.
+
+    For rows x_i (M, d) with group ``labels`` (0 ... groups-1), probe ``directions`` C (d, k)
+    and a ``basis`` V (d, k) of the directions' rotations (the eigenvectors of X^T X; C = V
+    when the data have full rank): the per-group logsumexps of +-C^T x_i and the gradients
+    of lnZ(+-c_k) in the basis, accumulated with a running maximum per direction (online
+    softmax) so that nothing of size M x k is kept. In float64.
+
+    Complexity: O(M d k) for the projections plus O(M k^2) for the gradients, once, however
+    many groups; memory O(block_rows k + G k + k^2).
+
+    >>> x = torch.cat([torch.eye(2), -torch.eye(2)]).double()
+    >>> ps = partition_sums(x, torch.eye(2).double(), torch.eye(2).double(),
+    ...                     torch.tensor([0, 0, 1, 1]), 2)
+    >>> round(ps.log_ratio(), 12), round(ps.log_ratio(without=1), 12)
+    (0.0, -1.0)
+    """
+    xs = x.detach().to(torch.float64)
+    c = directions.to(device=xs.device, dtype=torch.float64)
+    v = basis.to(device=xs.device, dtype=torch.float64)
+    same = c.shape == v.shape and bool(torch.equal(c, v))
+    labels = labels.to(xs.device)
+    k = c.shape[1]
+    pos = torch.full((groups, k), -math.inf, dtype=torch.float64, device=xs.device)
+    neg = pos.clone()
+    grads = [torch.zeros(v.shape[1], k, dtype=torch.float64, device=xs.device) for _ in "+-"]
+    tops = [torch.full((k,), -math.inf, dtype=torch.float64, device=xs.device) for _ in "+-"]
+    for i0 in range(0, xs.shape[0], block_rows):
+        rows, lab = xs[i0 : i0 + block_rows], labels[i0 : i0 + block_rows]
+        proj = rows @ c  # (b, k)
+        in_basis = proj if same else rows @ v
+        for sign, lse, grad, top in ((1.0, pos, grads[0], tops[0]), (-1.0, neg, grads[1], tops[1])):
+            p = proj * sign
+            new_top = torch.maximum(top, p.amax(dim=0))
+            grad.mul_(torch.exp(top - new_top))  # rescale the sums so far (exp(-inf) = 0)
+            w = torch.exp(p - new_top)  # (b, k), in (0, 1]
+            grad.add_(in_basis.T @ w)
+            top.copy_(new_top)
+            for g in torch.unique(lab).tolist():
+                part = torch.logsumexp(p[lab == g], dim=0)
+                lse[g] = torch.logaddexp(lse[g], part)
+    total = [pos.logsumexp(dim=0), neg.logsumexp(dim=0)]
+    # sum_i w_ik P_ij with w normalized: divide the accumulated sums by Z_k / exp(top_k)
+    for grad, top, lz, sign in zip(grads, tops, total, (1.0, -1.0), strict=True):
+        grad.mul_(sign * torch.exp(top - lz))
+    return PartitionSums(pos, neg, grads[0], grads[1])

@@ -18,7 +18,8 @@ def _rank_bounds(n: int, d: int) -> tuple[float, float]:
     return (1.0, float(min(n, d)))
 
 
-@metric("effective_rank", summary="Roy–Vetterli exp(entropy) of √λ/Σ√λ, centred data",
+@metric("effective_rank", spectral=True,
+        summary="Roy–Vetterli exp(entropy) of √λ/Σ√λ, centred data",
         range="[1, rank]", direction="higher", citation="Roy & Vetterli, EUSIPCO 2007",
         bounds=_rank_bounds)
 def effective_rank(stats: Statistics) -> float:
@@ -43,7 +44,8 @@ def effective_rank(stats: Statistics) -> float:
     return float(torch.exp(spectral_entropy(s / s.sum())))
 
 
-@metric("rankme", summary="exp entropy of σ/Σσ + 1e-7, raw (uncentred) X",
+@metric("rankme", spectral=True,
+        summary="exp entropy of σ/Σσ + 1e-7, raw (uncentred) X",
         range="[1, min(N,d)]", direction="higher", citation="Garrido et al., ICML 2023, eq. 1",
         bounds=lambda n, d: (1.0 - 2 * RANKME_EPS, min(n, d) * 1.0001))
 def rankme(stats: Statistics) -> float:
@@ -69,7 +71,8 @@ def rankme(stats: Statistics) -> float:
     return float(torch.exp(-(p * torch.log(p)).sum()))
 
 
-@metric("participation_ratio", summary="(Σλ)²/Σλ² of the covariance", range="[1, rank]",
+@metric("participation_ratio", spectral=True,
+        summary="(Σλ)²/Σλ² of the covariance", range="[1, rank]",
         direction="higher", citation="Gao et al. 2017 (bioRxiv 214262)", bounds=_rank_bounds)
 def participation_ratio(stats: Statistics) -> float:
     """Participation ratio of the covariance spectrum.
@@ -87,7 +90,8 @@ def participation_ratio(stats: Statistics) -> float:
     return float(lam.sum() ** 2 / total_sq) if total_sq > 0 else 1.0
 
 
-@metric("stable_rank", summary="Σλ/λ₁ of the covariance", range="[1, rank]",
+@metric("stable_rank", spectral=True,
+        summary="Σλ/λ₁ of the covariance", range="[1, rank]",
         direction="higher", citation="Rudelson & Vershynin, J. ACM 2007", bounds=_rank_bounds)
 def stable_rank(stats: Statistics) -> float:
     """Stable rank of the covariance: Σλ/λ₁, in [1, rank(C)]; higher is healthier.
@@ -102,7 +106,7 @@ def stable_rank(stats: Statistics) -> float:
     return float(lam.sum() / lam[0]) if lam[0] > 0 else 1.0
 
 
-@metric("numerical_rank",
+@metric("numerical_rank", spectral=True,
         summary="#{λ_k > F}, F the error floor of the precision used (not N)",
         range="[0, min(N,d)]", direction="higher",
         citation="Golub & Van Loan, Matrix Computations",
@@ -165,7 +169,8 @@ def _alpha_ranks(stats: Statistics) -> tuple[int, int]:
     return ALPHA_RANKS if positive >= ALPHA_RANKS[0] + 1 else (1, ALPHA_RANKS[1])
 
 
-@metric("alpha_req", summary="power-law decay α of λ_i/Σλ, weighted fit over ranks 11…100",
+@metric("alpha_req", spectral=True,
+        summary="power-law decay α of λ_i/Σλ, weighted fit over ranks 11…100",
         range="[0, ∞)", direction="neutral",
         citation="Agrawal et al., NeurIPS 2022 (α-ReQ)", bounds=lambda n, d: (-math.inf, math.inf))
 def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> float:
@@ -188,7 +193,8 @@ def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> 
     return power_law_fit(stats.cov_eigenvalues, alpha_ranks or _alpha_ranks(stats))[0]
 
 
-@metric("alpha_req_r2", summary="weighted R² of the α-ReQ fit, ranks 11…100",
+@metric("alpha_req_r2", spectral=True,
+        summary="weighted R² of the α-ReQ fit, ranks 11…100",
         range="(−∞, 1]",
         direction="neutral", citation="Agrawal et al., NeurIPS 2022 (α-ReQ)",
         bounds=lambda n, d: (-math.inf, 1.0 + 1e-12))

@@ -40,6 +40,9 @@ class MetricInfo:
     #: or ``"pair"`` (``--pair``); such a metric is computed only when they were streamed
     needs: str | None = None
     eigenvectors: bool = False  # needs the eigenvectors of XᵀX (see :func:`prepare`)
+    #: a function of the moment matrices' spectra (eigenvalues or eigenvectors): the
+    #: first-order jackknife updates those, so it gives no bias estimate for such a metric
+    spectral: bool = False
     #: the metric whose value this one scales (``rankme`` for ``rankme_frac``), see
     #: :func:`register_fractions`
     derived_from: str | None = None
@@ -62,7 +65,8 @@ DISPLAY_ORDER = ("vne", "vne_normalized", "effective_rank", "effective_rank_frac
 def metric(name: str, *, summary: str, range: str, direction: str, citation: str,
            bounds: Bounds, uses_sample: bool = False, discrete: bool = False,
            deleted: Callable[..., list[float]] | None = None, eigenvectors: bool = False,
-           needs: str | None = None) -> Callable[[Callable[..., float]], Callable[..., float]]:
+           needs: str | None = None, spectral: bool = False
+           ) -> Callable[[Callable[..., float]], Callable[..., float]]:
     """Register ``func(stats, **options) -> float`` as metric ``name``.
 
     The registered function also accepts a tensor or numpy array of rows in place of
@@ -80,7 +84,7 @@ def metric(name: str, *, summary: str, range: str, direction: str, citation: str
 
         METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
                                    uses_sample, discrete, options, deleted,
-                                   eigenvectors=eigenvectors, needs=needs)
+                                   eigenvectors=eigenvectors, needs=needs, spectral=spectral)
         return wrapper
 
     return register
@@ -165,7 +169,7 @@ def register_fractions(names: Sequence[str] = SCALABLE) -> None:
             frac, _fraction(base), f"{name} / min(N, d)", f"{base.range} / min(N, d)",
             base.direction, base.citation, bounds, uses_sample=base.uses_sample,
             options=base.options, needs=DERIVED, eigenvectors=base.eigenvectors,
-            derived_from=name)
+            spectral=base.spectral, derived_from=name)
 
 
 def for_input(names: Sequence[str] | None, available: Iterable[str] = ()) -> list[MetricInfo]:

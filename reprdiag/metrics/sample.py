@@ -11,6 +11,8 @@ the plain values and every delete-a-block value (:func:`deleted`).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from reprdiag.metrics import pairwise
@@ -18,6 +20,8 @@ from reprdiag.metrics.pairwise import PairSums
 from reprdiag.statistics import Statistics
 
 _KEY = "pair_sums"
+_PARTITION_KEY = "partition_sums"
+_LOCK = threading.Lock()  # jackknife blocks run on threads and may ask at the same time
 
 
 def directions(stats: Statistics) -> torch.Tensor:
@@ -54,4 +58,21 @@ def pair_sums(stats: Statistics, kappa: float | None = 10.0,
     return ps
 
 
-__all__ = ["directions", "pair_sums"]
+def partition_sums(stats: Statistics, directions: torch.Tensor) -> pairwise.PartitionSums:
+    """Partition isotropy's per-block sums of the sample (``stats.sample_groups``, else one
+    group) along ``directions`` and their gradients in the eigenvectors of XᵀX
+    (:func:`reprdiag.metrics.pairwise.partition_sums`), computed once per statistics and
+    kept in ``stats.shared``: the plain value and every first-order deleted value read it.
+    Complexity O(M·d·k + M·k²), once."""
+    with _LOCK:
+        cached = stats.shared.get(_PARTITION_KEY)
+        if cached is None:
+            labels, groups = stats.sample_groups or (
+                torch.zeros(stats.sample.shape[0], dtype=torch.long), 1)
+            cached = pairwise.partition_sums(stats.sample, directions,
+                                             stats.spectra.raw.vectors, labels, groups)
+            stats.shared[_PARTITION_KEY] = cached
+        return cached
+
+
+__all__ = ["directions", "pair_sums", "partition_sums"]

@@ -13,10 +13,12 @@ from reprdiag.uncertainty.deleted import (
     without_block,
 )
 from reprdiag.uncertainty.estimator import (
+    DELETED_SPECTRA,
     LEVEL,
     METHOD,
     BlockMap,
     JackknifeResult,
+    deleted_spectra_path,
     estimate,
     jackknife,
     serial_map,
@@ -25,6 +27,21 @@ from reprdiag.uncertainty.estimator import (
     threaded_map,
 )
 
-__all__ = ["LEVEL", "METHOD", "BlockMap", "JackknifeResult", "check_rows", "deleted_statistic",
-           "deleted_statistics", "estimate", "jackknife", "serial_map", "t_quantile",
-           "t_two_sided_cdf", "threaded_map", "without_block"]
+__all__ = [
+    "DELETED_SPECTRA",
+    "LEVEL",
+    "METHOD",
+    "BlockMap",
+    "JackknifeResult",
+    "check_rows",
+    "deleted_spectra_path",
+    "deleted_statistic",
+    "deleted_statistics",
+    "estimate",
+    "jackknife",
+    "serial_map",
+    "t_quantile",
+    "t_two_sided_cdf",
+    "threaded_map",
+    "without_block",
+]
