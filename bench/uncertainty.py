@@ -87,12 +87,14 @@ def minilm(path: Path = ROOT / "sample_data" / "minilm.safetensors") -> Gaussian
 
 
 def jackknife_runs(model: Gaussian, n: int, reps: int, blocks: int = 20,
-                   metrics: Sequence[str] = CONTINUOUS, seed: int = 0) -> pd.DataFrame:
+                   metrics: Sequence[str] = CONTINUOUS, seed: int = 0,
+                   jackknife: str = "auto") -> pd.DataFrame:
     """``reps`` independent samples analyzed with uncertainty: one row per (rep, metric)."""
     rows = []
     for rep in range(reps):
         report = reprdiag.analyze(model.draw(n, seed + rep), metrics=list(metrics),
-                                  uncertainty=True, blocks=blocks, device="cpu")
+                                  uncertainty=True, blocks=blocks, device="cpu",
+                                  jackknife=jackknife)
         frame = report.uncertainty.reset_index()
         frame["rep"] = rep
         rows.append(frame)
@@ -184,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ov.add_argument("--blocks", type=int, default=20)
     ov.add_argument("--device", default="cpu")
     ov.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--jackknife", default="auto", help="deleted spectra: auto, "
+                        "first-order or exact (calibrate, highdim)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest "
                         "for the small matrices of the calibration runs)")
     args = parser.parse_args(argv)
@@ -192,11 +196,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     if args.what == "calibrate":
         model = power_law(32, bend=args.bend)
-        runs = jackknife_runs(model, 2000, args.reps, args.blocks)
+        runs = jackknife_runs(model, 2000, args.reps, args.blocks, jackknife=args.jackknife)
         table = calibration(runs, limit=large_n_values(model, CONTINUOUS))
     elif args.what == "highdim":
         model = minilm()
-        runs = jackknife_runs(model, 2000, args.se_reps, args.blocks, TAIL_METRICS)
+        runs = jackknife_runs(model, 2000, args.se_reps, args.blocks, TAIL_METRICS,
+                              jackknife=args.jackknife)
         table = calibration(runs, metric_values(model, 2000, args.reps, TAIL_METRICS))
     else:
         table = overhead([int(d) for d in args.dims.split(",")], args.n, args.blocks,
