@@ -316,6 +316,7 @@ def _measure(acc: Accumulated, config: AnalysisConfig,
     step("spectra")
     prepare(stats, infos)  # one eigh of XᵀX serves σ and partition isotropy's vectors
     t0 = time.perf_counter()
+    stats.spectra.solve_all()  # the three eigensolves side by side on the CPU's threads
     spectra = spectra_lists(stats)
     t1 = time.perf_counter()
     step("metrics")

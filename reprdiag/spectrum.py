@@ -21,8 +21,9 @@ that depend on the others.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -47,6 +48,9 @@ class Spectrum:
     vectors: torch.Tensor | None = None  # columns, matching ``values``; only when asked
     #: Absolute error floor of ``values``: eigenvalues at or below it are not resolved.
     floor: float = 0.0
+    #: For a :func:`first_order` update asked to keep it: VᵀΔV, the change of the matrix in
+    #: the base's eigenvector basis (base order), whose off-diagonal entries rotate the vectors
+    perturbation: torch.Tensor | None = None
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -114,7 +118,8 @@ def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
 
 
 def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
-                keep: int | None = None, accumulated: float = 0.0) -> Spectrum:
+                keep: int | None = None, accumulated: float = 0.0,
+                perturbation: bool = False) -> Spectrum:
     """Eigenvalues of ``matrix`` to first order in ``matrix − base_matrix``, from ``base``, the
     eigen-decomposition (with vectors) of ``base_matrix``: λ_k + v_kᵀ(matrix − base_matrix)v_k
     (Rayleigh–Schrödinger; the jackknife's deleted spectra, where the difference is one
@@ -122,7 +127,9 @@ def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
 
     The error of each value is second order, O(‖Δ‖²/gap); a symmetric function of the whole
     spectrum (every metric here) has second-order error O(‖Δ‖²) without the gap. Complexity:
-    one d×d×k product, O(d²k), against O(d³) with a larger constant for a new ``eigvalsh``.
+    one d×d×k product, O(d²k), against O(d³) with a larger constant for a new ``eigvalsh``
+    (and a float32 one with ``perturbation``, which keeps all of VᵀΔV in
+    :attr:`Spectrum.perturbation`: its off-diagonal entries only rotate vectors).
 
     >>> a = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
     >>> b = a + 1e-3 * torch.tensor([[1.0, 2.0], [2.0, -1.0]], dtype=torch.float64)
@@ -132,9 +139,15 @@ def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
     if base.vectors is None:
         raise ValueError("first_order needs the base spectrum's eigenvectors")
     v = base.vectors.to(device=matrix.device, dtype=_F64)
-    delta = (matrix - base_matrix).to(_F64)
-    values = base.values.to(device=matrix.device, dtype=_F64) + ((delta @ v) * v).sum(dim=0)
-    return _sorted(values, v, keep, f"first-order update of {base.solver}", accumulated)
+    moved = (matrix - base_matrix).to(_F64) @ v
+    shift = (moved * v).sum(dim=0)
+    values = base.values.to(device=matrix.device, dtype=_F64) + shift
+    rotated = None
+    if perturbation:  # off the diagonal it only rotates vectors: a float32 product will do
+        rotated = (v.T.to(torch.float32) @ moved.to(torch.float32)).to(_F64)
+        rotated.diagonal().copy_(shift)
+    spectrum = _sorted(values, v, keep, f"first-order update of {base.solver}", accumulated)
+    return replace(spectrum, perturbation=rotated)
 
 
 def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:
@@ -207,7 +220,7 @@ class Spectra:
         accumulated = self._shifted_error() / max(self.n - 1, 1)
         if self.base is not None:
             return first_order(self.base.with_vectors("covariance"), self.moments.covariance(),
-                               self.base.moments.covariance(), self.length, accumulated)
+                               self.base.matrix("covariance"), self.length, accumulated)
         return eigen_spectrum(self.moments.covariance(), self.length,
                               vectors=self.all_vectors, accumulated=accumulated)
 
@@ -230,8 +243,8 @@ class Spectra:
             return gram_spectrum(self._rows, 1.0, vectors=True)
         if self.base is not None:
             return first_order(self.base.raw, self.moments.second_moment(),
-                               self.base.moments.second_moment(), self.length,
-                               self._raw_error())
+                               self.base.matrix("raw"), self.length, self._raw_error(),
+                               perturbation=self.base.want_vectors)
         return eigen_spectrum(self.moments.second_moment(), self.length, vectors=True,
                               accumulated=self._raw_error())
 
@@ -261,9 +274,45 @@ class Spectra:
         if self.base is not None:
             return first_order(self.base.with_vectors("autocorrelation"),
                                self.moments.autocorrelation(),
-                               self.base.moments.autocorrelation(), self.length, rounding / self.n)
+                               self.base.matrix("autocorrelation"), self.length,
+                               rounding / self.n)
         return eigen_spectrum(self.moments.autocorrelation(), self.length,
                               vectors=self.all_vectors, accumulated=rounding / self.n)
+
+    def solve_all(self) -> None:
+        """Compute the report's three spectra (λ, η, and XᵀX's: ``eigh`` when its vectors are
+        wanted) now, side by side on the CPU's threads, one thread each, the largest first.
+
+        LAPACK's tridiagonalization scales poorly over threads (one parallel region per
+        column), so two solves on one thread each finish sooner than the same solves one
+        after the other on two. Elsewhere (a GPU, one thread, the Gram path, first-order
+        updates) they are computed one after the other as before. Values are the same
+        solver's on one thread.
+        """
+        raw = "raw" if self.want_vectors or self.all_vectors else "raw_eigenvalues"
+        pending = [n for n in (raw, "covariance", "autocorrelation") if n not in self.__dict__]
+        threads = torch.get_num_threads()
+        if self.moments.sum_yy.device.type != "cpu" or threads < 2 or len(pending) < 2 \
+                or self.use_gram or self.base is not None:
+            for name in pending:
+                getattr(self, name)
+            return
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=min(threads, len(pending))) as pool:
+                list(pool.map(lambda name: getattr(self, name), pending))
+        finally:
+            torch.set_num_threads(threads)
+
+    def matrix(self, name: str) -> torch.Tensor:
+        """The moment matrix behind spectrum ``name`` (``"covariance"``, ``"autocorrelation"``,
+        ``"raw"``), formed once: the first-order updates of K deletions all subtract it."""
+        cache = self.__dict__.setdefault("_matrices", {})
+        if name not in cache:
+            form = {"covariance": self.moments.covariance, "raw": self.moments.second_moment,
+                    "autocorrelation": self.moments.autocorrelation}[name]
+            cache[name] = form()
+        return cache[name]
 
     def with_vectors(self, name: str) -> Spectrum:
         """Spectrum ``name`` (``"covariance"``, ``"autocorrelation"``, ``"raw"``) with its

@@ -73,9 +73,9 @@ def partition_isotropy(stats: Statistics) -> float:
     Range (0, 1]; 1 is isotropic. Higher is healthier. Not scale-free (it depends on ‖x‖):
     for rows of large norm the ratio can fall below the smallest float and reads 0.
     Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise. In the
-    first-order jackknife (:mod:`reprdiag.uncertainty.estimator`) one pass also keeps the
-    sums per block and their gradients (O(M·d²) more, once), and each deleted value costs
-    O(d³) (one rotation of the block's moments), not a new eigh and projection.
+    first-order jackknife (:mod:`reprdiag.uncertainty.estimator`) that pass keeps the sums
+    per block, a second one the gradients of the extreme probes (O(M·d) each), and each
+    deleted value costs O(d²) beyond the spectra's update, not a new eigh and projection.
     Citation: Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word
     Representations", ICLR 2018.
 
@@ -95,14 +95,16 @@ def _first_order_deleted(stats: Statistics) -> float:
     per-block sums without that block, each probe direction c_k = v_k moved by its first-order
     rotation δv_k = Σ_j v_j A_jk/(λ_k − λ_j), A = Vᵀ(M_b − M)V (M = XᵀX, M_b without the
     block; pairs whose gap is not at least twice |A_jk| are left unrotated: there first
-    order does not hold), lnZ changed by ∇lnZ·δv_k."""
+    order does not hold), lnZ changed by ∇lnZ·δv_k, for the probes at the extremes of lnZ
+    (all of them when another comes within twice the largest change of the min or max)."""
     base = stats.base
     probes = _candidate_directions(base)
     sums = sample.partition_sums(base, probes)
-    raw = base.spectra.raw
-    v, lam = raw.vectors, raw.values
-    delta = stats.moments.second_moment().to(v.device) - base.moments.second_moment().to(v.device)
-    a = v.T @ delta @ v
+    lam = base.spectra.raw.values
+    a = stats.spectra.raw.perturbation  # VᵀΔV, kept by the first-order update of XᵀX
+    if a is None:  # the update was made without it (eigenvectors not announced by prepare)
+        v = base.spectra.raw.vectors
+        a = v.T @ (stats.moments.second_moment().to(v.device) - base.spectra.matrix("raw")) @ v
     gap = lam[None, :] - lam[:, None]  # gap[j, k] = λ_k − λ_j
     rotation = torch.where(gap.abs() > 2 * a.abs(), a / gap, torch.zeros_like(a))
     rotation.fill_diagonal_(0.0)
@@ -110,7 +112,11 @@ def _first_order_deleted(stats: Statistics) -> float:
     columns = rotation[:, keep]
     if probes.shape[1] > columns.shape[1]:  # the null-space probe: no rotation
         columns = torch.cat([columns, torch.zeros_like(columns[:, :1])], dim=1)
-    return math.exp(sums.log_ratio(without=stats.block, shift=sums.rotation_shift(columns)))
+    value = sums.log_ratio(without=stats.block, shift=sums.rotation_shift(columns))
+    if value is None:  # a probe without a gradient could be the min or max here
+        sums = sample.partition_sums(base, probes, every_gradient=True)
+        value = sums.log_ratio(without=stats.block, shift=sums.rotation_shift(columns))
+    return math.exp(value)
 
 
 @metric("avg_cosine", summary="mean cosine similarity over pairs i≠j, exact from streaming sums",

@@ -479,46 +479,62 @@ class PartitionSums:
 
     - ``pos[g, k]`` / ``neg[g, k]``: logsumexp over the rows i of group g of +c_k^T x_i /
       -c_k^T x_i (float64, -inf for an empty group);
-    - ``grad_pos[j, k]`` / ``grad_neg[j, k]``: v_j^T d lnZ(+-c_k)/dc_k over the whole sample
-      = +-sum_i w_ik (v_j^T x_i), w the softmax weights of lnZ(+-c_k), v_j the columns of
-      ``basis`` (the eigenvectors the probe directions rotate within);
+    - ``grad[j, s]``: v_j^T d lnZ(c_s)/dc_s over the whole sample (+-sum_i w_is v_j^T x_i,
+      w the softmax weights of lnZ(c_s), v_j the columns of ``basis``) for the 2k signed
+      probes c_s (+c_1 ... +c_k, -c_1 ... -c_k); zero outside ``graded``;
+    - ``graded``: the signed probes whose gradient was computed (all of them, or those whose
+      lnZ lies among the ``extremes`` smallest or largest: only those can be min or max).
     """
 
     pos: torch.Tensor
     neg: torch.Tensor
-    grad_pos: torch.Tensor
-    grad_neg: torch.Tensor
+    grad: torch.Tensor
+    graded: torch.Tensor
 
-    def log_ratio(self, without: int | None = None,
-                  shift: torch.Tensor | None = None) -> float:
-        """ln I = min - max over the 2k values lnZ(+-c_k), from the rows outside group
-        ``without``, each direction's lnZ moved by ``shift`` (k values for +c, k for -c)."""
+    def log_z(self, without: int | None = None) -> torch.Tensor:
+        """lnZ of the 2k signed probes over the rows outside group ``without``."""
         keep = slice(None) if without is None else \
             torch.arange(self.pos.shape[0], device=self.pos.device) != without
-        z = torch.cat([self.pos[keep].logsumexp(dim=0), self.neg[keep].logsumexp(dim=0)])
-        if shift is not None:
-            z = z + shift
-        return float(z.min() - z.max())
+        return torch.cat([self.pos[keep].logsumexp(dim=0), self.neg[keep].logsumexp(dim=0)])
 
     def rotation_shift(self, rotation: torch.Tensor) -> torch.Tensor:
-        """First-order change of every lnZ(+-c_k) when c_k moves by sum_j v_j R_jk
-        (``rotation`` R, basis x probes): sum_j grad_jk R_jk."""
-        return torch.cat([(self.grad_pos * rotation).sum(dim=0),
-                          (self.grad_neg * rotation).sum(dim=0)])
+        """First-order change of each lnZ(c_s) when each probe c_k moves by sum_j v_j R_jk
+        (``rotation`` R, basis x k; -c_k moves by the negative): sum_j grad_js R_jk."""
+        return (self.grad * torch.cat([rotation, rotation], dim=1)).sum(dim=0)
+
+    def log_ratio(self, without: int | None = None,
+                  shift: torch.Tensor | None = None) -> float | None:
+        """ln I = min - max over the 2k values lnZ(c_s), from the rows outside group
+        ``without``, each moved by ``shift``; ``None`` when a probe without a gradient comes
+        within the largest shift of the min or max (then every gradient is needed)."""
+        z = self.log_z(without)
+        if shift is None:
+            return float(z.min() - z.max())
+        moved = z + shift
+        lo, hi = moved.min(), moved.max()
+        if not bool(self.graded.all()):
+            rest = z[~self.graded]
+            margin = shift.abs().max() * 2
+            if bool((rest <= lo + margin).any() or (rest >= hi - margin).any()):
+                return None
+        return float(lo - hi)
 
 
 def partition_sums(x: torch.Tensor, directions: torch.Tensor, basis: torch.Tensor,
-                   labels: torch.Tensor, groups: int, block_rows: int = 4096) -> PartitionSums:
-    r"""One blockwise pass for partition isotropy and all its delete-a-group values.
+                   labels: torch.Tensor, groups: int, block_rows: int = 4096,
+                   extremes: int | None = 16) -> PartitionSums:
+    r"""Passes over the sample for partition isotropy and all its delete-a-group values.
 
     For rows x_i (M, d) with group ``labels`` (0 ... groups-1), probe ``directions`` C (d, k)
-    and a ``basis`` V (d, k) of the directions' rotations (the eigenvectors of X^T X; C = V
-    when the data have full rank): the per-group logsumexps of +-C^T x_i and the gradients
-    of lnZ(+-c_k) in the basis, accumulated with a running maximum per direction (online
-    softmax) so that nothing of size M x k is kept. In float64.
+    and a ``basis`` V (d, k') of the directions' rotations (the eigenvectors of X^T X; C = V
+    when the data have full rank): the per-group logsumexps of +-C^T x_i (first pass, float64)
+    and, for the ``extremes`` smallest and largest of the 2k values lnZ(+-c_k) (``None``: all
+    of them), the gradient of lnZ in the basis (second pass, only those probes' columns:
+    V^T sum_i w_i x_i). Only probes at an extreme decide min/max; :meth:`PartitionSums.
+    log_ratio` says when a deletion needs the others.
 
-    Complexity: O(M d k) for the projections plus O(M k^2) for the gradients, once, however
-    many groups; memory O(block_rows k + G k + k^2).
+    Complexity: O(M d k) for the projections plus O(M d e + d k' e) for e graded probes;
+    memory O(block_rows k + G k + k' e).
 
     >>> x = torch.cat([torch.eye(2), -torch.eye(2)]).double()
     >>> ps = partition_sums(x, torch.eye(2).double(), torch.eye(2).double(),
@@ -529,29 +545,32 @@ def partition_sums(x: torch.Tensor, directions: torch.Tensor, basis: torch.Tenso
     xs = x.detach().to(torch.float64)
     c = directions.to(device=xs.device, dtype=torch.float64)
     v = basis.to(device=xs.device, dtype=torch.float64)
-    same = c.shape == v.shape and bool(torch.equal(c, v))
     labels = labels.to(xs.device)
     k = c.shape[1]
     pos = torch.full((groups, k), -math.inf, dtype=torch.float64, device=xs.device)
     neg = pos.clone()
-    grads = [torch.zeros(v.shape[1], k, dtype=torch.float64, device=xs.device) for _ in "+-"]
-    tops = [torch.full((k,), -math.inf, dtype=torch.float64, device=xs.device) for _ in "+-"]
     for i0 in range(0, xs.shape[0], block_rows):
         rows, lab = xs[i0 : i0 + block_rows], labels[i0 : i0 + block_rows]
         proj = rows @ c  # (b, k)
-        in_basis = proj if same else rows @ v
-        for sign, lse, grad, top in ((1.0, pos, grads[0], tops[0]), (-1.0, neg, grads[1], tops[1])):
-            p = proj * sign
-            new_top = torch.maximum(top, p.amax(dim=0))
-            grad.mul_(torch.exp(top - new_top))  # rescale the sums so far (exp(-inf) = 0)
-            w = torch.exp(p - new_top)  # (b, k), in (0, 1]
-            grad.add_(in_basis.T @ w)
-            top.copy_(new_top)
+        for sign, lse in ((1.0, pos), (-1.0, neg)):
             for g in torch.unique(lab).tolist():
-                part = torch.logsumexp(p[lab == g], dim=0)
+                part = torch.logsumexp(proj[lab == g] * sign, dim=0)
                 lse[g] = torch.logaddexp(lse[g], part)
-    total = [pos.logsumexp(dim=0), neg.logsumexp(dim=0)]
-    # sum_i w_ik P_ij with w normalized: divide the accumulated sums by Z_k / exp(top_k)
-    for grad, top, lz, sign in zip(grads, tops, total, (1.0, -1.0), strict=True):
-        grad.mul_(sign * torch.exp(top - lz))
-    return PartitionSums(pos, neg, grads[0], grads[1])
+    log_z = torch.cat([pos.logsumexp(dim=0), neg.logsumexp(dim=0)])
+    graded = torch.ones(2 * k, dtype=torch.bool, device=xs.device)
+    if extremes is not None and 2 * extremes < 2 * k:
+        order = torch.argsort(log_z)
+        graded = torch.zeros_like(graded)
+        graded[order[:extremes]] = True
+        graded[order[-extremes:]] = True
+    chosen = torch.nonzero(graded).flatten()
+    signs = torch.where(chosen < k, 1.0, -1.0).to(torch.float64)
+    probes = c[:, chosen % k] * signs  # (d, e): the signed probe directions
+    weighted = torch.zeros(xs.shape[1], chosen.numel(), dtype=torch.float64, device=xs.device)
+    for i0 in range(0, xs.shape[0], block_rows):
+        rows = xs[i0 : i0 + block_rows]
+        weights = torch.exp(rows @ probes - log_z[chosen])  # softmax weights of each lnZ
+        weighted += rows.T @ weights
+    grad = torch.zeros(v.shape[1], 2 * k, dtype=torch.float64, device=xs.device)
+    grad[:, chosen] = (v.T @ weighted) * signs
+    return PartitionSums(pos, neg, grad, graded)

@@ -58,20 +58,23 @@ def pair_sums(stats: Statistics, kappa: float | None = 10.0,
     return ps
 
 
-def partition_sums(stats: Statistics, directions: torch.Tensor) -> pairwise.PartitionSums:
+def partition_sums(stats: Statistics, directions: torch.Tensor,
+                   every_gradient: bool = False) -> pairwise.PartitionSums:
     """Partition isotropy's per-block sums of the sample (``stats.sample_groups``, else one
-    group) along ``directions`` and their gradients in the eigenvectors of XᵀX
-    (:func:`reprdiag.metrics.pairwise.partition_sums`), computed once per statistics and
-    kept in ``stats.shared``: the plain value and every first-order deleted value read it.
-    Complexity O(M·d·k + M·k²), once."""
+    group) along ``directions`` and the gradients of the extreme ones in the eigenvectors
+    of XᵀX (``every_gradient``: of all; :func:`reprdiag.metrics.pairwise.partition_sums`),
+    computed once per statistics and kept in ``stats.shared``: the plain value and every
+    first-order deleted value read it. Complexity O(M·d·k), once."""
+    key = _PARTITION_KEY + ("_all" if every_gradient else "")
     with _LOCK:
-        cached = stats.shared.get(_PARTITION_KEY)
+        cached = stats.shared.get(key)
         if cached is None:
             labels, groups = stats.sample_groups or (
                 torch.zeros(stats.sample.shape[0], dtype=torch.long), 1)
             cached = pairwise.partition_sums(stats.sample, directions,
-                                             stats.spectra.raw.vectors, labels, groups)
-            stats.shared[_PARTITION_KEY] = cached
+                                             stats.spectra.raw.vectors, labels, groups,
+                                             extremes=None if every_gradient else 16)
+            stats.shared[key] = cached
         return cached
 
 

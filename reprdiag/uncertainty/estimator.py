@@ -233,6 +233,7 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     if path == "first-order":  # the base decompositions, with vectors, before the threads
         for name in ("covariance", "autocorrelation", "raw"):
             full.spectra.with_vectors(name)
+            full.spectra.matrix(name)
 
     def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
         stats = deleted_statistic(blocked, total, sample, b, extras)
