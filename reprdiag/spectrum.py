@@ -219,9 +219,9 @@ class Spectra:
             return gram_spectrum(r - r.mean(dim=0), 1.0 / max(self.n - 1, 1))
         accumulated = self._shifted_error() / max(self.n - 1, 1)
         if self.base is not None:
-            return first_order(self.base.with_vectors("covariance"), self.moments.covariance(),
+            return first_order(self.base.with_vectors("covariance"), self.matrix("covariance"),
                                self.base.matrix("covariance"), self.length, accumulated)
-        return eigen_spectrum(self.moments.covariance(), self.length,
+        return eigen_spectrum(self.matrix("covariance"), self.length,
                               vectors=self.all_vectors, accumulated=accumulated)
 
     def _shifted_error(self) -> float:
@@ -242,10 +242,10 @@ class Spectra:
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0, vectors=True)
         if self.base is not None:
-            return first_order(self.base.raw, self.moments.second_moment(),
+            return first_order(self.base.raw, self.matrix("raw"),
                                self.base.matrix("raw"), self.length, self._raw_error(),
                                perturbation=self.base.want_vectors)
-        return eigen_spectrum(self.moments.second_moment(), self.length, vectors=True,
+        return eigen_spectrum(self.matrix("raw"), self.length, vectors=True,
                               accumulated=self._raw_error())
 
     @cached_property
@@ -256,7 +256,7 @@ class Spectra:
             return self.raw
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0)
-        return eigen_spectrum(self.moments.second_moment(), self.length,
+        return eigen_spectrum(self.matrix("raw"), self.length,
                               accumulated=self._raw_error())
 
     @property
@@ -273,10 +273,10 @@ class Spectra:
         rounding = self.precision.relative * float(torch.trace(self.moments.sum_zz))
         if self.base is not None:
             return first_order(self.base.with_vectors("autocorrelation"),
-                               self.moments.autocorrelation(),
+                               self.matrix("autocorrelation"),
                                self.base.matrix("autocorrelation"), self.length,
                                rounding / self.n)
-        return eigen_spectrum(self.moments.autocorrelation(), self.length,
+        return eigen_spectrum(self.matrix("autocorrelation"), self.length,
                               vectors=self.all_vectors, accumulated=rounding / self.n)
 
     def solve_all(self) -> None:
@@ -306,8 +306,10 @@ class Spectra:
             torch.set_num_threads(threads)
 
     def matrix(self, name: str) -> torch.Tensor:
-        """The moment matrix behind spectrum ``name`` (``"covariance"``, ``"autocorrelation"``,
-        ``"raw"``), formed once: the first-order updates of K deletions all subtract it."""
+        """The moment matrix behind spectrum ``name`` (``"covariance"`` C, ``"autocorrelation"``
+        ρ, ``"raw"`` XᵀX; float64 d×d), formed once from the moments and shared by the
+        spectrum, the metrics that read the matrix itself (``cov_offdiag``, ``vicreg_std``) and
+        the first-order updates of K deletions, which all subtract the base's. Read-only."""
         cache = self.__dict__.setdefault("_matrices", {})
         if name not in cache:
             form = {"covariance": self.moments.covariance, "raw": self.moments.second_moment,

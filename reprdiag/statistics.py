@@ -7,6 +7,7 @@ two in the layers (metrics → statistics → spectrum → stats).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -31,12 +32,16 @@ class Statistics:
     all rows in one product in the moments' dtype.
     """
 
-    def __init__(self, moments: StreamingMoments, sample: Reservoir | None = None,
+    def __init__(self, moments: StreamingMoments,
+                 sample: Reservoir | Callable[[], Reservoir] | None = None,
                  precision: Precision | None = None):
         if moments.n == 0:
             raise InputError("has 0 rows", hint="nothing to analyze")
         self.moments = moments
-        self.reservoir = sample
+        #: the row sample, or a function that makes it on first use (the jackknife's deleted
+        #: samples, which first-order estimates never read); a function stands for a sample
+        #: that does not hold every row (:attr:`all_rows` is then ``None`` without making it)
+        self._sample = sample
         self.precision = precision or Precision(moments.dtype, moments.n)
         #: what computed the sample metrics (e.g. ER entropy's float32 symmetric blocks), by
         #: metric name; reports list it beside the spectra's solvers (see :meth:`paths`)
@@ -73,6 +78,17 @@ class Statistics:
         return cls(moments, sample)
 
     @property
+    def reservoir(self) -> Reservoir | None:
+        """The row sample (made now if it was given as a function)."""
+        if callable(self._sample):
+            self._sample = self._sample()
+        return self._sample
+
+    @reservoir.setter
+    def reservoir(self, sample: Reservoir | None) -> None:
+        self._sample = sample
+
+    @property
     def n(self) -> int:
         return self.moments.n
 
@@ -95,7 +111,7 @@ class Statistics:
     @property
     def all_rows(self) -> torch.Tensor | None:
         """Every row, when the sample holds them all (N ≤ sample size), else ``None``."""
-        if self.reservoir is None or not self.reservoir.is_complete:
+        if callable(self._sample) or self.reservoir is None or not self.reservoir.is_complete:
             return None
         rows = self.reservoir.rows
         return rows if rows.shape[0] == self.n else None

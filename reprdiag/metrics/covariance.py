@@ -53,7 +53,7 @@ def cov_offdiag(stats: Statistics) -> float:
     >>> cov_offdiag(torch.cat([torch.eye(3), -torch.eye(3)]))
     0.0
     """
-    return float(offdiag_term(stats.moments.covariance()))
+    return float(offdiag_term(stats.spectra.matrix("covariance")))
 
 
 @metric("cov_offdiag_frac", summary="Σ_{i≠j} C_ij² / Σ_{i,j} C_ij², scale-free",
@@ -67,7 +67,7 @@ def cov_offdiag_frac(stats: Statistics) -> float:
     >>> round(cov_offdiag_frac(torch.tensor([[1., 1.], [-1., -1.], [2., 2.]])), 12)
     0.5
     """
-    c = stats.moments.covariance()
+    c = stats.spectra.matrix("covariance")
     total = (c**2).sum()
     return float(_offdiag_sq(c) / total) if total > 0 else 0.0
 
@@ -84,7 +84,7 @@ def vicreg_std(stats: Statistics) -> float:
     >>> vicreg_std(torch.tensor([[2., 0.], [-2., 0.]]))  # one feature healthy, one dead
     0.495
     """
-    return float(variance_hinge(stats.moments.covariance()))
+    return float(variance_hinge(stats.spectra.matrix("covariance")))
 
 
 @metric("std_normalized", summary="√d · mean_k std_k(z): 0 at complete collapse, ≈1 healthy",

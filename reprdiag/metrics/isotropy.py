@@ -104,7 +104,7 @@ def _first_order_deleted(stats: Statistics) -> float:
     a = stats.spectra.raw.perturbation  # VᵀΔV, kept by the first-order update of XᵀX
     if a is None:  # the update was made without it (eigenvectors not announced by prepare)
         v = base.spectra.raw.vectors
-        a = v.T @ (stats.moments.second_moment().to(v.device) - base.spectra.matrix("raw")) @ v
+        a = v.T @ (stats.spectra.matrix("raw").to(v.device) - base.spectra.matrix("raw")) @ v
     gap = lam[None, :] - lam[:, None]  # gap[j, k] = λ_k − λ_j
     rotation = torch.where(gap.abs() > 2 * a.abs(), a / gap, torch.zeros_like(a))
     rotation.fill_diagonal_(0.0)

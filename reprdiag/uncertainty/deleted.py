@@ -11,6 +11,7 @@ the global row index); the moments of "every row except block b" are the total m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -50,8 +51,9 @@ def deleted_statistic(bm: BlockedMoments, total: StreamingMoments, sample: Reser
     """:class:`Statistics` of every row outside ``block``: O(d²) for the moments, O(M) for
     the sample, O(state) for each :class:`BlockedStatistic` of ``extras`` (by name:
     ``classes``, ``pair``; others are left out) (see :func:`deleted_statistics`)."""
-    stats = Statistics(remove(total, bm.parts[block]),
-                       without_block(sample, block, bm.seed, bm.blocks))
+    rest = functools.partial(without_block, sample, block, bm.seed, bm.blocks)
+    # made on first use when the sample lacks rows anyway (first-order estimates never read it)
+    stats = Statistics(remove(total, bm.parts[block]), rest() if sample.is_complete else rest)
     for name, blocked in (extras or {}).items():
         if isinstance(blocked, BlockedStatistic):
             if blocked.blocks != bm.blocks or blocked.seed != bm.seed:
