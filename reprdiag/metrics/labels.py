@@ -195,10 +195,17 @@ def _classes(stats: Statistics) -> ClassMoments:
 
 
 def _class_ranks(stats: Statistics) -> np.ndarray:
-    classes = _classes(stats)
-    if classes.squares is None:
-        return np.array([math.nan])  # too many classes × d² to keep (a warning says so)
-    return class_effective_ranks(classes)
+    """Every class's effective rank, computed once per statistics (``class_erank_min`` and
+    ``_median`` both read them: C eigendecompositions, not 2·C)."""
+    cached = stats.shared.get("class_ranks")
+    if cached is None:
+        classes = _classes(stats)
+        if classes.squares is None:
+            cached = np.array([math.nan])  # too many classes × d² to keep (a warning says so)
+        else:
+            cached = class_effective_ranks(classes)
+        stats.shared["class_ranks"] = cached
+    return cached
 
 
 _CITE_NC = "Papyan, Han & Donoho, PNAS 2020"
