@@ -200,10 +200,9 @@ def _class_ranks(stats: Statistics) -> np.ndarray:
     cached = stats.shared.get("class_ranks")
     if cached is None:
         classes = _classes(stats)
-        if classes.squares is None:
-            cached = np.array([math.nan])  # too many classes × d² to keep (a warning says so)
-        else:
-            cached = class_effective_ranks(classes)
+        # NaN: too many classes × d² to keep (a warning says so)
+        cached = np.array([math.nan]) if classes.squares is None else \
+            class_effective_ranks(classes)
         stats.shared["class_ranks"] = cached
     return cached
 

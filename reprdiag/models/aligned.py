@@ -96,12 +96,13 @@ class RunCompanions:
     labels: AlignedRows | CarriedLabels | None = None
     pair: AlignedRows | None = None
 
-    def build(self, d: int, device: torch.device, blocks: int = 0, seed: int = 0
-              ) -> list[Companion]:
+    def build(self, d: int, device: torch.device, blocks: int = 0, seed: int = 0,
+              squares_limit: int | None = None) -> list[Companion]:
         """Fresh companions for one layer of width ``d`` (``blocks`` > 0: per jackknife
-        block, the K and seed of the layer's moments)."""
+        block, the K and seed of the layer's moments; ``squares_limit``: the bytes of each
+        block's per-class second moments, see :func:`reprdiag.companions.class_squares_limit`)."""
         return streamed(self.labels, self.pair, d, device, blocks,  # type: ignore[arg-type]
-                        seed)
+                        seed, squares_limit)
 
     def block_bytes(self, d: int) -> int:
         """Memory of one jackknife block's pair cross-moments beside a layer of width ``d``

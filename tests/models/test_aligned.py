@@ -162,6 +162,27 @@ def test_uncertainty_with_labels_and_pair_equals_the_extracted_file(
                                rtol=1e-10, atol=1e-12)
 
 
+def test_model_run_blocks_keep_per_class_ranks_like_a_file_run(
+        files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With room in the memory budget, each jackknife block of a model run keeps its per-class
+    second moments up to a plain run's limit, as a file run's do (K blocks sharing that
+    limit would leave the per-class ranks out: NaN)."""
+    from reprdiag import companions
+
+    run = _run(files, "tests.model_data:tiny_tuples", layers=["output"])
+    d = 4  # the output layer's width; 4 classes: C·d²·8 = 512 bytes ≤ the limit, > its K-th
+    monkeypatch.setattr(companions, "CLASS_SQUARES_BYTES", 4 * d * d * 8)
+    names = ["class_erank_min", "class_erank_median"]
+    options = {"uncertainty": True, "blocks": 5}
+    report = analyze_model(run, labels="batch", metrics=names, **options, **F64)
+    expected = _extracted(run, files, names, labels=str(files["labels"]), **options)["output"]
+    got = report.inputs[0]
+    assert math.isfinite(got.metrics["class_erank_min"]) and got.se("class_erank_min") > 0
+    for name in names:
+        assert got.metrics[name] == pytest.approx(expected.metrics[name], rel=1e-10), name
+        assert got.se(name) == pytest.approx(expected.inputs[0].se(name), rel=1e-10), name
+
+
 @pytest.mark.parametrize("data", [None, "tests.model_data:tiny_ready"])
 def test_limit_trims_the_labels_and_pair_to_the_rows_used(files: dict[str, Path],
                                                            data: str | None) -> None:
