@@ -49,7 +49,8 @@ class Spectrum:
     #: Absolute error floor of ``values``: eigenvalues at or below it are not resolved.
     floor: float = 0.0
     #: For a :func:`first_order` update asked to keep it: VᵀΔV, the change of the matrix in
-    #: the base's eigenvector basis (base order), whose off-diagonal entries rotate the vectors
+    #: the base's eigenvector basis (base order; CPU, as the values and vectors are), whose
+    #: off-diagonal entries rotate the vectors
     perturbation: torch.Tensor | None = None
 
     @property
@@ -147,7 +148,7 @@ def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
         rotated = (v.T.to(torch.float32) @ moved.to(torch.float32)).to(_F64)
         rotated.diagonal().copy_(shift)
     spectrum = _sorted(values, v, keep, f"first-order update of {base.solver}", accumulated)
-    return replace(spectrum, perturbation=rotated)
+    return replace(spectrum, perturbation=None if rotated is None else rotated.cpu())
 
 
 def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:

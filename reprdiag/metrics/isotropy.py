@@ -103,8 +103,9 @@ def _first_order_deleted(stats: Statistics) -> float:
     lam = base.spectra.raw.values
     a = stats.spectra.raw.perturbation  # VᵀΔV, kept by the first-order update of XᵀX
     if a is None:  # the update was made without it (eigenvectors not announced by prepare)
-        v = base.spectra.raw.vectors
-        a = v.T @ (stats.spectra.matrix("raw").to(v.device) - base.spectra.matrix("raw")) @ v
+        v = base.spectra.raw.vectors  # CPU, as the spectra's values are
+        delta = stats.spectra.matrix("raw") - base.spectra.matrix("raw")
+        a = v.T @ delta.to(v.device) @ v
     gap = lam[None, :] - lam[:, None]  # gap[j, k] = λ_k − λ_j
     rotation = torch.where(gap.abs() > 2 * a.abs(), a / gap, torch.zeros_like(a))
     rotation.fill_diagonal_(0.0)

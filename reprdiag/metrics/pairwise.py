@@ -500,6 +500,7 @@ class PartitionSums:
     def rotation_shift(self, rotation: torch.Tensor) -> torch.Tensor:
         """First-order change of each lnZ(c_s) when each probe c_k moves by sum_j v_j R_jk
         (``rotation`` R, basis x k; -c_k moves by the negative): sum_j grad_js R_jk."""
+        rotation = rotation.to(self.grad.device)
         return (self.grad * torch.cat([rotation, rotation], dim=1)).sum(dim=0)
 
     def log_ratio(self, without: int | None = None,
@@ -510,7 +511,7 @@ class PartitionSums:
         z = self.log_z(without)
         if shift is None:
             return float(z.min() - z.max())
-        moved = z + shift
+        moved = z + shift.to(z.device)
         lo, hi = moved.min(), moved.max()
         if not bool(self.graded.all()):
             rest = z[~self.graded]
