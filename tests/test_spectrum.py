@@ -4,6 +4,9 @@ both solver paths (d×d moments and the N×N Gram matrix), and their floors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +105,37 @@ def test_gram_is_cheaper_exactly_when_its_flops_are_fewer(d: int) -> None:
     assert cheaper == list(range(1, len(cheaper) + 1))  # every N below the crossover
     crossover = len(cheaper) + 1
     assert 0.66 * d <= crossover <= 0.70 * d
+
+
+def test_solve_all_runs_the_three_solves_side_by_side_with_the_same_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to d = 2048 each eigensolve is single-threaded: solve_all runs them on separate
+    threads (one torch thread each, restored after) and gets what one-by-one solves get."""
+    import threading
+
+    x = rows(400, 16)
+    one_by_one = spectra(x, False)
+    want = {n: getattr(one_by_one, n).values for n in ("covariance", "autocorrelation", "raw")}
+    seen: set[int] = set()
+    eigh, eigvalsh = torch.linalg.eigh, torch.linalg.eigvalsh
+
+    def record(solve: Callable[..., Any]) -> Callable[..., Any]:
+        def run(m: torch.Tensor, *a: Any, **k: Any) -> Any:
+            seen.add(threading.get_ident())
+            return solve(m, *a, **k)
+        return run
+
+    monkeypatch.setattr(torch.linalg, "eigh", record(eigh))
+    monkeypatch.setattr(torch.linalg, "eigvalsh", record(eigvalsh))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        side = spectra(x, False)
+        side.want_vectors = True
+        side.solve_all()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) >= 2 and threading.get_ident() not in seen
+    for name, values in want.items():
+        torch.testing.assert_close(getattr(side, name).values, values, rtol=1e-12, atol=0)
