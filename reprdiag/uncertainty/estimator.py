@@ -25,7 +25,8 @@ deletions the standard errors agreed to 0.5 % (1 % for partition isotropy, 4 % f
 alpha_req_r2) at 20,000 × 384 with K = 20, but were 25 % low for effective rank and RankMe
 at 2,000 × 384, where a block (100 rows) is smaller than d. ``"auto"`` (the default) takes
 first order when every block holds at least d rows (N/K ≥ d), else exact; the report's
-``uncertainty_method`` records which ran. The jackknife's bias estimate is itself second
+``uncertainty_method`` records which ran (exact whenever the spectra take the N×N Gram
+path). The jackknife's bias estimate is itself second
 order (at 20,000 × 384: −0.60 for effective rank from exact deletions, −0.002 from
 first-order ones), so on the first-order path spectral metrics report no bias (NaN; JSON
 null); SE and intervals are unaffected. The blocks run side by side on the CPU's threads.
@@ -213,6 +214,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     """
     full = stats if stats is not None else Statistics(total, sample)
     path = deleted_spectra_path(deleted_spectra, total.n, total.d, blocked.blocks)
+    if full.spectra.use_gram:  # N×N Gram spectra (N ≲ 0.68·d, every row at hand): no d×d
+        path = "exact"  # decompositions to update, and each deletion's Gram is small
     per_block = {k for k, v in (extras or {}).items() if isinstance(v, BlockedStatistic)}
     unblocked = set(full.extras) - per_block  # streamed whole: no deleted values to give
     continuous = [i for i in infos if not i.discrete and i.name in values

@@ -115,3 +115,14 @@ def test_partition_gradient_predicts_a_small_rotation() -> None:
     base, after = sums.log_z(), direct.log_z()
     assert shift.abs().max() > 1e-7  # the rotation moves lnZ, by a first-order amount
     np.testing.assert_allclose((after - base).numpy(), shift.numpy(), rtol=1e-3, atol=1e-9)
+
+
+def test_the_gram_path_is_always_exact() -> None:
+    """N < d with every row in the sample: the spectra are the N×N Gram matrix's, which has
+    no d×d decomposition to update, so first order is not taken even when asked for."""
+    x = torch.randn(100, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    kw = dict(uncertainty=True, blocks=5, device="cpu", metrics=["vne", "partition_isotropy"])
+    asked = reprdiag.analyze(x, jackknife="first-order", **kw).inputs[0]
+    exact = reprdiag.analyze(x, jackknife="exact", **kw).inputs[0]
+    assert asked.uncertainty_method["deleted_spectra"] == "exact"
+    assert asked.uncertainty == exact.uncertainty
