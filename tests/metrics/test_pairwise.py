@@ -221,13 +221,37 @@ def test_partition_isotropy_range_and_no_overflow() -> None:
 @pytest.mark.parametrize("kappa", [0.5, 10.0, 39.0, 200.0])
 @pytest.mark.parametrize("block", [300, 1000, 4096])
 def test_er_entropy_float32_blocks_match_float64(kappa: float, block: int) -> None:
-    """float32 path (fixed-shift symmetric blocks for kappa <= 40, generic above) vs float64."""
+    """float32 path (unshifted symmetric blocks for kappa <= 40, generic above) vs float64."""
     e64 = _unit_rows(2100, 24, seed=11)  # >= 2048 rows: the float32 path is taken
     e64[:40] = e64[0] * 0.9 + e64[:40] * 0.1  # a tight cluster: rows with large row sums
     e64 = e64 / e64.norm(dim=1, keepdim=True)
-    e64[5] = 0.0  # a zero row (normalized to the zero vector): logits 0, terms exp(-shift)
+    e64[5] = 0.0  # a zero row (normalized to the zero vector): logits 0, terms 1
     e32 = e64.float()
     for estimator in ("plugin", "joe"):
         want = er_entropy(e32.double(), kappa, estimator, block_rows=block)
         got = er_entropy(e32, kappa, estimator, block_rows=block)
         assert got == pytest.approx(want, abs=2e-6 * max(1.0, kappa))
+
+
+def test_symmetric_pass_forms_every_gram_block_in_one_buffer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 pass writes each I <= J Gram block into one buffer allocated once: every
+    product's output shares one storage, and there are (B + 1)·B/2 of them for B row blocks."""
+    from reprdiag.metrics.pairwise import er_solver, pair_sums
+
+    e = _unit_rows(2500, 16, seed=3).float()
+    assert er_solver(e).startswith("symmetric float32 blocks")
+    storages: list[int] = []
+    mm = torch.mm
+
+    def recording(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        storages.append(out.untyped_storage().data_ptr() if out is not None else -1)
+        return mm(a, b, out=out) if out is not None else mm(a, b)
+
+    monkeypatch.setattr(torch, "mm", recording)
+    got = pair_sums(e, 10.0, block_rows=1000)  # 3 row blocks: 6 products
+    monkeypatch.undo()
+    assert len(storages) == 6 and len(set(storages)) == 1 and -1 not in storages
+    want = pair_sums(e.double(), 10.0, block_rows=1000)
+    torch.testing.assert_close(got.lse, want.lse, rtol=1e-6, atol=1e-6)
