@@ -114,7 +114,7 @@ _PARAMETERS = (
     _option("uncertainty", bool, "--uncertainty",
             help="Jackknife standard errors, bias and 95% intervals of every metric."),
     _option("blocks", int, "--blocks", metavar="K", help="Jackknife blocks K (≥ 5; costs K more "
-            "eigendecompositions and K×2 d×d moment matrices)."),
+            "metric evaluations and K×2 d×d moment matrices)."),
     _option("jackknife", str, "--jackknife", metavar="auto|first-order|exact",
             help="Deleted spectra: first-order updates of the full decompositions, or exact "
             "(K eigendecompositions); auto = first-order when N/K ≥ d."),
