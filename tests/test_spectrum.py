@@ -4,6 +4,7 @@ both solver paths (d×d moments and the N×N Gram matrix), and their floors."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -118,10 +119,14 @@ def test_solve_all_runs_the_three_solves_side_by_side_with_the_same_values(
     want = {n: getattr(one_by_one, n).values for n in ("covariance", "autocorrelation", "raw")}
     seen: set[int] = set()
     eigh, eigvalsh = torch.linalg.eigh, torch.linalg.eigvalsh
+    together = threading.Barrier(2, timeout=20)  # one after the other would break it
+    calls = itertools.count()
 
     def record(solve: Callable[..., Any]) -> Callable[..., Any]:
         def run(m: torch.Tensor, *a: Any, **k: Any) -> Any:
             seen.add(threading.get_ident())
+            if next(calls) < 2:
+                together.wait()  # the first two solves run at the same time
             return solve(m, *a, **k)
         return run
 
@@ -136,6 +141,6 @@ def test_solve_all_runs_the_three_solves_side_by_side_with_the_same_values(
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
-    assert len(seen) >= 2 and threading.get_ident() not in seen
+    assert len(seen) == 2 and threading.get_ident() not in seen
     for name, values in want.items():
         torch.testing.assert_close(getattr(side, name).values, values, rtol=1e-12, atol=0)
