@@ -1,10 +1,18 @@
-"""Device selection: ``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+"""Device selection (``auto`` picks cuda, then mps, then cpu; an explicit device must exist)
+and running independent CPU work side by side on torch's threads."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from reprdiag.errors import UsageError
+
+T = TypeVar("T")
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
@@ -51,3 +59,46 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's CPU thread count set to ``count`` inside the block, restored after.
+
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def serial_map(f: Callable[[int], T], count: int) -> list[T]:
+    """``[f(0), …, f(count − 1)]`` in this process, one after the other."""
+    return [f(i) for i in range(count)]
+
+
+def threaded_map(f: Callable[[int], T], count: int) -> list[T]:
+    """``[f(0), …, f(count − 1)]`` side by side on torch's CPU threads, each call's torch work
+    on one thread (torch's count restored after); one after the other with one thread or one
+    call. Results in call order, as :func:`serial_map`'s.
+
+    For independent pieces whose own work barely spreads over threads (d×d eigensolves run
+    on one thread anyway, see :func:`reprdiag.spectrum.solve_threads`): side by side they keep
+    every core busy. torch releases the GIL in its kernels.
+
+    >>> threaded_map(lambda i: i * i, 4)
+    [0, 1, 4, 9]
+    """
+    workers = min(torch.get_num_threads(), count)
+    if workers < 2:
+        return serial_map(f, count)
+    with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(f, range(count)))

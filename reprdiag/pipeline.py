@@ -310,7 +310,8 @@ def _measure(acc: Accumulated, config: AnalysisConfig,
              step: Callable[[str], None] = lambda _: None) -> Measured:
     stats = statistics(acc)
     if acc.blocks is not None and deleted_spectra_path(
-            config.jackknife, acc.moments.n, acc.moments.d, acc.blocks.blocks) == "first-order":
+            config.jackknife, acc.moments.n, acc.moments.d, acc.blocks.blocks,
+            stats.spectra.use_gram) == "first-order":
         stats.spectra.all_vectors = True  # the jackknife will update these decompositions
     infos = for_input(config.metrics, acc.extras)
     step("spectra")

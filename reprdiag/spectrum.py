@@ -21,13 +21,13 @@ that depend on the others.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
 
+from reprdiag.device import serial_map, threaded_map, torch_threads
 from reprdiag.precision import Precision
 from reprdiag.stats import StreamingMoments, normalize_rows
 
@@ -90,12 +90,8 @@ def solve_threads(matrix: torch.Tensor) -> Iterator[None]:
             or torch.get_num_threads() == 1:
         yield
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _eig(matrix: torch.Tensor, vectors: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -293,18 +289,10 @@ class Spectra:
         """
         raw = "raw" if self.want_vectors or self.all_vectors else "raw_eigenvalues"
         pending = [n for n in (raw, "covariance", "autocorrelation") if n not in self.__dict__]
-        threads = torch.get_num_threads()
-        if self.moments.sum_yy.device.type != "cpu" or threads < 2 or len(pending) < 2 \
-                or self.use_gram or self.base is not None or self.d > SERIAL_SOLVE_MAX:
-            for name in pending:
-                getattr(self, name)
-            return
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=min(threads, len(pending))) as pool:
-                list(pool.map(lambda name: getattr(self, name), pending))
-        finally:
-            torch.set_num_threads(threads)
+        side_by_side = self.moments.sum_yy.device.type == "cpu" and not self.use_gram \
+            and self.base is None and self.d <= SERIAL_SOLVE_MAX
+        (threaded_map if side_by_side else serial_map)(
+            lambda i: getattr(self, pending[i]), len(pending))
 
     def matrix(self, name: str) -> torch.Tensor:
         """The moment matrix behind spectrum ``name`` (``"covariance"`` C, ``"autocorrelation"``

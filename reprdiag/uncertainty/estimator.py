@@ -37,14 +37,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from reprdiag.defaults import DELETED_SPECTRA
+from reprdiag.device import serial_map, threaded_map
 from reprdiag.engine import Progress
 from reprdiag.metrics import MetricInfo, Statistics, compute
 from reprdiag.metrics.registry import option_kwargs
@@ -52,7 +52,6 @@ from reprdiag.stats import Reservoir, StreamingMoments
 from reprdiag.stats.blocked import BlockedMoments, BlockedStatistic, block_labels
 from reprdiag.uncertainty.deleted import deleted_statistic
 
-T = TypeVar("T")
 #: ``block_map(f, K)`` → ``[f(0), …, f(K − 1)]``, however the calls are spread.
 BlockMap = Callable[[Callable[[int], Any], int], list[Any]]
 
@@ -60,15 +59,19 @@ LEVEL = 0.95
 METHOD = "jackknife"
 
 
-def deleted_spectra_path(mode: str, n: int, d: int, blocks: int) -> str:
+def deleted_spectra_path(mode: str, n: int, d: int, blocks: int, gram: bool = False) -> str:
     """``"first-order"`` or ``"exact"``: how the K deleted spectra of an N × d input are
-    computed under ``mode`` (``"auto"``: first order when N/K ≥ d).
+    computed under ``mode`` (``"auto"``: first order when N/K ≥ d); always exact when the
+    spectra take the N×N ``gram`` path (N ≲ 0.68·d, every row at hand), which has no d×d
+    decompositions to update and small Gram matrices per deletion.
 
     >>> deleted_spectra_path("auto", 20000, 384, 20), deleted_spectra_path("auto", 2000, 384, 20)
     ('first-order', 'exact')
     """
     if mode not in DELETED_SPECTRA:
         raise ValueError(f"deleted_spectra must be one of {DELETED_SPECTRA}, got {mode!r}")
+    if gram:
+        return "exact"
     if mode == "auto":
         return "first-order" if n >= blocks * d else "exact"
     return mode
@@ -161,32 +164,6 @@ def _padded(values: torch.Tensor, length: int) -> np.ndarray:
     return out
 
 
-def serial_map(f: Callable[[int], T], count: int) -> list[T]:
-    """``[f(0), …, f(count − 1)]`` in this process, one after the other."""
-    return [f(b) for b in range(count)]
-
-
-def threaded_map(f: Callable[[int], T], count: int) -> list[T]:
-    """``[f(0), …, f(count − 1)]`` on torch's CPU threads, one block per thread, each block's
-    torch work on one thread (restored afterwards): the default ``block_map`` on the CPU.
-
-    A block's work is small d×d eigensolves (run on one thread anyway, see
-    :func:`reprdiag.spectrum.solve_threads`) and M×d×d products, which leave the other
-    cores idle or split finely; whole blocks side by side keep every core busy. torch
-    releases the GIL in its kernels. Results are in block order, as :func:`serial_map`'s.
-    """
-    workers = min(torch.get_num_threads(), count)
-    if workers < 2:
-        return serial_map(f, count)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(f, range(count)))
-    finally:
-        torch.set_num_threads(threads)
-
-
 def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir,
              infos: Sequence[MetricInfo], options: dict[str, object],
              values: dict[str, float], eigenvalues: torch.Tensor, level: float = LEVEL,
@@ -213,9 +190,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     ``"first-order"`` or ``"exact"`` (module docstring; :func:`deleted_spectra_path`).
     """
     full = stats if stats is not None else Statistics(total, sample)
-    path = deleted_spectra_path(deleted_spectra, total.n, total.d, blocked.blocks)
-    if full.spectra.use_gram:  # N×N Gram spectra (N ≲ 0.68·d, every row at hand): no d×d
-        path = "exact"  # decompositions to update, and each deletion's Gram is small
+    path = deleted_spectra_path(deleted_spectra, total.n, total.d, blocked.blocks,
+                                full.spectra.use_gram)
     per_block = {k for k, v in (extras or {}).items() if isinstance(v, BlockedStatistic)}
     unblocked = set(full.extras) - per_block  # streamed whole: no deleted values to give
     continuous = [i for i in infos if not i.discrete and i.name in values
