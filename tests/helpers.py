@@ -97,3 +97,10 @@ def with_tiny_values(x: torch.Tensor) -> torch.Tensor:
     x[::97, 3] = 1.3e-37
     x[5, 0] = -2e-30
     return x
+
+
+def with_spectrum(vals: list[float], seed: int = 0) -> torch.Tensor:
+    """Q diag(vals) Qᵀ with a random orthogonal Q (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(vals), len(vals), generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(vals, dtype=torch.float64)) @ q.T

@@ -12,19 +12,13 @@ import torch
 from torch.autograd import gradcheck
 
 from reprdiag import linalg as L
+from tests.helpers import with_spectrum
 
 F64 = torch.float64
 
 
 def sym(a: torch.Tensor) -> torch.Tensor:
     return (a + a.mT) / 2
-
-
-def with_spectrum(vals: list[float], seed: int = 0) -> torch.Tensor:
-    """Q diag(vals) Qᵀ with a random orthogonal Q (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(len(vals), len(vals), generator=g, dtype=F64))
-    return q @ torch.diag(torch.tensor(vals, dtype=F64)) @ q.T
 
 
 def test_sym_eig_forward_is_exact() -> None:

@@ -13,6 +13,7 @@ from torch.autograd import gradcheck
 
 from reprdiag import losses as L
 from reprdiag.metrics.entropy import spectral_entropy
+from tests.helpers import with_spectrum
 
 F64 = torch.float64
 
@@ -34,17 +35,6 @@ def numpy_vne(x: np.ndarray) -> float:
     eta = np.linalg.eigvalsh(z.T @ z / len(z))
     eta = eta[eta > 1e-15]
     return float(-(eta * np.log(eta)).sum())
-
-
-def sym(a: torch.Tensor) -> torch.Tensor:
-    return (a + a.mT) / 2
-
-
-def with_spectrum(vals: list[float], seed: int = 0) -> torch.Tensor:
-    """Q diag(vals) Qᵀ with a random orthogonal Q (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(len(vals), len(vals), generator=g, dtype=F64))
-    return q @ torch.diag(torch.tensor(vals, dtype=F64)) @ q.T
 
 
 # -- values -----------------------------------------------------------------------------------
