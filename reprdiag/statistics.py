@@ -84,10 +84,6 @@ class Statistics:
             self._sample = self._sample()
         return self._sample
 
-    @reservoir.setter
-    def reservoir(self, sample: Reservoir | None) -> None:
-        self._sample = sample
-
     @property
     def n(self) -> int:
         return self.moments.n
