@@ -38,7 +38,8 @@ def metric_tables(report: Report, width: int = 10_000) -> list[RenderableType]:
 
 
 def _title(report: Report) -> str:
-    """The footer naming the run: version, device (× processes), time, jackknife blocks."""
+    """The footer naming the run: version, device (× processes), time, jackknife blocks and
+    whether their deleted spectra were first-order updates."""
     parts = [f"reprdiag {report.version}".strip(), f"device {report.device}"]
     if report.world_size > 1:
         parts[-1] += f" × {report.world_size} processes"
@@ -48,6 +49,8 @@ def _title(report: Report) -> str:
     if methods:
         blocks = "/".join(str(k) for k in sorted({m.get("blocks", 0) for m in methods}))
         parts.append(f"± jackknife SE ({blocks} blocks)")
+        if any(m.get("deleted_spectra") == "first-order" for m in methods):
+            parts.append("first-order deleted spectra")  # and so no spectral bias estimate
     return " · ".join(parts)
 
 

@@ -123,6 +123,10 @@ def test_first_order_reports_no_bias_for_spectral_metrics(report: Report) -> Non
     assert math.isfinite(est["effective_rank"]["se"])
     assert math.isfinite(est["avg_cosine"]["bias"])  # exact from the moments: kept
     assert json.loads(report.to_json())["inputs"][0]["uncertainty"]["vne"]["bias"] is None
+    console = Console(width=400, record=True)
+    for table in metric_tables(report, 400):
+        console.print(table)
+    assert "first-order deleted spectra" in console.export_text()
 
 
 def test_spectrum_plot_draws_the_band(report: Report) -> None:
