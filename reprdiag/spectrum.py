@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -48,10 +48,6 @@ class Spectrum:
     vectors: torch.Tensor | None = None  # columns, matching ``values``; only when asked
     #: Absolute error floor of ``values``: eigenvalues at or below it are not resolved.
     floor: float = 0.0
-    #: For a :func:`first_order` update asked to keep it: VᵀΔV, the change of the matrix in
-    #: the base's eigenvector basis (base order; CPU, as the values and vectors are), whose
-    #: off-diagonal entries rotate the vectors
-    perturbation: torch.Tensor | None = None
 
     @property
     def resolved(self) -> torch.Tensor:
@@ -115,8 +111,7 @@ def eigen_spectrum(matrix: torch.Tensor, keep: int | None = None,
 
 
 def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
-                keep: int | None = None, accumulated: float = 0.0,
-                perturbation: bool = False) -> Spectrum:
+                keep: int | None = None, accumulated: float = 0.0) -> Spectrum:
     """Eigenvalues of ``matrix`` to first order in ``matrix − base_matrix``, from ``base``, the
     eigen-decomposition (with vectors) of ``base_matrix``: λ_k + v_kᵀ(matrix − base_matrix)v_k
     (Rayleigh–Schrödinger; the jackknife's deleted spectra, where the difference is one
@@ -124,9 +119,7 @@ def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
 
     The error of each value is second order, O(‖Δ‖²/gap); a symmetric function of the whole
     spectrum (every metric here) has second-order error O(‖Δ‖²) without the gap. Complexity:
-    one d×d×k product, O(d²k), against O(d³) with a larger constant for a new ``eigvalsh``
-    (and a float32 one with ``perturbation``, which keeps all of VᵀΔV in
-    :attr:`Spectrum.perturbation`: its off-diagonal entries only rotate vectors).
+    one d×d×k product, O(d²k), against O(d³) with a larger constant for a new ``eigvalsh``.
 
     >>> a = torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64))
     >>> b = a + 1e-3 * torch.tensor([[1.0, 2.0], [2.0, -1.0]], dtype=torch.float64)
@@ -139,12 +132,7 @@ def first_order(base: Spectrum, matrix: torch.Tensor, base_matrix: torch.Tensor,
     moved = (matrix - base_matrix).to(_F64) @ v
     shift = (moved * v).sum(dim=0)
     values = base.values.to(device=matrix.device, dtype=_F64) + shift
-    rotated = None
-    if perturbation:  # off the diagonal it only rotates vectors: a float32 product will do
-        rotated = (v.T.to(torch.float32) @ moved.to(torch.float32)).to(_F64)
-        rotated.diagonal().copy_(shift)
-    spectrum = _sorted(values, v, keep, f"first-order update of {base.solver}", accumulated)
-    return replace(spectrum, perturbation=None if rotated is None else rotated.cpu())
+    return _sorted(values, v, keep, f"first-order update of {base.solver}", accumulated)
 
 
 def gram_spectrum(rows: torch.Tensor, scale: float, vectors: bool = False) -> Spectrum:
@@ -240,8 +228,7 @@ class Spectra:
             return gram_spectrum(self._rows, 1.0, vectors=True)
         if self.base is not None:
             return first_order(self.base.raw, self.matrix("raw"),
-                               self.base.matrix("raw"), self.length, self._raw_error(),
-                               perturbation=self.base.want_vectors)
+                               self.base.matrix("raw"), self.length, self._raw_error())
         return eigen_spectrum(self.matrix("raw"), self.length, vectors=True,
                               accumulated=self._raw_error())
 
