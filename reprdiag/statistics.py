@@ -63,6 +63,10 @@ class Statistics:
         #: decomposed again, and sample metrics may read the base's per-block sums
         self.base: Statistics | None = None
         self.block: int | None = None
+        #: metrics return their values as 0-d tensors that keep the autograd graph back to
+        #: the spectra's eigenvalues, not as floats (the gradients of
+        #: :mod:`reprdiag.uncertainty.linear`)
+        self.traced = False
 
     @classmethod
     def from_tensor(cls, x: TensorLike, sample_size: int = 16384, seed: int = 0) -> Statistics:

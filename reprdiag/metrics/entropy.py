@@ -7,7 +7,7 @@ import math
 import torch
 
 from reprdiag.metrics import pairwise, sample, special
-from reprdiag.metrics.registry import metric
+from reprdiag.metrics.registry import MetricValue, metric
 from reprdiag.statistics import Statistics
 
 KIM_2023 = "Kim et al., CVPR 2023 (get_vne, official repo)"
@@ -33,7 +33,7 @@ def spectral_entropy(p: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
         summary="von Neumann entropy −Σ η ln η of ρ = ZᵀZ/N (rows normalized, no centring)",
         range="[0, ln min(N,d)]", direction="higher", citation=KIM_2023,
         bounds=lambda n, d: (0.0, math.log(min(n, d))))
-def vne(stats: Statistics) -> float:
+def vne(stats: Statistics) -> MetricValue:
     """Von Neumann entropy of the autocorrelation of the normalized rows.
 
     Formula: ρ = ZᵀZ/N with z_i = x_i/‖x_i‖ (0 for a zero row; trace 1); VNE = −Σ_k η_k ln η_k over
@@ -50,13 +50,13 @@ def vne(stats: Statistics) -> float:
     # out, which keeps VNE inside [0, ln min(N, d)] and removes the rounding of float32 z.
     eta = stats.autocorr_eigenvalues
     total = eta.sum()
-    return float(spectral_entropy(eta / total)) if total > 0 else 0.0
+    return spectral_entropy(eta / total) if total > 0 else 0.0
 
 
 @metric("vne_normalized", spectral=True,
         summary="vne / ln min(N,d)", range="[0, 1]", direction="higher",
         citation=KIM_2023, bounds=lambda n, d: (0.0, 1.0))
-def vne_normalized(stats: Statistics) -> float:
+def vne_normalized(stats: Statistics) -> MetricValue:
     """VNE divided by its maximum ln min(N, d); in [0, 1], higher is healthier.
 
     Complexity: that of :func:`vne`. (0 by convention when min(N, d) = 1.)

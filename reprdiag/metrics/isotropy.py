@@ -8,7 +8,7 @@ import torch
 
 from reprdiag.metrics import pairwise, sample
 from reprdiag.metrics.rank import participation_ratio
-from reprdiag.metrics.registry import metric
+from reprdiag.metrics.registry import MetricValue, metric
 from reprdiag.statistics import Statistics
 
 
@@ -17,7 +17,7 @@ from reprdiag.statistics import Statistics
         range="[0, 1]", direction="higher",
         citation="Rudman et al., Findings of ACL 2022 (IsoScore 2.0.1)",
         bounds=lambda n, d: (0.0, 1.0 + 1e-12))
-def isoscore(stats: Statistics) -> float:
+def isoscore(stats: Statistics) -> MetricValue:
     """IsoScore: how uniformly the variance spreads over all d dimensions.
 
     Formula: (PR − 1)/(d − 1) with PR = (Σλ)²/Σλ² the participation ratio of the covariance;

@@ -7,7 +7,7 @@ import math
 import torch
 
 from reprdiag.metrics.entropy import spectral_entropy
-from reprdiag.metrics.registry import metric
+from reprdiag.metrics.registry import MetricValue, metric
 from reprdiag.statistics import Statistics
 
 RANKME_EPS = 1e-7
@@ -22,7 +22,7 @@ def _rank_bounds(n: int, d: int) -> tuple[float, float]:
         summary="Roy–Vetterli exp(entropy) of √λ/Σ√λ, centred data",
         range="[1, rank]", direction="higher", citation="Roy & Vetterli, EUSIPCO 2007",
         bounds=_rank_bounds)
-def effective_rank(stats: Statistics) -> float:
+def effective_rank(stats: Statistics) -> MetricValue:
     """Effective rank of the centred data.
 
     Formula: s_k = √λ_k (singular values of X−μ up to a constant), p_k = s_k/Σs,
@@ -41,14 +41,14 @@ def effective_rank(stats: Statistics) -> float:
     s = stats.cov_eigenvalues.sqrt()
     if s.sum() <= 0:
         return 1.0
-    return float(torch.exp(spectral_entropy(s / s.sum())))
+    return torch.exp(spectral_entropy(s / s.sum()))
 
 
 @metric("rankme", spectral=True,
         summary="exp entropy of σ/Σσ + 1e-7, raw (uncentred) X",
         range="[1, min(N,d)]", direction="higher", citation="Garrido et al., ICML 2023, eq. 1",
         bounds=lambda n, d: (1.0 - 2 * RANKME_EPS, min(n, d) * 1.0001))
-def rankme(stats: Statistics) -> float:
+def rankme(stats: Statistics) -> MetricValue:
     """RankMe: smooth rank of the raw embeddings.
 
     Formula: σ_k the singular values of X (no centring), p_k = σ_k/Σσ + 1e-7,
@@ -68,13 +68,13 @@ def rankme(stats: Statistics) -> float:
     if sigma.sum() <= 0:
         return 1.0
     p = sigma / sigma.sum() + RANKME_EPS
-    return float(torch.exp(-(p * torch.log(p)).sum()))
+    return torch.exp(-(p * torch.log(p)).sum())
 
 
 @metric("participation_ratio", spectral=True,
         summary="(Σλ)²/Σλ² of the covariance", range="[1, rank]",
         direction="higher", citation="Gao et al. 2017 (bioRxiv 214262)", bounds=_rank_bounds)
-def participation_ratio(stats: Statistics) -> float:
+def participation_ratio(stats: Statistics) -> MetricValue:
     """Participation ratio of the covariance spectrum.
 
     Formula: PR = (Σλ)²/Σλ². Range [1, rank(C)]; d for an isotropic covariance. Higher is
@@ -87,13 +87,13 @@ def participation_ratio(stats: Statistics) -> float:
     """
     lam = stats.cov_eigenvalues
     total_sq = (lam**2).sum()
-    return float(lam.sum() ** 2 / total_sq) if total_sq > 0 else 1.0
+    return lam.sum() ** 2 / total_sq if total_sq > 0 else 1.0
 
 
 @metric("stable_rank", spectral=True,
         summary="Σλ/λ₁ of the covariance", range="[1, rank]",
         direction="higher", citation="Rudelson & Vershynin, J. ACM 2007", bounds=_rank_bounds)
-def stable_rank(stats: Statistics) -> float:
+def stable_rank(stats: Statistics) -> MetricValue:
     """Stable rank of the covariance: Σλ/λ₁, in [1, rank(C)]; higher is healthier.
 
     Complexity: O(d³) eigvalsh. Citation: Rudelson & Vershynin, "Sampling from large
@@ -103,7 +103,7 @@ def stable_rank(stats: Statistics) -> float:
     4.0
     """
     lam = stats.cov_eigenvalues
-    return float(lam.sum() / lam[0]) if lam[0] > 0 else 1.0
+    return lam.sum() / lam[0] if lam[0] > 0 else 1.0
 
 
 @metric("numerical_rank", spectral=True,
@@ -146,6 +146,13 @@ def power_law_fit(lam: torch.Tensor, ranks: tuple[int, int] = ALPHA_RANKS
     >>> [round(v, 9) for v in power_law_fit(lam)]
     [1.5, 1.0]
     """
+    return tuple(float(v.detach()) if isinstance(v, torch.Tensor) else v
+                 for v in _power_law_fit(lam, ranks))
+
+
+def _power_law_fit(lam: torch.Tensor, ranks: tuple[int, int]
+                   ) -> tuple[MetricValue, MetricValue]:
+    """:func:`power_law_fit` as 0-d tensors that keep the graph back to ``lam``."""
     positive = int((lam > 0).sum())
     lo, hi = ranks[0], min(ranks[1], positive)
     if hi - lo + 1 < 2:
@@ -160,7 +167,7 @@ def power_law_fit(lam: torch.Tensor, ranks: tuple[int, int] = ALPHA_RANKS
     resid = y - (ym + slope * (x - xm))
     ss_tot = (w * (y - ym) ** 2).sum()
     r2 = 1.0 - (w * resid**2).sum() / ss_tot if ss_tot > 0 else math.nan
-    return float(-slope), float(r2)
+    return -slope, r2
 
 
 def _alpha_ranks(stats: Statistics) -> tuple[int, int]:
@@ -173,7 +180,8 @@ def _alpha_ranks(stats: Statistics) -> tuple[int, int]:
         summary="power-law decay α of λ_i/Σλ, weighted fit over ranks 11…100",
         range="[0, ∞)", direction="neutral",
         citation="Agrawal et al., NeurIPS 2022 (α-ReQ)", bounds=lambda n, d: (-math.inf, math.inf))
-def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> float:
+def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None
+              ) -> MetricValue:
     """α-ReQ: the decay coefficient of the covariance eigenspectrum.
 
     Formula: least squares of ln(λ_i/Σλ) = −α ln i + c with weights 1/i over ranks
@@ -190,7 +198,7 @@ def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> 
     >>> 0.7 < alpha_req(x, alpha_ranks=(1, 30)) < 1.3
     True
     """
-    return power_law_fit(stats.cov_eigenvalues, alpha_ranks or _alpha_ranks(stats))[0]
+    return _power_law_fit(stats.cov_eigenvalues, alpha_ranks or _alpha_ranks(stats))[0]
 
 
 @metric("alpha_req_r2", spectral=True,
@@ -198,7 +206,8 @@ def alpha_req(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> 
         range="(−∞, 1]",
         direction="neutral", citation="Agrawal et al., NeurIPS 2022 (α-ReQ)",
         bounds=lambda n, d: (-math.inf, 1.0 + 1e-12))
-def alpha_req_r2(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) -> float:
+def alpha_req_r2(stats: Statistics, alpha_ranks: tuple[int, int] | None = None
+                 ) -> MetricValue:
     """Weighted R² of the α-ReQ fit: how well a power law describes the spectrum; ≤ 1.
 
     Weights 1/i over ranks 11…100, as the fit itself. This is not the official α-ReQ code's
@@ -210,4 +219,4 @@ def alpha_req_r2(stats: Statistics, alpha_ranks: tuple[int, int] | None = None) 
     >>> alpha_req_r2(lam_x, alpha_ranks=(1, 30)) > 0.8
     True
     """
-    return power_law_fit(stats.cov_eigenvalues, alpha_ranks or _alpha_ranks(stats))[1]
+    return _power_law_fit(stats.cov_eigenvalues, alpha_ranks or _alpha_ranks(stats))[1]

@@ -7,10 +7,15 @@ import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import torch
+
 from reprdiag.errors import UsageError, did_you_mean
 from reprdiag.statistics import Statistics, TensorLike
 
 Bounds = Callable[[int, int], tuple[float, float]]
+#: What a metric function returns: a float, or a 0-d tensor (the spectral metrics, whose
+#: graph back to the eigenvalues :attr:`Statistics.traced` statistics keep)
+MetricValue = float | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class MetricInfo:
     """
 
     name: str
-    func: Callable[..., float]
+    func: Callable[..., MetricValue]
     summary: str
     range: str
     direction: str
@@ -66,21 +71,24 @@ def metric(name: str, *, summary: str, range: str, direction: str, citation: str
            bounds: Bounds, uses_sample: bool = False, discrete: bool = False,
            deleted: Callable[..., list[float]] | None = None, eigenvectors: bool = False,
            needs: str | None = None, spectral: bool = False
-           ) -> Callable[[Callable[..., float]], Callable[..., float]]:
+           ) -> Callable[[Callable[..., MetricValue]], Callable[..., MetricValue]]:
     """Register ``func(stats, **options) -> float`` as metric ``name``.
 
     The registered function also accepts a tensor or numpy array of rows in place of
-    :class:`Statistics`, so ``reprdiag.metrics.vne(x)`` works on a tensor directly.
+    :class:`Statistics`, so ``reprdiag.metrics.vne(x)`` works on a tensor directly. It returns
+    a float, except on :attr:`Statistics.traced` statistics, where it returns what ``func``
+    does (a 0-d tensor keeping its autograd graph, for :mod:`reprdiag.uncertainty.linear`).
     """
 
-    def register(func: Callable[..., float]) -> Callable[..., float]:
+    def register(func: Callable[..., MetricValue]) -> Callable[..., MetricValue]:
         params = inspect.signature(func).parameters
         options = tuple(p for p in params if p != "stats")
 
         @functools.wraps(func)
-        def wrapper(x: Statistics | TensorLike, **kwargs: object) -> float:
+        def wrapper(x: Statistics | TensorLike, **kwargs: object) -> MetricValue:
             stats = x if isinstance(x, Statistics) else Statistics.from_tensor(x)
-            return float(func(stats, **kwargs))
+            value = func(stats, **kwargs)
+            return value if stats.traced else float(value)
 
         METRICS[name] = MetricInfo(name, wrapper, summary, range, direction, citation, bounds,
                                    uses_sample, discrete, options, deleted,
@@ -124,7 +132,7 @@ FRAC_SUFFIX = "_frac"
 def _fraction(base: MetricInfo) -> Callable[..., float]:
     """``base``'s value divided by min(N, d), as a metric function."""
 
-    def fraction(x: Statistics | TensorLike, **options: object) -> float:
+    def fraction(x: Statistics | TensorLike, **options: object) -> MetricValue:
         stats = x if isinstance(x, Statistics) else Statistics.from_tensor(x)
         return base.func(stats, **options) / min(stats.n, stats.d)
 

@@ -3,7 +3,9 @@
 - :mod:`reprdiag.uncertainty.deleted`: the statistics of every input without one block (the
   blocks are those of :class:`reprdiag.stats.blocked.BlockedMoments`, kept by the one pass);
 - :mod:`reprdiag.uncertainty.estimator`: the metrics recomputed on them, and the weighted
-  delete-m_b jackknife's SE, bias and t intervals.
+  delete-m_b jackknife's SE, bias and t intervals;
+- :mod:`reprdiag.uncertainty.linear`: on the first-order path, the metrics of the
+  autocorrelation's and XᵀX's spectra linearized (O(d²) per block, not O(d³)).
 """
 
 from reprdiag.uncertainty.deleted import (

@@ -18,7 +18,10 @@ estimate without block b, N = Σm_b and h_b = N/m_b:
 Deleted spectra (``deleted_spectra``): ``"exact"`` decomposes every block's moment matrices
 again (K more eigendecompositions of each spectrum used, and partition isotropy's K more
 O(M·d²) projections); ``"first-order"`` updates the full data's decompositions instead
-(:func:`reprdiag.spectrum.first_order`: λ_k + v_kᵀΔv_k, O(d³) products per block, and
+(:func:`reprdiag.spectrum.first_order`: λ_k + v_kᵀΔv_k, one O(d³) product per block for
+the covariance spectrum, whose per-eigenvalue SE the report gives; metrics of the other two
+spectra linearized, θ + ⟨Δ_b, V·diag(∂θ/∂λ)·Vᵀ⟩, O(d²) per block
+(:mod:`reprdiag.uncertainty.linear`, recorded in ``uncertainty_method.linearized``); and
 partition isotropy's per-block sums with a first-order rotation of its directions). A block
 is 1/K of the data, so the update's error is second order in that share: against the exact
 deletions the standard errors agreed to 0.5 % (1 % for partition isotropy, 4 % for
@@ -51,6 +54,7 @@ from reprdiag.metrics.registry import option_kwargs
 from reprdiag.stats import Reservoir, StreamingMoments
 from reprdiag.stats.blocked import BlockedMoments, BlockedStatistic, block_labels
 from reprdiag.uncertainty.deleted import deleted_statistic
+from reprdiag.uncertainty.linear import Linear, linearize
 
 #: ``block_map(f, K)`` → ``[f(0), …, f(K − 1)]``, however the calls are spread.
 BlockMap = Callable[[Callable[[int], Any], int], list[Any]]
@@ -209,16 +213,21 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     for part in (extras or {}).values():  # merge each one's blocks once, before the threads
         if isinstance(part, BlockedStatistic):
             part.merged_state()
+    linear: dict[str, Linear] = {}
     if path == "first-order":  # the base decompositions, with vectors, before the threads
         for name in ("covariance", "autocorrelation", "raw"):
             full.spectra.with_vectors(name)
             full.spectra.matrix(name)
+        linear = linearize(full, [i for i in one_by_one if i.spectral and not i.uses_sample],
+                           options)
+        one_by_one = [i for i in one_by_one if i.name not in linear]
 
     def one_block(b: int) -> tuple[dict[str, float], np.ndarray]:
         stats = deleted_statistic(blocked, total, sample, b, extras)
         if path == "first-order":
             stats.base, stats.block = full, b
         found = compute(stats, one_by_one, options)  # XᵀX decomposed once (metrics.prepare)
+        found.update({name: lin.deleted(stats) for name, lin in linear.items()})
         if progress:
             with advancing:  # blocks may run on several threads
                 progress.advance(1)
@@ -247,6 +256,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     spec = jackknife(eigenvalues.cpu().numpy(), np.stack(spectra), blocked.sizes, level)["se"]
     method = {"method": METHOD, "blocks": blocked.blocks, "level": level, "seed": blocked.seed,
               "interval": "estimate ± t(K−1)·se", "deleted_spectra": path}
+    if path == "first-order":
+        method["linearized"] = sorted(linear)
     return JackknifeResult(out, spec.tolist(), method)
 
 
