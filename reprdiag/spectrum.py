@@ -293,6 +293,17 @@ class Spectra:
             cache[name] = form()
         return cache[name]
 
+    def dot(self, name: str, weights: torch.Tensor) -> float:
+        """⟨A, W⟩ = Σ_ij A_ij·W_ij of the moment matrix A behind spectrum ``name``
+        (``"autocorrelation"`` or ``"raw"``, see :meth:`matrix`) and a symmetric W, in one
+        O(d²) pass: from A when it was formed, else from the moments without forming it."""
+        formed = self.__dict__.get("_matrices", {}).get(name)
+        if formed is not None:
+            w = weights.to(formed)
+            return float(torch.dot(formed.reshape(-1), w.reshape(-1)))
+        form = {"raw": "second_moment", "autocorrelation": "autocorrelation"}[name]
+        return float(self.moments.dot(form, weights))
+
     def with_vectors(self, name: str) -> Spectrum:
         """Spectrum ``name`` (``"covariance"``, ``"autocorrelation"``, ``"raw"``) with its
         eigenvectors: decomposed again by ``eigh`` if it was computed without them."""

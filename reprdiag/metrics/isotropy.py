@@ -118,8 +118,9 @@ def _rotation(stats: Statistics, sums: pairwise.PartitionSums) -> torch.Tensor:
     eigen = torch.nonzero(_kept_eigenvectors(stats.base)).flatten()  # probe k → eigenvector
     graded = sums.graded.cpu().view(2, k).any(dim=0)[: eigen.numel()]
     columns = eigen[graded]
-    delta = stats.spectra.matrix("raw") - stats.base.spectra.matrix("raw")
-    a = v.T @ (delta.to(v.device) @ v[:, columns])  # A[:, columns]
+    moved = stats.moments.second_moment_times(v[:, columns]) \
+        - stats.base.moments.second_moment_times(v[:, columns])  # (M_b − M)·V[:, columns]
+    a = v.T @ moved.to(v.device)  # A[:, columns]
     gap = lam[columns][None, :] - lam[:, None]  # gap[j, i] = λ_(columns i) − λ_j
     rotation = torch.zeros(v.shape[1], k, dtype=a.dtype)
     rotation[:, torch.nonzero(graded).flatten()] = torch.where(

@@ -500,8 +500,12 @@ class PartitionSums:
     def rotation_shift(self, rotation: torch.Tensor) -> torch.Tensor:
         """First-order change of each lnZ(c_s) when each probe c_k moves by sum_j v_j R_jk
         (``rotation`` R, basis x k; -c_k moves by the negative): sum_j grad_js R_jk."""
+        k = rotation.shape[1]
         rotation = rotation.to(self.grad.device)
-        return (self.grad * torch.cat([rotation, rotation], dim=1)).sum(dim=0)
+        graded = torch.nonzero(self.graded).flatten()  # grad is 0 in the other columns
+        shift = torch.zeros(2 * k, dtype=self.grad.dtype, device=self.grad.device)
+        shift[graded] = (self.grad[:, graded] * rotation[:, graded % k]).sum(dim=0)
+        return shift
 
     def log_ratio(self, without: int | None = None,
                   shift: torch.Tensor | None = None) -> float | None:

@@ -308,6 +308,41 @@ class StreamingMoments:
         """ρ = ZᵀZ/N of the normalized rows (trace 1 when no row is zero)."""
         return (self.sum_zz + self.sum_zz.T) / (2 * self.n)
 
+    def second_moment_times(self, v: torch.Tensor) -> torch.Tensor:
+        """M·V for M = XᵀX (:meth:`second_moment`) without forming M: O(d²·k) for V (d, k).
+
+        >>> m = StreamingMoments(3, torch.float64)
+        >>> m.update(torch.arange(12.0, dtype=torch.float64).reshape(4, 3))
+        >>> v = torch.eye(3, dtype=torch.float64)[:, :2]
+        >>> torch.allclose(m.second_moment_times(v), m.second_moment() @ v)
+        True
+        """
+        s, sy = self.shift, self.sum_y
+        v = v.to(self.sum_yy)
+        sv = s @ v
+        return self.sum_yy @ v + torch.outer(s, sy @ v) + torch.outer(sy + self.n * s, sv)
+
+    def dot(self, form: str, weights: torch.Tensor) -> torch.Tensor:
+        """⟨A, W⟩ = Σ_ij A_ij·W_ij for the moment matrix A = ``form`` (``"second_moment"`` or
+        ``"autocorrelation"``) and a symmetric W, without forming A: one pass over a d×d sum,
+        O(d²) (A's symmetrization does not change the sum when W is symmetric).
+
+        >>> m = StreamingMoments(3, torch.float64)
+        >>> m.update(torch.arange(12.0, dtype=torch.float64).reshape(4, 3))
+        >>> w = torch.ones(3, 3, dtype=torch.float64)
+        >>> float(m.dot("second_moment", w)) == float(m.second_moment().sum())
+        True
+        """
+        w = weights.to(self.sum_yy)
+        if form == "autocorrelation":
+            return torch.dot(self.sum_zz.reshape(-1), w.reshape(-1)) / self.n
+        if form != "second_moment":
+            raise ValueError(f"no inner product for moment matrix {form!r}")
+        s, sy = self.shift, self.sum_y
+        ws = w @ s
+        return torch.dot(self.sum_yy.reshape(-1), w.reshape(-1)) + 2 * (sy @ ws) \
+            + self.n * (s @ ws)
+
     def z_variance(self) -> torch.Tensor:
         """Unbiased per-coordinate variance of z (float64, d)."""
         zbar = self.sum_z / self.n

@@ -51,36 +51,36 @@ SUMS = ("raw",)
 SCALE_FREE = 1e-9
 
 
-def per_row(stats: Statistics, name: str) -> torch.Tensor:
-    """The moment matrix of spectrum ``name``, divided by N when it is a sum (:data:`SUMS`)."""
-    matrix = stats.spectra.matrix(name)
-    return matrix / stats.n if name in SUMS else matrix
+def per_row_dot(stats: Statistics, name: str, weights: torch.Tensor) -> float:
+    """⟨A, W⟩ for A the moment matrix of spectrum ``name``, divided by N when it is a sum
+    (:data:`SUMS`): O(d²), without forming A (:meth:`~reprdiag.spectrum.Spectra.dot`)."""
+    value = stats.spectra.dot(name, weights)
+    return value / stats.n if name in SUMS else value
 
 
 @dataclass(frozen=True)
 class Linear:
     """A metric's value θ and its weight matrices G_s = V_s·diag(∂θ/∂λ_s)·V_sᵀ, by spectrum
-    name s (float64 d×d, on the moments' device; λ_s the eigenvalues of :func:`per_row`)."""
+    name s (float64 d×d, on the moments' device; λ_s the eigenvalues of the matrices of
+    :func:`per_row_dot`)."""
 
     value: float
     weights: Mapping[str, torch.Tensor]
+    #: ⟨A_s, G_s⟩ of the full data, by spectrum name
+    base: Mapping[str, float]
 
     def deleted(self, stats: Statistics) -> float:
-        """θ₍b₎ ≈ θ + Σ_s ⟨A_s₍b₎ − A_s, G_s⟩ for the deleted statistics ``stats`` (their
-        ``base`` the full data's, whose :func:`per_row` matrices A_s the weights were made
-        from). Complexity O(d²) per spectrum."""
-        base = stats.base
-        if base is None:
-            raise ValueError("linearized deletions need statistics with a base")
-        change = sum(float(((per_row(stats, s) - per_row(base, s)) * g).sum())
-                     for s, g in self.weights.items())
-        return self.value + change
+        """θ₍b₎ ≈ θ + Σ_s (⟨A_s₍b₎, G_s⟩ − ⟨A_s, G_s⟩) for the deleted statistics ``stats``
+        (A_s the :func:`per_row_dot` matrices; the full data's those the weights were made
+        from). Complexity O(d²) per spectrum, no d×d matrix formed."""
+        return self.value + sum(per_row_dot(stats, s, g) - self.base[s]
+                                for s, g in self.weights.items())
 
 
 def traced(stats: Statistics) -> tuple[Statistics, dict[str, torch.Tensor]]:
     """A view of ``stats`` (moments and spectra; no sample) whose three spectra's eigenvalues
-    are functions of fresh leaf tensors that require grad (the eigenvalues of
-    :func:`per_row`), with :attr:`Statistics.traced` set, and those leaves by spectrum name.
+    are functions of fresh leaf tensors that require grad (the eigenvalues of the matrices
+    of :func:`per_row_dot`), with :attr:`Statistics.traced` set, and those leaves by spectrum name.
 
     >>> from reprdiag.metrics import vne
     >>> view, leaves = traced(Statistics.from_tensor(torch.eye(3, dtype=torch.float64)))
@@ -142,9 +142,10 @@ def linearize(stats: Statistics, infos: Sequence[MetricInfo],
         for name, g in grads.items():
             v = getattr(stats.spectra, name).vectors.to(torch.float64)
             weights[name] = ((v * g.to(v.device)) @ v.T).to(stats.spectra.matrix(name).device)
-        out[info.name] = Linear(float(value.detach()), weights)
+        base = {name: per_row_dot(stats, name, g) for name, g in weights.items()}
+        out[info.name] = Linear(float(value.detach()), weights, base)
     return out
 
 
 __all__ = ["LINEARIZED_SPECTRA", "SCALE_FREE", "SUMS", "Linear", "gradients", "linearize",
-           "per_row", "traced"]
+           "per_row_dot", "traced"]
