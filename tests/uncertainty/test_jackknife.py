@@ -206,8 +206,9 @@ def test_memory_budget_lowers_blocks_or_refuses(monkeypatch: pytest.MonkeyPatch)
 
 def test_blocks_run_side_by_side_on_cpu_threads_with_the_serial_results(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the CPU the K delete-a-block evaluations run on torch's threads (threaded_map),
-    torch's thread count is restored, and every estimate equals the one-by-one run's."""
+    """On the CPU the K exact delete-a-block evaluations run on torch's threads
+    (threaded_map), torch's thread count is restored, and every estimate equals the
+    one-by-one run's; first-order blocks (one matrix product each) run one after the other."""
     from reprdiag.uncertainty import estimator as uncertainty
 
     x = _data(600, 8)
@@ -222,10 +223,13 @@ def test_blocks_run_side_by_side_on_cpu_threads_with_the_serial_results(
     torch.set_num_threads(2)
     try:
         monkeypatch.setattr(uncertainty, "threaded_map", recording)
-        threaded = reprdiag.analyze(x, uncertainty=True, blocks=6, device="cpu").inputs[0]
+        kw = dict(uncertainty=True, blocks=6, device="cpu", jackknife="exact")
+        threaded = reprdiag.analyze(x, **kw).inputs[0]
         assert used == [6] and torch.get_num_threads() == 2
+        reprdiag.analyze(x, uncertainty=True, blocks=6, device="cpu")  # first order
+        assert used == [6]
         monkeypatch.setattr(uncertainty, "threaded_map", uncertainty.serial_map)
-        serial = reprdiag.analyze(x, uncertainty=True, blocks=6, device="cpu").inputs[0]
+        serial = reprdiag.analyze(x, **kw).inputs[0]
     finally:
         torch.set_num_threads(before)
     assert threaded.uncertainty.keys() == serial.uncertainty.keys()
