@@ -75,7 +75,8 @@ def partition_isotropy(stats: Statistics) -> float:
     Complexity: O(d³) eigh of XᵀX + O(M·d²) on a sample of M rows, blockwise. In the
     first-order jackknife (:mod:`reprdiag.uncertainty.estimator`) that pass keeps the sums
     per block, a second one the gradients of the extreme probes (O(M·d) each), and each
-    deleted value costs O(d²) beyond the spectra's update, not a new eigh and projection.
+    deleted value costs O(d²·e) for the rotation of its e ≤ 32 extreme probes, not a new
+    eigh and projection.
     Citation: Mu & Viswanath, "All-but-the-Top: Simple and Effective Postprocessing for Word
     Representations", ICLR 2018.
 

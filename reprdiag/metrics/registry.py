@@ -129,7 +129,7 @@ SCALABLE = ("effective_rank", "rankme", "participation_ratio", "stable_rank", "n
 FRAC_SUFFIX = "_frac"
 
 
-def _fraction(base: MetricInfo) -> Callable[..., float]:
+def _fraction(base: MetricInfo) -> Callable[..., MetricValue]:
     """``base``'s value divided by min(N, d), as a metric function."""
 
     def fraction(x: Statistics | TensorLike, **options: object) -> MetricValue:
