@@ -20,9 +20,10 @@ that depend on the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -303,6 +304,18 @@ class Spectra:
             return float(torch.dot(formed.reshape(-1), w.reshape(-1)))
         form = {"raw": "second_moment", "autocorrelation": "autocorrelation"}[name]
         return float(self.moments.dot(form, weights))
+
+    def with_values(self, values: Mapping[str, torch.Tensor]) -> Spectra:
+        """A copy of these spectra whose spectrum ``name`` (``"covariance"``,
+        ``"autocorrelation"``, ``"raw"``) has eigenvalues ``values[name]`` (same order,
+        vectors, solver and floor; e.g. tensors that require grad), sharing the moment
+        matrices. The named spectra are computed here first if they were not."""
+        out = copy.copy(self)  # its own __dict__ (cached spectra), the same matrices dict
+        for name, vals in values.items():
+            out.__dict__[name] = replace(getattr(self, name), values=vals)
+        if "raw" in values:  # the singular values read the same decomposition
+            out.__dict__["raw_eigenvalues"] = out.__dict__["raw"]
+        return out
 
     def with_vectors(self, name: str) -> Spectrum:
         """Spectrum ``name`` (``"covariance"``, ``"autocorrelation"``, ``"raw"``) with its

@@ -144,3 +144,24 @@ def test_solve_all_runs_the_three_solves_side_by_side_with_the_same_values(
     assert len(seen) == 2 and threading.get_ident() not in seen
     for name, values in want.items():
         torch.testing.assert_close(getattr(side, name).values, values, rtol=1e-12, atol=0)
+
+
+def test_with_values_replaces_eigenvalues_in_a_copy() -> None:
+    """The copy's spectra carry the given values (XᵀX's singular values too) and the same
+    vectors and matrices; the original keeps its own."""
+    x = torch.randn(200, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    m = StreamingMoments(5, torch.float64)
+    m.update(x)
+    spectra = Spectra(m)
+    for name in ("covariance", "raw"):
+        spectra.with_vectors(name)
+    before = spectra.raw.values.clone()
+    new = {"raw": before * 4, "covariance": spectra.covariance.values + 1}
+    copy = spectra.with_values(new)
+    assert torch.equal(copy.raw.values, before * 4)
+    assert torch.equal(copy.singular_values, (before * 4).sqrt())
+    assert torch.equal(copy.covariance.values, new["covariance"])
+    assert copy.raw.vectors is spectra.raw.vectors
+    assert copy.matrix("raw") is spectra.matrix("raw")
+    assert torch.equal(spectra.raw.values, before) and torch.equal(spectra.singular_values,
+                                                                    before.sqrt())

@@ -31,10 +31,9 @@ differentiable).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -90,15 +89,10 @@ def traced(stats: Statistics) -> tuple[Statistics, dict[str, torch.Tensor]]:
     """
     view = Statistics(stats.moments, None, stats.precision)
     view.traced = True
-    spectra = copy.copy(stats.spectra)
-    leaves = {}
-    for name in _TRACED:
-        spectrum = getattr(stats.spectra, name)
-        scale = stats.n if name in SUMS else 1
-        leaves[name] = (spectrum.values.detach() / scale).requires_grad_(True)
-        spectra.__dict__[name] = replace(spectrum, values=leaves[name] * scale)
-    spectra.__dict__["raw_eigenvalues"] = spectra.__dict__["raw"]
-    view.spectra = spectra
+    scale = {name: stats.n if name in SUMS else 1 for name in _TRACED}
+    leaves = {name: (getattr(stats.spectra, name).values.detach() / scale[name])
+              .requires_grad_(True) for name in _TRACED}
+    view.spectra = stats.spectra.with_values({n: leaves[n] * scale[n] for n in _TRACED})
     return view, leaves
 
 
