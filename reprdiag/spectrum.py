@@ -33,6 +33,9 @@ from reprdiag.precision import Precision
 from reprdiag.stats import StreamingMoments, normalize_rows
 
 _F64 = torch.float64
+#: The moment matrix behind each spectrum: the name of its :class:`StreamingMoments` method.
+MOMENT_MATRIX = {"covariance": "covariance", "raw": "second_moment",
+                 "autocorrelation": "autocorrelation"}
 
 
 @dataclass(frozen=True)
@@ -203,12 +206,17 @@ class Spectra:
         if self.use_gram:
             r = self._rows.to(_F64)
             return gram_spectrum(r - r.mean(dim=0), 1.0 / max(self.n - 1, 1))
-        accumulated = self._shifted_error() / max(self.n - 1, 1)
+        return self._solve("covariance", self._shifted_error() / max(self.n - 1, 1),
+                           self.all_vectors)
+
+    def _solve(self, name: str, accumulated: float, vectors: bool) -> Spectrum:
+        """Spectrum ``name`` of its d×d moment matrix: the :func:`first_order` update of the
+        base's when there is a base, else an eigendecomposition (``eigh`` with ``vectors``)."""
         if self.base is not None:
-            return first_order(self.base.with_vectors("covariance"), self.matrix("covariance"),
-                               self.base.matrix("covariance"), self.length, accumulated)
-        return eigen_spectrum(self.matrix("covariance"), self.length,
-                              vectors=self.all_vectors, accumulated=accumulated)
+            return first_order(self.base.with_vectors(name), self.matrix(name),
+                               self.base.matrix(name), self.length, accumulated)
+        return eigen_spectrum(self.matrix(name), self.length, vectors=vectors,
+                              accumulated=accumulated)
 
     def _shifted_error(self) -> float:
         """u·c(n)·trace(Σyyᵀ): the rounding bound of the shifted second moment."""
@@ -227,11 +235,7 @@ class Spectra:
         """Eigen-decomposition of M = XᵀX, with eigenvectors (for partition isotropy)."""
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0, vectors=True)
-        if self.base is not None:
-            return first_order(self.base.raw, self.matrix("raw"),
-                               self.base.matrix("raw"), self.length, self._raw_error())
-        return eigen_spectrum(self.matrix("raw"), self.length, vectors=True,
-                              accumulated=self._raw_error())
+        return self._solve("raw", self._raw_error(), True)
 
     @cached_property
     def raw_eigenvalues(self) -> Spectrum:
@@ -241,8 +245,7 @@ class Spectra:
             return self.raw
         if self.use_gram:
             return gram_spectrum(self._rows, 1.0)
-        return eigen_spectrum(self.matrix("raw"), self.length,
-                              accumulated=self._raw_error())
+        return self._solve("raw", self._raw_error(), False)
 
     @property
     def singular_values(self) -> torch.Tensor:
@@ -256,13 +259,7 @@ class Spectra:
             r = self._rows.to(_F64)
             return gram_spectrum(normalize_rows(r), 1.0 / self.n)
         rounding = self.precision.relative * float(torch.trace(self.moments.sum_zz))
-        if self.base is not None:
-            return first_order(self.base.with_vectors("autocorrelation"),
-                               self.matrix("autocorrelation"),
-                               self.base.matrix("autocorrelation"), self.length,
-                               rounding / self.n)
-        return eigen_spectrum(self.matrix("autocorrelation"), self.length,
-                              vectors=self.all_vectors, accumulated=rounding / self.n)
+        return self._solve("autocorrelation", rounding / self.n, self.all_vectors)
 
     def solve_all(self) -> None:
         """Compute the report's three spectra (λ, η, and XᵀX's: ``eigh`` when its vectors are
@@ -289,21 +286,15 @@ class Spectra:
         the first-order updates of K deletions, which all subtract the base's. Read-only."""
         cache = self.__dict__.setdefault("_matrices", {})
         if name not in cache:
-            form = {"covariance": self.moments.covariance, "raw": self.moments.second_moment,
-                    "autocorrelation": self.moments.autocorrelation}[name]
-            cache[name] = form()
+            cache[name] = getattr(self.moments, MOMENT_MATRIX[name])()
         return cache[name]
 
     def dot(self, name: str, weights: torch.Tensor) -> float:
         """⟨A, W⟩ = Σ_ij A_ij·W_ij of the moment matrix A behind spectrum ``name``
         (``"autocorrelation"`` or ``"raw"``, see :meth:`matrix`) and a symmetric W, in one
-        O(d²) pass: from A when it was formed, else from the moments without forming it."""
-        formed = self.__dict__.get("_matrices", {}).get(name)
-        if formed is not None:
-            w = weights.to(formed)
-            return float(torch.dot(formed.reshape(-1), w.reshape(-1)))
-        form = {"raw": "second_moment", "autocorrelation": "autocorrelation"}[name]
-        return float(self.moments.dot(form, weights))
+        O(d²) pass over the moments, without forming A
+        (:meth:`~reprdiag.stats.StreamingMoments.dot`)."""
+        return float(self.moments.dot(MOMENT_MATRIX[name], weights))
 
     def with_values(self, values: Mapping[str, torch.Tensor]) -> Spectra:
         """A copy of these spectra whose spectrum ``name`` (``"covariance"``,
@@ -329,7 +320,6 @@ class Spectra:
 
     def solvers(self) -> dict[str, str]:
         """Which solver path produced each spectrum computed so far."""
-        names = {"covariance": "covariance", "raw": "second_moment",
-                 "raw_eigenvalues": "second_moment", "autocorrelation": "autocorrelation"}
+        names = {**MOMENT_MATRIX, "raw_eigenvalues": MOMENT_MATRIX["raw"]}
         return {names[k]: v.solver for k, v in self.__dict__.items()
                 if isinstance(v, Spectrum)}

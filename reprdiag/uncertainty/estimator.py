@@ -200,8 +200,8 @@ def estimate(blocked: BlockedMoments, total: StreamingMoments, sample: Reservoir
     full = stats if stats is not None else Statistics(total, sample)
     path = deleted_spectra_path(deleted_spectra, total.n, total.d, blocked.blocks,
                                 full.spectra.use_gram)
-    per_block = {k for k, v in (extras or {}).items() if isinstance(v, BlockedStatistic)}
-    unblocked = set(full.extras) - per_block  # streamed whole: no deleted values to give
+    kept_per_block = {k for k, v in (extras or {}).items() if isinstance(v, BlockedStatistic)}
+    unblocked = set(full.extras) - kept_per_block  # streamed whole: no deleted values to give
     continuous = [i for i in infos if not i.discrete and i.name in values
                   and i.needs not in unblocked]
     deleted: dict[str, list[float]] = {i.name: [] for i in continuous}
