@@ -19,7 +19,7 @@ import torch
 from reprdiag.engine import Companion
 from reprdiag.errors import InputError, UsageError, source_label
 from reprdiag.loaders import ArraySource, list_arrays, select_arrays
-from reprdiag.stats.blocked import BlockedStatistic, moment_bytes
+from reprdiag.stats.blocked import BlockedStatistic, memory_budget, moment_bytes
 from reprdiag.stats.classes import ClassMoments, check_labels
 from reprdiag.stats.cross import PairMoments
 
@@ -120,15 +120,22 @@ def class_squares_limit(d: int, blocks: int, budget: int, extra: int = 0) -> int
 
 def streamed(labels: ArraySource | None, pair: ArraySource | None, d: int,
              device: torch.device, blocks: int = 0, seed: int = 0,
-             squares_limit: int | None = None) -> list[Companion]:
+             budget: int | None = None) -> list[Companion]:
     """The companions one pass over an input of width ``d`` feeds (fresh for every pass):
     ``labels`` and ``pair`` are whatever reads rows ``[a, b)`` of them (``read``, ``label``);
     ``blocks`` > 0 keeps their statistics per jackknife block (the K and ``seed`` of the
-    pass's moments, ``--uncertainty``), each block's per-class second moments up to
-    ``squares_limit`` bytes (see :class:`LabelCompanion`)."""
+    pass's moments, ``--uncertainty``), each block's per-class second moments as large as
+    a plain run's while ``budget`` (bytes, the one K was fitted to; default
+    :func:`~reprdiag.stats.blocked.memory_budget` of ``device``) holds K of them beside the
+    blocked moments and the pair's (:func:`class_squares_limit`)."""
     out: list[Companion] = []
     if labels is not None:
-        out.append(LabelCompanion(labels, d, device, blocks, seed, squares_limit))
+        limit = None
+        if blocks:
+            extra = pair_block_bytes(d, int(pair.shape[1])) if pair is not None else 0
+            limit = class_squares_limit(
+                d, blocks, memory_budget(device) if budget is None else budget, extra)
+        out.append(LabelCompanion(labels, d, device, blocks, seed, limit))
     if pair is not None:
         out.append(PairCompanion(pair, d, device, blocks, seed))
     return out
@@ -139,8 +146,8 @@ class LabelCompanion:
     ``blocks`` = K > 0, one set per jackknife block (``seed``: the blocks' seed).
 
     ``squares_limit``: the bytes of per-class second moments one set may keep (C·d²·8), by
-    default :data:`CLASS_SQUARES_BYTES` (shared by the K blocks when there are blocks; the
-    pipeline passes :func:`class_squares_limit`)."""
+    default :data:`CLASS_SQUARES_BYTES` (shared by the K blocks when there are blocks;
+    :func:`streamed` passes :func:`class_squares_limit`)."""
 
     name = "classes"
 

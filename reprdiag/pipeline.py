@@ -34,13 +34,7 @@ import numpy as np
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import (
-    class_squares_limit,
-    label_source,
-    pair_block_bytes,
-    pair_source,
-    streamed,
-)
+from reprdiag.companions import label_source, pair_block_bytes, pair_source, streamed
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import describe, resolve_device
 from reprdiag.distributed import DistributedContext, refuse_in_memory, session
@@ -256,18 +250,13 @@ def companions_for(source: ArraySource, config: AnalysisConfig, blocks: int = 0,
     """What the pass over ``source`` streams beside its moments, checked before reading;
     ``blocks`` > 0: per jackknife block (the K of the pass's moments), each block's per-class
     second moments as large as a plain run's while ``budget`` (bytes, the one K was fitted
-    to) holds K of them (:func:`reprdiag.companions.class_squares_limit`)."""
+    to) holds K of them (:func:`reprdiag.companions.streamed`)."""
     if not (config.labels or config.pair):
         return None
     label_src = label_source(config.labels, source) if config.labels else None
     pair_src = pair_source(config.pair, source) if config.pair else None
-    d = source.shape[1]
-    limit = None
-    if blocks and label_src is not None and budget is not None:
-        extra = pair_block_bytes(d, int(pair_src.shape[1])) if pair_src is not None else 0
-        limit = class_squares_limit(d, blocks, budget, extra)
-    return partial(streamed, label_src, pair_src, d, blocks=blocks, seed=config.seed,
-                   squares_limit=limit)
+    return partial(streamed, label_src, pair_src, source.shape[1], blocks=blocks,
+                   seed=config.seed, budget=budget)
 
 
 # ---- statistics → spectra → metrics ----

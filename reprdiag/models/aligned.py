@@ -97,12 +97,13 @@ class RunCompanions:
     pair: AlignedRows | None = None
 
     def build(self, d: int, device: torch.device, blocks: int = 0, seed: int = 0,
-              squares_limit: int | None = None) -> list[Companion]:
+              budget: int | None = None) -> list[Companion]:
         """Fresh companions for one layer of width ``d`` (``blocks`` > 0: per jackknife
-        block, the K and seed of the layer's moments; ``squares_limit``: the bytes of each
-        block's per-class second moments, see :func:`reprdiag.companions.class_squares_limit`)."""
+        block, the K and seed of the layer's moments; ``budget``: the bytes K was fitted to,
+        which size each block's per-class second moments, see
+        :func:`reprdiag.companions.streamed`)."""
         return streamed(self.labels, self.pair, d, device, blocks,  # type: ignore[arg-type]
-                        seed, squares_limit)
+                        seed, budget)
 
     def block_bytes(self, d: int) -> int:
         """Memory of one jackknife block's pair cross-moments beside a layer of width ``d``

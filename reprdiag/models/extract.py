@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 import torch
 
 from reprdiag._version import __version__
-from reprdiag.companions import class_squares_limit
 from reprdiag.config import AnalysisConfig
 from reprdiag.device import resolve_device
 from reprdiag.distributed import DistributedContext, alike
@@ -41,7 +40,6 @@ from reprdiag.models.load import ModelSpec, load_model, spec_kind
 from reprdiag.models.probes import OUTPUT, Probe, check_layers
 from reprdiag.models.writer import open_writer, writer_format
 from reprdiag.report.export import atomic_write
-from reprdiag.stats.blocked import memory_budget
 
 Shapes = dict[str, tuple[int, torch.dtype]]  # layer → (width d, dtype of its rows)
 D = TypeVar("D")  # how a dtype is named: a torch.dtype, or its name
@@ -173,11 +171,8 @@ class _Pass:
         opts = self.config.stream_for(d, self.device, label, self.budget, extra)
         acc = Accumulator(d, dtype, opts, label)
         if self.companions is not None:
-            limit = None
-            if opts.blocks and self.companions.labels is not None:  # as file runs do
-                budget = self.budget if self.budget is not None else memory_budget(acc.device)
-                limit = class_squares_limit(d, opts.blocks, budget, extra)
-            acc.companions = self.companions.build(d, acc.device, opts.blocks, opts.seed, limit)
+            acc.companions = self.companions.build(d, acc.device, opts.blocks, opts.seed,
+                                                   self.budget)
         return acc
 
 
